@@ -1,0 +1,46 @@
+"""``torch`` backend: ``torch.nn.functional.conv2d`` on the CPU with the kernel flipped.
+
+conv2d computes a cross-correlation, so flipping both spatial axes of the kernels makes it the
+true convolution of the convention. Arrays cross into torch with ``torch.from_numpy`` (zero
+copy for writable arrays; read-only or negatively-strided ones are copied once, since torch
+tensors cannot alias them) and the result leaves with ``.numpy()`` (zero copy).
+
+The gradients use torch's own convolution backward kernels (``conv_transpose2d`` for the input
+gradient, the weight-gradient routine of ``torch.nn.grad``), which is what a torch user gets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_weight
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    if not array.flags.writeable or any(s < 0 for s in array.strides):
+        array = np.array(array)  # torch cannot wrap read-only or negative-stride memory
+    return torch.from_numpy(array)
+
+
+def _flip(kernels: np.ndarray) -> torch.Tensor:
+    return torch.flip(_tensor(kernels), dims=(2, 3))
+
+
+def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
+    with torch.no_grad():
+        return F.conv2d(_tensor(inputs), _flip(kernels), padding=padding).numpy()
+
+
+def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
+    with torch.no_grad():
+        return F.conv_transpose2d(_tensor(grad_outputs), _flip(kernels), padding=padding).numpy()
+
+
+def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> np.ndarray:
+    _, d, h, w = inputs.shape
+    c, oh, ow = grad_outputs.shape[1:]
+    shape = (c, d, h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding)
+    with torch.no_grad():
+        grad = conv2d_weight(_tensor(inputs), shape, _tensor(grad_outputs), padding=padding)
+    return torch.flip(grad, dims=(2, 3)).numpy()

@@ -1,0 +1,108 @@
+"""What machine a number was measured on, and one way to pin threads for every backend.
+
+Every results file (accuracy runs, benchmarks, the report) carries ``machine_info()`` so a
+number is never separated from the CPU, core count, thread counts and library versions that
+produced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+from collections.abc import Iterator
+from importlib import metadata
+
+from threadpoolctl import threadpool_info, threadpool_limits
+
+_LIBRARIES = ("numpy", "torch", "pandas", "matplotlib", "threadpoolctl", "pytest-benchmark")
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (affinity-aware where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def thread_info() -> dict[str, object]:
+    """BLAS library and threads (threadpoolctl) and torch's intra-op threads."""
+    blas = [
+        {
+            "library": pool.get("internal_api"),
+            "version": pool.get("version"),
+            "threads": pool.get("num_threads"),
+            "architecture": pool.get("architecture"),
+        }
+        for pool in threadpool_info()
+        if pool.get("user_api") == "blas"
+    ]
+    info: dict[str, object] = {"blas": blas}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch_threads"] = None
+    return info
+
+
+def machine_info() -> dict[str, object]:
+    """Date, host, CPU, cores, thread counts and library versions, as a JSON-ready dict."""
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cores": cpu_count(),
+        "threads": thread_info(),
+        "versions": library_versions(),
+    }
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int | None = None) -> Iterator[int]:
+    """Run the body with BLAS (threadpoolctl) and torch limited to the same thread count.
+
+    ``threads=None`` means all cores. Yields the thread count in force.
+    """
+    threads = cpu_count() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    previous = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=threads):
+        if torch is not None:
+            torch.set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            if torch is not None:
+                torch.set_num_threads(previous)

@@ -1,0 +1,82 @@
+"""The one tolerance table of the test suite, and the one compare helper.
+
+Every comparison against the torch reference (computed in float64 from the same inputs) goes
+through ``assert_close``, which names the tensor that failed. Tolerances are keyed by
+(backend, dtype); ``backend=None`` is the engine's own numpy code (layers, losses).
+
+Convention: an element passes when
+
+    |actual - expected| <= atol * K * scale + rtol * |expected|
+
+where K is the length of the reduction that produced the element (d*kh*kw for a convolution,
+1 for elementwise ops) and ``scale`` is max(1, max|expected|), so atol is relative to the size
+of the numbers involved. Each entry says why it is what it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tol:
+    rtol: float
+    atol: float
+
+
+EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7
+EPS64 = float(np.finfo(np.float64).eps)  # 2.22e-16
+
+TOLERANCES: dict[tuple[str | None, str], Tol] = {
+    # Engine layers in float64: a handful of roundings per element, a few ulps each; 1e3 ulps
+    # of headroom for BatchNorm's mean/variance reductions.
+    (None, "float64"): Tol(rtol=1e3 * EPS64, atol=1e3 * EPS64),
+    # Engine layers in float32: the same operations rounded at 2^-24; BatchNorm's variance and
+    # softmax's exp amplify input rounding by a small constant, hence 64 ulps.
+    (None, "float32"): Tol(rtol=64 * EPS32, atol=64 * EPS32),
+}
+
+
+def tolerance(dtype, backend: str | None = None) -> Tol:
+    """The (rtol, atol) pair for ``backend`` in ``dtype``; a missing entry is a test bug."""
+    key = (backend, np.dtype(dtype).name)
+    if key not in TOLERANCES:
+        key = (None, np.dtype(dtype).name)
+    return TOLERANCES[key]
+
+
+def assert_close(
+    name: str,
+    actual,
+    expected,
+    *,
+    dtype=None,
+    backend: str | None = None,
+    reduction: int = 1,
+    tol: Tol | None = None,
+) -> None:
+    """Assert ``actual`` matches ``expected`` elementwise; the message names the tensor ``name``."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, (
+        f"{name}: shape {actual.shape} != expected {expected.shape}"
+    )
+    if dtype is not None:
+        assert actual.dtype == np.dtype(dtype), (
+            f"{name}: dtype {actual.dtype} != expected {np.dtype(dtype)}"
+        )
+    tol = tol or tolerance(actual.dtype if dtype is None else dtype, backend)
+    exp64 = expected.astype(np.float64)
+    err = np.abs(actual.astype(np.float64) - exp64)
+    scale = max(1.0, float(np.max(np.abs(exp64), initial=0.0)))
+    bound = tol.atol * reduction * scale + tol.rtol * np.abs(exp64)
+    bad = ~(err <= bound)
+    if bad.any():
+        idx = np.unravel_index(int(np.argmax(np.where(bad, err - bound, -np.inf))), err.shape)
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {err.size} elements differ beyond rtol={tol.rtol:.3g}, "
+            f"atol={tol.atol:.3g}*K={reduction}*scale={scale:.3g}; worst at {idx}: "
+            f"actual={actual[idx]!r} expected={expected[idx]!r} (max abs err {err.max():.3g})"
+        )
