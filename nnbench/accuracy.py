@@ -1,0 +1,310 @@
+"""End-to-end accuracy runs: ``python -m nnbench.accuracy``.
+
+Trains the recipes of ``nnbench.recipes`` on the full training set, evaluates on the test set,
+and checks the assignment's limits: MNIST > 90% test accuracy within 600 s, CIFAR-10 > 70%
+within 3600 s (training plus evaluation, data loading excluded). It exits non-zero and says
+what fell short otherwise.
+
+The accuracy-vs-time curve uses the test set as the per-epoch validation set: every epoch ends
+with a test-set evaluation whose time counts in the elapsed seconds, and "time to X%" is the
+elapsed time at the end of the first epoch whose test accuracy reached X. Hyperparameters were
+chosen beforehand and are not tuned on these curves during a run.
+
+Each run writes ``<out>/accuracy-<dataset>-<kernel>-seed<seed>.json`` atomically, with the
+machine it ran on, the history, the time to each threshold and the final accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import kernels
+from nnbench import datasets, recipes
+from nnbench._io import atomic_write_json
+from nnbench.machine import machine_info, pinned_threads
+
+SCHEMA = "nnbench.accuracy/1"
+LIMITS = {
+    "mnist": {"accuracy": 0.90, "seconds": 600.0},
+    "cifar10": {"accuracy": 0.70, "seconds": 3600.0},
+}
+# Below these, a --smoke run has not learned (chance is 10%); CI asserts them.
+SMOKE_FLOOR = {"mnist": 0.80, "cifar10": 0.25}
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+SMOKE = {"mnist": (3000, 1000), "cifar10": (5000, 1000)}  # train / test images in --smoke
+SMOKE_EPOCHS = 2
+
+
+def targets_for(dataset: str, kernel: str, preset: str) -> list[dict]:
+    """The project's own targets (issue 4) for one run, recorded beside the assignment's limits."""
+    if dataset == "mnist":
+        return [{"accuracy": 0.98, "seconds": 60.0}]
+    targets = [{"accuracy": 0.70, "seconds": 3600.0}]
+    if kernel == "torch":
+        targets.append({"accuracy": 0.70, "seconds": 180.0})
+    if kernel == "im2col":
+        targets.append({"accuracy": 0.70, "seconds": 300.0})
+    if preset == "best":
+        targets.append({"accuracy": 0.80, "seconds": 900.0})
+    return targets
+
+
+def time_to_accuracy(history: list[dict], thresholds=THRESHOLDS) -> dict[str, float | None]:
+    """Elapsed seconds at the first epoch whose validation accuracy reached each threshold."""
+    reached: dict[str, float | None] = {}
+    for threshold in thresholds:
+        hit = next(
+            (
+                h["elapsed_seconds"]
+                for h in history
+                if h.get("valid_accuracy") is not None and h["valid_accuracy"] >= threshold
+            ),
+            None,
+        )
+        reached[f"{threshold:g}"] = hit
+    return reached
+
+
+def run_one(
+    dataset: str,
+    kernel: str,
+    *,
+    seed: int,
+    data_dir,
+    preset: str,
+    smoke: bool,
+    epochs: int | None,
+    verbose: bool,
+    compare_torch: bool,
+) -> dict:
+    """Train and evaluate one (dataset, kernel) pair; return the results record."""
+    np.random.seed(seed)  # the engine draws its initial weights and dropout masks from here
+    x_train, y_train, x_test, y_test = _load(dataset, data_dir, smoke)
+    limit = LIMITS[dataset]
+    start = time.perf_counter()
+    if dataset == "mnist":
+        model = recipes.train_mnist_model(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            epochs=SMOKE_EPOCHS if smoke else epochs,
+            time_budget=limit["seconds"],
+            verbose=verbose,
+        )
+    else:
+        model = recipes.train_cifar10_model(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            kernel=kernel,
+            preset=preset,
+            epochs=SMOKE_EPOCHS if smoke else epochs,
+            time_budget=limit["seconds"],
+            verbose=verbose,
+        )
+    train_seconds = time.perf_counter() - start
+    t0 = time.perf_counter()
+    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=500)
+    evaluate_seconds = time.perf_counter() - t0
+    wall = time.perf_counter() - start
+
+    history = [dict(h) if isinstance(h, dict) else vars(h).copy() for h in model.history]
+    shortfalls = []
+    if not test_accuracy > limit["accuracy"]:
+        shortfalls.append(
+            f"{dataset}: test accuracy {test_accuracy:.4f} is not above {limit['accuracy']:.2f}"
+        )
+    if wall > limit["seconds"]:
+        shortfalls.append(f"{dataset}: train+evaluate took {wall:.0f} s > {limit['seconds']:.0f} s")
+    reached = time_to_accuracy(history)
+    if smoke:
+        floor = SMOKE_FLOOR[dataset]
+        shortfalls = (
+            []
+            if test_accuracy > floor
+            else [f"{dataset} smoke: test accuracy {test_accuracy:.4f} is not above {floor:.2f}"]
+        )
+    targets = [
+        {**t, "met": (reached.get(f"{t['accuracy']:g}") or float("inf")) <= t["seconds"]}
+        for t in targets_for(dataset, kernel, preset)
+    ]
+    record = {
+        "schema": SCHEMA,
+        "dataset": dataset,
+        "kernel": kernel,
+        "preset": "mnist" if dataset == "mnist" else preset,
+        "seed": seed,
+        "smoke": smoke,
+        "train_size": len(x_train),
+        "test_size": len(x_test),
+        "machine": machine_info(),
+        "limit": limit,
+        "targets": targets,
+        "history": history,
+        "time_to_accuracy": reached,
+        "final_test_accuracy": float(test_accuracy),
+        "final_test_loss": float(test_loss),
+        "train_seconds": train_seconds,
+        "evaluate_seconds": evaluate_seconds,
+        "wall_seconds": wall,
+        "passed": not shortfalls,
+        "shortfalls": shortfalls,
+        "torch_twin": None,
+    }
+    if compare_torch and dataset == "cifar10" and kernel == "torch":
+        from nnbench import torch_twin
+
+        np.random.seed(seed)
+        twin = torch_twin.train_twin(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            preset=preset,
+            seed=seed,
+            epochs=SMOKE_EPOCHS if smoke else epochs,
+            verbose=verbose,
+        )
+        engine_train = history[-1]["elapsed_seconds"] if history else train_seconds
+        twin["ratio"] = engine_train / twin["seconds"]
+        record["torch_twin"] = twin
+    return record
+
+
+def _load(dataset: str, data_dir, smoke: bool):
+    if dataset == "mnist":
+        x_train, y_train, x_test, y_test = datasets.load_mnist(data_dir)
+        prepared = datasets.preprocess_mnist(x_train, y_train, x_test, y_test)
+    else:
+        x_train, y_train, x_test, y_test = datasets.load_cifar10(data_dir)
+        prepared = datasets.preprocess_cifar10(x_train, y_train, x_test, y_test)
+    if smoke:
+        n_train, n_test = SMOKE[dataset]
+        xt, yt, xv, yv = prepared
+        prepared = xt[:n_train], yt[:n_train], xv[:n_test], yv[:n_test]
+    return prepared
+
+
+def _kernel_list(value: str) -> list[str]:
+    names = kernels.available() if value == "all" else [value]
+    for name in names:
+        kernels.get(name)  # unknown or unavailable -> ValueError listing the available ones
+    return names
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m nnbench.accuracy",
+        description="Train the MNIST / CIFAR-10 recipes and check the assignment's accuracy and "
+        "time limits (MNIST > 90%% in 600 s; CIFAR-10 > 70%% in 3600 s).",
+    )
+    parser.add_argument("--dataset", choices=["mnist", "cifar10", "all"], default="all")
+    parser.add_argument(
+        "--kernel",
+        default="all",
+        help="convolution backend for CIFAR-10: one of "
+        f"{', '.join(kernels.available())} or 'all' (default: all)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(recipes.CIFAR10_PRESETS),
+        default="fast",
+        help="CIFAR-10 recipe preset (default: fast)",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset folder (default: $NNBENCH_DATA, else the user cache)",
+    )
+    parser.add_argument("--out", default="reports/results", help="where results JSON go")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS and torch threads for every backend (default: all cores)",
+    )
+    parser.add_argument(
+        "--compare-torch",
+        action="store_true",
+        help="with the torch kernel, also train the same network in pure torch and "
+        "record the engine/torch time ratio",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a seconds-long run on a small subset (CI): checks the pipeline learns",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    try:
+        args.kernels = _kernel_list(args.kernel)
+    except ValueError as exc:
+        parser.error(f"--kernel: {exc}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    jobs = []
+    if args.dataset in ("mnist", "all"):
+        jobs.append(("mnist", "none"))
+    if args.dataset in ("cifar10", "all"):
+        jobs.extend(("cifar10", k) for k in args.kernels)
+    failures = []
+    with pinned_threads(args.threads):
+        for dataset, kernel in jobs:
+            record = run_one(
+                dataset,
+                kernel,
+                seed=args.seed,
+                data_dir=args.data_dir,
+                preset=args.preset,
+                smoke=args.smoke,
+                epochs=args.epochs,
+                verbose=not args.quiet,
+                compare_torch=args.compare_torch,
+            )
+            suffix = f"-{args.preset}" if dataset == "cifar10" and args.preset != "fast" else ""
+            smoke = "-smoke" if args.smoke else ""
+            path = (
+                Path(args.out) / f"accuracy-{dataset}-{kernel}{suffix}{smoke}-seed{args.seed}.json"
+            )
+            atomic_write_json(path, record)
+            print(_summary(record, path))
+            failures.extend(record["shortfalls"])
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _summary(record: dict, path: Path) -> str:
+    reached = ", ".join(
+        f"{float(k):.0%} at {v:.0f} s"
+        for k, v in record["time_to_accuracy"].items()
+        if v is not None
+    )
+    line = (
+        f"{record['dataset']} kernel={record['kernel']} preset={record['preset']}: test accuracy "
+        f"{record['final_test_accuracy']:.4f} in {record['wall_seconds']:.1f} s "
+        f"(reached {reached or 'no threshold'}) -> {path}"
+    )
+    twin = record.get("torch_twin")
+    if twin:
+        line += f"\n  pure torch: {twin['seconds']:.1f} s, engine/torch = {twin['ratio']:.2f}x"
+    return line
+
+
+if __name__ == "__main__":
+    sys.exit(main())
