@@ -31,9 +31,9 @@ import numpy as np
 from kernels._registry import Backend, discover
 
 __all__ = [
-    "Backend",
     "DEFAULT_BACKEND",
     "ENV_VAR",
+    "Backend",
     "available",
     "convolve",
     "get",
@@ -183,7 +183,7 @@ def grad_kernels(
             f"n={grad_outputs.shape[0]}"
         )
     padding = _check_padding(padding)
-    n, d, h, w = inputs.shape
+    _n, d, h, w = inputs.shape
     _, c, oh, ow = grad_outputs.shape
     kh, kw = h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding
     if kh < 1 or kw < 1:

@@ -31,5 +31,7 @@ def shared_data_dir() -> Path | None:
 def data_dir() -> Path:
     path = shared_data_dir()
     if path is None:
-        pytest.skip("no dataset copy: set NNBENCH_DATA to a folder with mnist/ and cifar-10-batches-bin/")
+        pytest.skip(
+            "no dataset copy: set NNBENCH_DATA to a folder with mnist/ and cifar-10-batches-bin/"
+        )
     return path

@@ -1,0 +1,153 @@
+"""Layout helpers shared by the ``loop`` and ``im2col`` backends (private: not a backend).
+
+Both backends compute a *correlation* of a zero-padded image with a tap tensor,
+
+    correlate(x, taps, ph, pw)[b, o, t, s] = sum_{j,u,v} xpad[b, j, t + u, s + v] * taps[o, j, u, v]
+
+with xpad = x padded by ph rows and pw columns of zeros on each side (a negative pad crops
+instead), output (n, c, h + 2ph - kh + 1, w + 2pw - kw + 1). The convolution of the convention
+and both of its gradients are such correlations (see ``taps_forward`` and friends below).
+
+What lives here is the part that is pure data movement:
+
+* padding into a reusable zero-bordered buffer in the layout a backend wants, in one copy
+  (channels-first ``(d, n, Hp, Wp)``, whose flattened rows let a kernel offset become a
+  contiguous column slice, or channels-last ``(n, Hp, Wp, d)``, where a patch row ``(kw, d)`` is
+  one contiguous run);
+* a per-thread scratch pool, so the large temporaries (padded images, column matrices, GEMM
+  outputs) are not page-faulted in afresh on every call. Measured here: copying a 151 MB
+  column matrix into fresh memory took 12.8 ms against 7.4 ms into a reused buffer. Scratch
+  memory never escapes: every backend copies its result into a freshly allocated array, so a
+  returned array never aliases a buffer that a later call overwrites. ``release_scratch()``
+  gives the memory back; buffers above ``MAX_CACHED_BYTES`` are never kept.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+#: Buffers larger than this are allocated per call instead of being kept in the pool.
+MAX_CACHED_BYTES = 512 * 2**20
+
+_local = threading.local()
+
+
+def scratch(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array for temporary use, reused across calls per thread.
+
+    Each ``key`` names one buffer; two arrays alive at the same time need two keys. The
+    contents are whatever the previous user left there.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > MAX_CACHED_BYTES:
+        return np.empty(shape, dtype)
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = {}
+    raw = pool.get(key)
+    if raw is None or raw.nbytes < nbytes:
+        raw = pool[key] = np.empty(max(nbytes, 1), np.uint8)
+    return raw[:nbytes].view(dtype).reshape(shape)
+
+
+def release_scratch() -> None:
+    """Drop this thread's scratch buffers (the memory is returned once nothing uses it)."""
+    _local.pool = {}
+
+
+def _interior(x: np.ndarray, ph: int, pw: int) -> tuple[np.ndarray, slice, slice]:
+    """The part of ``x`` that survives padding by (ph, pw), and where it goes in the buffer."""
+    h, w = x.shape[2], x.shape[3]
+    ch, cw = max(0, -ph), max(0, -pw)  # a negative pad crops that many rows/columns per side
+    src = x[:, :, ch : h - ch, cw : w - cw]
+    rows = slice(max(0, ph), max(0, ph) + src.shape[2])
+    cols = slice(max(0, pw), max(0, pw) + src.shape[3])
+    return src, rows, cols
+
+
+def _zero_border(buffer: np.ndarray, rows: slice, cols: slice, h_axis: int) -> None:
+    """Zero everything outside [rows, cols] along the spatial axes h_axis, h_axis + 1."""
+    lead = (slice(None),) * h_axis
+    height, width = buffer.shape[h_axis], buffer.shape[h_axis + 1]
+    if rows.start > 0:
+        buffer[lead + (slice(0, rows.start),)] = 0
+    if rows.stop < height:
+        buffer[lead + (slice(rows.stop, height),)] = 0
+    if cols.start > 0:
+        buffer[lead + (rows, slice(0, cols.start))] = 0
+    if cols.stop < width:
+        buffer[lead + (rows, slice(cols.stop, width))] = 0
+
+
+def pad_channels_first(x: np.ndarray, ph: int, pw: int, key: str) -> np.ndarray:
+    """x (n, d, h, w) zero-padded by (ph, pw) into a scratch buffer laid out (d, n, Hp, Wp).
+
+    One copy whose contiguous runs are image rows; flattening the result to (d, n*Hp*Wp) gives
+    every channel one long row in which a 2-D shift by (u, v) is a 1-D shift by u*Wp + v.
+    """
+    n, d, h, w = x.shape
+    src, rows, cols = _interior(x, ph, pw)
+    buffer = scratch(key, (d, n, h + 2 * ph, w + 2 * pw), x.dtype)
+    _zero_border(buffer, rows, cols, h_axis=2)
+    buffer[:, :, rows, cols] = src.transpose(1, 0, 2, 3)
+    return buffer
+
+
+def pad_channels_last(x: np.ndarray, ph: int, pw: int, key: str) -> np.ndarray:
+    """x (n, d, h, w) zero-padded by (ph, pw) into a scratch buffer laid out (n, Hp, Wp, d).
+
+    One (transposing) copy; afterwards the kw*d values of one patch row are contiguous, and
+    so are the kh rows of a patch apart from the Wp - kw columns between them.
+    """
+    n, d, h, w = x.shape
+    src, rows, cols = _interior(x, ph, pw)
+    buffer = scratch(key, (n, h + 2 * ph, w + 2 * pw, d), x.dtype)
+    _zero_border(buffer, rows, cols, h_axis=1)
+    buffer[:, rows, cols, :] = src.transpose(0, 2, 3, 1)
+    return buffer
+
+
+def embed_channels_first(y: np.ndarray, height: int, width: int, key: str) -> np.ndarray:
+    """y (n, c, oh, ow) placed at the top-left of a zero scratch buffer laid out (c, n, H, W).
+
+    Puts an output-sized array on the padded grid of ``pad_channels_first`` so that flat
+    position q of one matches flat position q of the other.
+    """
+    n, c, oh, ow = y.shape
+    buffer = scratch(key, (c, n, height, width), y.dtype)
+    _zero_border(buffer, slice(0, oh), slice(0, ow), h_axis=2)
+    buffer[:, :, :oh, :ow] = y.transpose(1, 0, 2, 3)
+    return buffer
+
+
+# --- the three correlations behind convolve and its gradients --------------------------------
+#
+# convolve(x, k, p) = correlate(x, flip(k), p, p)                               (forward)
+# grad_inputs(g, k, p) = correlate(g, k^T, kh - 1 - p, kw - 1 - p)              (section 5.7)
+# grad_kernels(x, g, p) = flip(sum_b xpad[b] (x) g[b]) -- a correlation whose reduction runs
+#                         over the batch and the output positions instead of the channels.
+
+
+def taps_forward(kernels: np.ndarray) -> np.ndarray:
+    """Correlation taps (c, d, kh, kw) of the true convolution with ``kernels``: the flip."""
+    return kernels[:, :, ::-1, ::-1]
+
+
+def taps_grad_inputs(kernels: np.ndarray) -> np.ndarray:
+    """Correlation taps (d, c, kh, kw) giving the input gradient: kernels with c and d swapped."""
+    return kernels.transpose(1, 0, 2, 3)
+
+
+def grad_inputs_padding(kernels: np.ndarray, padding: int) -> tuple[int, int]:
+    """Per-axis padding (kh - 1 - p, kw - 1 - p) of the input-gradient correlation (may be < 0)."""
+    return kernels.shape[2] - 1 - padding, kernels.shape[3] - 1 - padding
+
+
+def grad_kernel_shape(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int):
+    """(kh, kw) of the kernels that map ``inputs`` to ``grad_outputs`` with ``padding``."""
+    h, w = inputs.shape[2:]
+    oh, ow = grad_outputs.shape[2:]
+    return h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding

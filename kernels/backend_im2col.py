@@ -1,0 +1,183 @@
+"""``im2col`` backend: one strided copy into a column matrix, then one GEMM per call.
+
+Every pass is a correlation of a zero-padded image with taps (``kernels._layout``):
+
+    forward       y  = correlate(x, flip(k), p, p)
+    grad_inputs   gx = correlate(gy, k^T, kh - 1 - p, kw - 1 - p)     (section 5.7)
+                       or col2im: one GEMM to (d*kh*kw, n*oh*ow), then kh*kw shifted adds
+    grad_kernels  gk = flip(gy (c, n*oh*ow) @ columns(x) (n*oh*ow, d*kh*kw))
+
+A correlation is computed as
+
+1. pad the image into a reused zero-bordered buffer (one copy, ``_layout``);
+2. build the column matrix, K = d*kh*kw rows by M = n*oh*ow columns, with ONE copy from a
+   ``sliding_window_view`` of that buffer (no Python loop over the batch or the offsets);
+3. ONE GEMM, taps (c, K) @ columns (K, M) -> (c, n, oh, ow), into a reused buffer;
+4. one transposing copy, whose runs are whole images, into the fresh (n, c, oh, ow) result.
+
+Choices, each measured here (CIFAR-10 recipe layers, batch 128, float32, one thread, CPU time):
+
+* Layout of the columns. Channels-last padding (n, Hp, Wp, d) makes a patch row (kw, d) one
+  contiguous run, but padding into it transposes the input (slow at 32x32: 4 ms for 16 MB);
+  channels-first (d, n, Hp, Wp) copies runs of ow values and pads without transposing. Pad
+  plus column copy, channels-first against channels-last: 0.9 / 2.1 ms (3->16, 32x32),
+  9.4 / 11.8 ms (32->32, 32x32), 8.1 / 5.6 ms (64->64, 16x16), 7.0 / 2.7 ms (128->128, 8x8).
+  Hence channels-first when ow >= kw*d or ow >= 32, channels-last otherwise.
+* GEMM orientation (c, K) @ (K, M): 83 / 105 / 116 GF/s against 74 / 86 / 101 GF/s for
+  (M, K) @ (K, c) on the 32-, 64- and 128-channel layers, and its output reaches NCHW with
+  long runs.
+* Scratch buffers (``_layout.scratch``): a 151 MB column copy took 12.8 ms into fresh memory
+  and 7.4 ms into a reused buffer. Results never alias them.
+* grad_inputs picks the smaller column matrix: col2im unfolds the d input channels, the
+  forward on transposed kernels the c output channels. For the 3-channel first layer that is
+  3.7 ms against 12.9 ms; for equal channel counts the forward form (no scatter-add).
+* grad_kernels reduces over M = n*oh*ow inside the GEMM, with the forward's column matrix.
+* A kernel larger than its image (the weight-gradient call of section 5.7) swaps image and
+  taps by pseudo-commutativity (section 5.6) when that shrinks the column matrix
+  (c*h*w < n*kh*kw).
+
+What bounds it. The GEMM: one thread spends 70-90% of the time in it, at 85-112 GF/s on the
+3x3 layers with >= 16 channels (pad + columns 12.1 ms, GEMM 28.3 ms, output 1.2 ms for
+32->32 at 32x32; 2.6 / 21.5 / 0.2 ms for 128->128 at 8x8). ``OPENBLAS_CORETYPE=Haswell``, set
+on this machine and in CI, restricts OpenBLAS to AVX2 kernels: numpy SGEMM 2048^3 peaks at
+133 GF/s per core, while torch (oneDNN, AVX-512, no column matrix) runs these layers at
+210-260 GF/s per core, so even a free column matrix would stay near 0.5x torch. Without the
+variable OpenBLAS picks its SkylakeX kernels (SGEMM 2048^3 at 236-244 GF/s per core) and the
+one-thread ratio rises from 0.51 to 0.60. On two threads the GEMM halves but the layout copies
+are single-threaded numpy and memory-bound (the column matrix is kh*kw = 9 times the image:
+151 MB, about 11 ms, for 32->32 at 32x32 against a 14 ms GEMM), while torch scales 2x, so the
+best-of ratio falls to about 0.26.
+
+Measured against torch (fwd + grad_inputs + grad_kernels time, one thread, CPU time, median):
+3->16 32x32 1.76x, 16->32 16x16 0.26x, 32->64 8x8 0.35x (geometric mean of the recipe's three
+layers 0.54x); 32->32 32x32 0.69x, 64->64 16x16 0.37x, 128->128 8x8 0.42x (all six: 0.51x).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from kernels._layout import (
+    grad_inputs_padding,
+    grad_kernel_shape,
+    pad_channels_first,
+    pad_channels_last,
+    scratch,
+    taps_forward,
+    taps_grad_inputs,
+)
+
+
+def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
+    return _correlate(inputs, taps_forward(kernels), padding, padding)
+
+
+def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
+    n, c, oh, ow = grad_outputs.shape
+    _, d, kh, kw = kernels.shape
+    ph, pw = grad_inputs_padding(kernels, padding)
+    h, w = oh + 2 * ph - kh + 1, ow + 2 * pw - kw + 1
+    # Column-matrix sizes: col2im unfolds the d-channel input side, the forward on the
+    # transposed kernels the c-channel output side (or, swapped, the kernels themselves).
+    col2im = d * kh * kw * n * oh * ow
+    if col2im < min(c * kh * kw * n * h * w, c * oh * ow * d * h * w):
+        return _grad_inputs_col2im(grad_outputs, kernels, padding)
+    return _correlate(grad_outputs, taps_grad_inputs(kernels), ph, pw)
+
+
+def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> np.ndarray:
+    n, d = inputs.shape[:2]
+    _, c, oh, ow = grad_outputs.shape
+    kh, kw = grad_kernel_shape(inputs, grad_outputs, padding)
+    columns, channels_first = _columns(inputs, kh, kw, padding, padding)  # (K, M)
+    gy = scratch("im2col.grad_outputs", (c, n, oh, ow), inputs.dtype)
+    np.copyto(gy, grad_outputs.transpose(1, 0, 2, 3))
+    grad_taps = np.matmul(gy.reshape(c, n * oh * ow), columns.T)  # (c, K), fresh
+    if channels_first:
+        grad_taps = grad_taps.reshape(c, d, kh, kw)
+    else:
+        grad_taps = grad_taps.reshape(c, kh, kw, d).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(grad_taps[:, :, ::-1, ::-1])  # the taps are the flipped kernel
+
+
+def _grad_inputs_col2im(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int):
+    """One GEMM to the column matrix of the input gradient, then a col2im scatter-add.
+
+    gx_pad[b, j, t + u, s + v] += sum_i gy[b, i, t, s] * flip(k)[i, j, u, v]: the GEMM
+    (d*kh*kw, c) @ (c, n*oh*ow) gives every term, the kh*kw shifted adds place them.
+    """
+    n, c, oh, ow = grad_outputs.shape
+    _, d, kh, kw = kernels.shape
+    hp, wp = oh + kh - 1, ow + kw - 1  # the padded input, h + 2p by w + 2p
+    gy = scratch("im2col.grad_outputs", (c, n, oh, ow), grad_outputs.dtype)
+    np.copyto(gy, grad_outputs.transpose(1, 0, 2, 3))
+    weights = taps_forward(kernels).reshape(c, d * kh * kw)
+    columns = scratch("im2col.columns", (d, kh, kw, n, oh, ow), grad_outputs.dtype)
+    np.matmul(weights.T, gy.reshape(c, -1), out=columns.reshape(d * kh * kw, -1))
+    padded = scratch("im2col.padded", (d, n, hp, wp), grad_outputs.dtype)
+    padded.fill(0)
+    for u in range(kh):
+        for v in range(kw):
+            padded[:, :, u : u + oh, v : v + ow] += columns[:, u, v]
+    h, w = hp - 2 * padding, wp - 2 * padding
+    result = np.empty((n, d, h, w), grad_outputs.dtype)
+    np.copyto(
+        result, padded[:, :, padding : padding + h, padding : padding + w].transpose(1, 0, 2, 3)
+    )
+    return result
+
+
+def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """correlate(x (n, d, h, w), taps (c, d, kh, kw), pads ph, pw) -> fresh (n, c, oh, ow)."""
+    n, _, h, w = x.shape
+    c, _, kh, kw = taps.shape
+    if c * h * w < n * kh * kw:
+        # Pseudo-commutativity (section 5.6): the taps, flipped, become the image and the
+        # image, flipped, the taps; output positions stay where they are.
+        swapped = _correlate_columns(
+            taps[:, :, ::-1, ::-1], x[:, :, ::-1, ::-1], h + ph - kh, w + pw - kw
+        )
+        return np.ascontiguousarray(swapped.transpose(1, 0, 2, 3))
+    return _correlate_columns(x, taps, ph, pw)
+
+
+def _correlate_columns(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    n = x.shape[0]
+    c, _, kh, kw = taps.shape
+    oh, ow = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
+    columns, channels_first = _columns(x, kh, kw, ph, pw)  # (K, M)
+    if channels_first:
+        weights = taps.reshape(c, -1)  # K ordered (d, kh, kw)
+    else:
+        weights = taps.transpose(0, 2, 3, 1).reshape(c, -1)  # K ordered (kh, kw, d)
+    product = scratch("im2col.product", (c, n * oh * ow), x.dtype)
+    np.matmul(weights, columns, out=product)
+    result = np.empty((n, c, oh, ow), x.dtype)
+    np.copyto(result, product.reshape(c, n, oh, ow).transpose(1, 0, 2, 3))
+    return result
+
+
+def _columns(x: np.ndarray, kh: int, kw: int, ph: int, pw: int) -> tuple[np.ndarray, bool]:
+    """The column matrix of x for (kh, kw) patches with pads (ph, pw), as a (K, M) matrix.
+
+    Returns (columns, channels_first). Rows (the reduction K = d*kh*kw) are ordered (d, kh, kw)
+    when channels_first, else (kh, kw, d); columns (M = n*oh*ow) are ordered (n, oh, ow). The
+    matrix is a scratch buffer (channels-first) or the transpose of one (channels-last), filled
+    by a single copy from a strided view.
+    """
+    d, w = x.shape[1], x.shape[3]
+    ow = w + 2 * pw - kw + 1
+    if ow >= kw * d or ow >= 32:
+        padded = pad_channels_first(x, ph, pw, "im2col.padded")  # (d, n, Hp, Wp)
+        view = sliding_window_view(padded, (kh, kw), axis=(2, 3))  # (d, n, oh, ow, kh, kw)
+        view = view.transpose(0, 4, 5, 1, 2, 3)  # (d, kh, kw, n, oh, ow)
+        columns = scratch("im2col.columns", view.shape, x.dtype)
+        np.copyto(columns, view)
+        return columns.reshape(d * kh * kw, -1), True
+    padded = pad_channels_last(x, ph, pw, "im2col.padded")  # (n, Hp, Wp, d)
+    view = sliding_window_view(padded, (kh, kw), axis=(1, 2))  # (n, oh, ow, d, kh, kw)
+    view = view.transpose(0, 1, 2, 4, 5, 3)  # (n, oh, ow, kh, kw, d)
+    columns = scratch("im2col.columns", view.shape, x.dtype)
+    np.copyto(columns, view)
+    return columns.reshape(-1, kh * kw * d).T, False
