@@ -36,6 +36,32 @@ TOLERANCES: dict[tuple[str | None, str], Tol] = {
     # Engine layers in float32: the same operations rounded at 2^-24; BatchNorm's variance and
     # softmax's exp amplify input rounding by a small constant, hence 64 ulps.
     (None, "float32"): Tol(rtol=64 * EPS32, atol=64 * EPS32),
+    # Central differences in float64 with step h = 1e-6 (tests/test_gradcheck.py): truncation
+    # error ~h^2 = 1e-12 and cancellation error ~eps64 * |f| / h ~ 1e-9 for |f| ~ 10; a wrong
+    # backward is off by O(1), so 1e-6 separates the two by three orders on each side.
+    ("finite-difference", "float64"): Tol(rtol=1e-6, atol=1e-6),
+    # Convolution backends (tests/test_kernels.py, and Conv2D on each backend in test_layers).
+    # A direct backend sums K = d*kh*kw products per output (n*oh*ow for grad_kernels) in
+    # some blocked order; the rounding error of such a sum is at most about K*eps*sum|terms|
+    # and in practice a fraction of eps*K*max|y|. Measured on the test_kernels grid (6 seeds,
+    # normal inputs): at most 0.25 (float32) and 0.46 (float64) eps*K*scale. 4 eps leaves 8x
+    # headroom and room for Conv2D's bias add (rtol), while an indexing or flipping bug is
+    # off by O(scale) and fails by orders of magnitude. torch in float64 is the reference's
+    # own kernel (error 0 there); it shares the entry so that all direct backends read alike.
+    ("loop", "float32"): Tol(rtol=4 * EPS32, atol=4 * EPS32),
+    ("loop", "float64"): Tol(rtol=4 * EPS64, atol=4 * EPS64),
+    ("im2col", "float32"): Tol(rtol=4 * EPS32, atol=4 * EPS32),
+    ("im2col", "float64"): Tol(rtol=4 * EPS64, atol=4 * EPS64),
+    ("torch", "float32"): Tol(rtol=4 * EPS32, atol=4 * EPS32),
+    ("torch", "float64"): Tol(rtol=4 * EPS64, atol=4 * EPS64),
+    # fft (kernels/backend_fft.py): the transforms round every spectrum value, and the inverse
+    # spreads that error over the whole image, so the error is of order eps*log2(L_h*L_w)*
+    # max|y| on every element, whatever K, and is not relative to the element itself. Worst
+    # measured: 5 eps*max|y| with K = 1 (1x1 kernel, one channel, 128x128 and 64 28x28 images,
+    # heavy-tailed values), at most 0.9 eps*K*scale on the grid, in both dtypes. 16 eps covers
+    # K = 1 with 3x headroom; integer inputs get no exactness from the FFT and use this entry.
+    ("fft", "float32"): Tol(rtol=4 * EPS32, atol=16 * EPS32),
+    ("fft", "float64"): Tol(rtol=4 * EPS64, atol=16 * EPS64),
 }
 
 
