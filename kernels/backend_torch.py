@@ -11,6 +11,14 @@ gradient, the weight-gradient routine of ``torch.nn.grad``), which is what a tor
 
 from __future__ import annotations
 
+import os
+
+# The engine alternates torch convolutions with numpy (OpenBLAS) work. By default torch's
+# OpenMP workers spin after every call and take the cores from numpy's threads: measured here,
+# one CIFAR-10 training step went from 84 ms to 44 ms with passive waiting. It only takes
+# effect if torch is first imported here; a user's own OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 import torch.nn.functional as F

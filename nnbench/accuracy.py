@@ -26,7 +26,7 @@ import numpy as np
 import kernels
 from nnbench import datasets, recipes
 from nnbench._io import atomic_write_json
-from nnbench.machine import machine_info, pinned_threads
+from nnbench.machine import machine_info, pinned_threads, tune_allocator
 
 SCHEMA = "nnbench.accuracy/1"
 LIMITS = {
@@ -262,6 +262,7 @@ def main(argv=None) -> int:
     if args.dataset in ("cifar10", "all"):
         jobs.extend(("cifar10", k) for k in args.kernels)
     failures = []
+    tune_allocator()
     with pinned_threads(args.threads):
         for dataset, kernel in jobs:
             record = run_one(

@@ -1,0 +1,43 @@
+"""The machine stamp carried by every result, and the thread pinning every backend shares."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from nnbench import machine
+
+
+def _blas_threads() -> set[int]:
+    return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+
+def test_machine_info_is_json_and_names_cpu_threads_versions():
+    info = json.loads(json.dumps(machine.machine_info()))
+    assert info["cpu_model"] and info["cores"] >= 1
+    assert info["versions"]["numpy"] and info["versions"]["torch"]
+    assert info["threads"]["torch_threads"] == torch.get_num_threads()
+    assert "OPENBLAS_CORETYPE" in info["environment"]
+
+
+def test_pinned_threads_sets_blas_and_torch_alike_and_restores():
+    before = torch.get_num_threads()
+    with machine.pinned_threads(1) as threads:
+        assert threads == 1
+        assert torch.get_num_threads() == 1
+        assert _blas_threads() == {1}
+    assert torch.get_num_threads() == before
+
+
+def test_pinned_threads_rejects_zero():
+    with pytest.raises(ValueError, match="threads must be >= 1"), machine.pinned_threads(0):
+        pass
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc-only")
+def test_tune_allocator_applies_on_glibc():
+    assert machine.tune_allocator() is True
