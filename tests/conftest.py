@@ -1,4 +1,5 @@
-"""Shared fixtures: a per-test RNG seeded from the test id, and the shared data directory."""
+"""Shared fixtures and options: a per-test RNG seeded from the test id, the shared data
+directory, and the benchmark options (here so they work from the repository root)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("nnbench benchmarks")
+    group.addoption(
+        "--bench-threads",
+        type=int,
+        default=None,
+        help="threads for BLAS and torch in every benchmark (default: $NNBENCH_BENCH_THREADS, "
+        "else all cores)",
+    )
+    group.addoption(
+        "--bench-budget",
+        type=float,
+        default=None,
+        help="seconds of timed rounds per benchmark (default: $NNBENCH_BENCH_BUDGET, else 1.5)",
+    )
 
 
 @pytest.fixture

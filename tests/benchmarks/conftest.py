@@ -1,0 +1,141 @@
+"""Plumbing shared by the benchmarks: one thread count for the whole session, the timing
+protocol of every test (``measure``), and the machine description saved with each run.
+
+Options (registered in ``tests/conftest.py`` so they work from the repository root, as in
+``pytest --benchmark-only --bench-threads 1``; the environment variables work too):
+
+``--bench-threads N`` / ``NNBENCH_BENCH_THREADS``
+    BLAS (threadpoolctl) and torch intra-op threads, the same for every backend, for the whole
+    session. Default: all cores.
+``--bench-budget SECONDS`` / ``NNBENCH_BENCH_BUDGET``
+    About how long the timed rounds of one benchmark take; the rounds are that divided by the
+    duration of one call, clamped to [bench.MIN_ROUNDS, bench.MAX_ROUNDS].
+
+Other processes on the same cores distort timings (a 2-thread GEMM waits for its slower
+thread), so every record carries the 1-minute load average at its end and the machine info the
+load at the start and end of the session: compare them with the thread count before trusting a
+run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from nnbench import bench, machine
+
+LOAD_AT_START = pytest.StashKey[list]()
+
+THREADS_ENV = "NNBENCH_BENCH_THREADS"
+BUDGET_ENV = "NNBENCH_BENCH_BUDGET"
+#: Seconds of timed rounds per benchmark. At 1.5 s the whole `pytest --benchmark-only` run took
+#: 3.7 min on an idle 2-core machine (2.7 min at 1 s), and about twice as long with other jobs on
+#: the cores: well under the 15-minute limit, with up to MAX_ROUNDS rounds for the fast calls.
+DEFAULT_BUDGET = 1.5
+
+
+def _setting(config, option: str, env: str, convert, default):
+    value = config.getoption(option, default=None)
+    if value is None and os.environ.get(env):
+        try:
+            value = convert(os.environ[env])
+        except ValueError as exc:
+            raise pytest.UsageError(f"{env} must be a number, got {os.environ[env]!r}") from exc
+    return default if value is None else value
+
+
+def _load_average() -> list[float] | None:
+    """1-, 5- and 15-minute load averages (None where the OS does not tell)."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None
+
+
+def requested_threads(config) -> int | None:
+    """The thread count asked for (None: all cores)."""
+    threads = _setting(config, "--bench-threads", THREADS_ENV, int, None)
+    if threads is not None and threads < 1:
+        raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
+    return threads
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bench_threads(request) -> int:
+    """Pins BLAS and torch to the requested threads for every benchmark; the count in force."""
+    request.config.stash[LOAD_AT_START] = _load_average()
+    machine.tune_allocator()  # as in the accuracy runs: reuse freed heap, no page-fault storms
+    with machine.pinned_threads(requested_threads(request.config)) as threads:
+        yield threads
+
+
+@pytest.fixture(scope="session")
+def bench_budget(request) -> float:
+    budget = _setting(request.config, "--bench-budget", BUDGET_ENV, float, DEFAULT_BUDGET)
+    if budget <= 0:
+        raise pytest.UsageError(f"--bench-budget must be > 0 seconds, got {budget}")
+    return budget
+
+
+@pytest.fixture
+def measure(benchmark, bench_threads, bench_budget):
+    """Time one call the nnbench way and attach its ``extra_info``.
+
+    ``measure(fn, check, group=..., backend=..., pass_=..., case=None, **info)``: one untimed
+    call sizes the rounds, ``benchmark.pedantic`` times ``fn`` (one call per round), then the
+    last result is checked against the torch reference and one more untimed call measures the
+    peak memory. A failed check fails the test and keeps its timing out of the saved run.
+    ``info`` goes to ``bench.extra_info`` (flops, suite, label, shapes for non-case records).
+    """
+
+    def run(fn, check, *, group: str, backend: str, pass_: str, case=None, **info):
+        benchmark.group = group
+        rounds = bench.choose_rounds(bench.time_call(fn), bench_budget)
+        result = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+        try:
+            error = check(result)
+        except Exception:
+            benchmark.has_error = True  # a wrong result has no business in the saved timings
+            raise
+        del result
+        memory = bench.peak_memory_bytes(fn)
+        benchmark.extra_info.update(
+            bench.extra_info(
+                backend,
+                pass_,
+                case,
+                threads=bench_threads,
+                peak_memory=memory,
+                max_abs_error=error,
+                **info,
+            )
+        )
+        benchmark.extra_info["rounds_budget_seconds"] = bench_budget
+        # Other processes on the same cores distort timings; this says when they were there.
+        load = _load_average()
+        benchmark.extra_info["load_average_1min"] = load[0] if load else None
+
+    return run
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Add nnbench's description (CPU, cores, BLAS and torch threads, versions) to the run."""
+    described = machine.machine_info()
+    described["bench_threads_requested"] = requested_threads(config)
+    with machine.pinned_threads(requested_threads(config)):
+        described["threads_in_benchmarks"] = machine.thread_info()
+    described["load_average_at_start"] = config.stash.get(LOAD_AT_START, None)
+    described["load_average_at_end"] = _load_average()
+    machine_info["nnbench"] = described
+
+
+def pytest_collection_modifyitems(config, items):
+    """Let ``-k`` select by suite and label (``-k recipe``, ``-k "kernel_size and fft"``):
+    case ids hold commas, which ``-k`` expressions cannot."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        cases = getattr(item.module, "CASES", None)
+        if "case_id" in params and cases is not None:
+            case = cases[params["case_id"]]
+            item.extra_keyword_matches.update({case.suite, case.label})

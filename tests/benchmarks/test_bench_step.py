@@ -1,0 +1,42 @@
+"""One optimizer step (forward, loss gradient, backward, update) of a whole recipe model.
+
+The CIFAR-10 recipe runs once per backend; the Dense-only MNIST model has no convolution, so it
+runs once, recorded as backend ``numpy``. Each model is one group (``step <model>``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import kernels
+from nnbench import bench
+
+
+def _params():
+    for name, make in bench.STEP_MODELS.items():
+        if make().uses_kernel:
+            for backend in kernels.available():
+                yield pytest.param(name, backend, id=f"{backend}-step-{name}")
+        else:
+            yield pytest.param(name, None, id=f"numpy-step-{name}")
+
+
+@pytest.mark.parametrize(("model", "backend"), list(_params()))
+def test_train_step(measure, rng, model, backend):
+    spec = bench.STEP_MODELS[model]()
+    try:
+        call = bench.train_step_call(spec, backend, rng)
+    except bench.Unsupported as exc:
+        pytest.skip(f"{backend} does not support a layer of {model}: {exc}")
+    measure(
+        call,
+        call.check,
+        group=f"step {model}",
+        backend=backend or "numpy",
+        pass_="step",
+        suite="step",
+        label=model,
+        input_shape=(spec.batch_size, *spec.input_shape),
+        dtype="float32",
+        flops=call.flops,
+    )
