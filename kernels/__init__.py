@@ -40,6 +40,7 @@ __all__ = [
     "grad_inputs",
     "grad_kernels",
     "output_shape",
+    "release_scratch",
     "resolve",
     "unavailable",
 ]
@@ -62,6 +63,14 @@ def available() -> list[str]:
 def unavailable() -> dict[str, str]:
     """Backends whose module exists but cannot run here, mapped to the reason."""
     return dict(_UNAVAILABLE)
+
+
+def release_scratch() -> None:
+    """Free the buffers that backends keep from one call to the next (they come back on use)."""
+    for backend in _BACKENDS.values():
+        hook = getattr(backend.module, "release_scratch", None)
+        if hook is not None:
+            hook()
 
 
 def get(name: str) -> Backend:

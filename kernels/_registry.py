@@ -10,7 +10,12 @@ and may define
         a reason string when the case is out of its reach (tests and benchmarks skip it);
     grad_inputs(grad_outputs, kernels, padding) -> grad of inputs
     grad_kernels(inputs, grad_outputs, padding) -> grad of kernels
-        a specialised backward; otherwise the generic one below, built on its own convolve.
+        a specialised backward; otherwise the generic one below, built on its own convolve;
+    EXACT = True
+        a promise that sums of small integers come out exact (no FFT-style rounding); the
+        cross-check tests and the report then hold it to equality on integer inputs;
+    release_scratch()
+        frees buffers the backend keeps from one call to the next.
 
 A module that raises ``ImportError`` on import (say, torch is not installed) is recorded as
 unavailable together with the error message.
@@ -39,6 +44,7 @@ class Backend:
     grad_kernels: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
     supports: Callable[[tuple, tuple, int, np.dtype], str | None]
     specialised_backward: bool
+    exact: bool
     module: ModuleType
 
     def __repr__(self) -> str:
@@ -92,6 +98,7 @@ def load(module: ModuleType, name: str) -> Backend:
         grad_kernels=own_gk or generic_grad_kernels(conv),
         supports=getattr(module, "supports", _supports_everything),
         specialised_backward=bool(own_gi or own_gk),
+        exact=bool(getattr(module, "EXACT", False)),
         module=module,
     )
 

@@ -81,6 +81,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+#: the transforms round every value and spread the error over the whole output.
+EXACT = False
+
 try:  # scipy.fft keeps float32 in single precision and runs the FFTs on several threads
     import scipy.fft as _scipy_fft
 except ImportError:  # numpy.fft then (tests/test_kernels.py runs that path too)

@@ -12,6 +12,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
+import kernels as conv_kernels
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -116,3 +118,11 @@ def finite(array: np.ndarray, name: str) -> None:
     if not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise ValueError(f"{name} must be finite, found {bad} NaN or infinite values")
+
+
+def backend(name, argument: str):
+    """The convolution backend ``name`` (None: ``$NNBENCH_KERNEL``, then the default)."""
+    try:
+        return conv_kernels.resolve(name)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{argument}: {exc}") from None

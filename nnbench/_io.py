@@ -39,4 +39,5 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, payload: object) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    # allow_nan=False: a NaN or infinity is an error to report, not a token to write
+    return atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")

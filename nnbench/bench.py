@@ -40,10 +40,10 @@ Memory
     ``/proc/self/clear_refs``) minus the resident size before the call, after ``malloc_trim``
     returned freed heap pages, so numpy's and torch's allocations are both seen (tracemalloc
     does not see torch's allocator). Elsewhere it falls back to tracemalloc (numpy only).
-    ``memory_method()`` says which one is in use. The result array counts as allocated; memory
-    a backend keeps from one call to the next (scratch buffers reused across calls, FFT plan
-    caches, BLAS work areas) does not, since a warm call allocates it no more: the number is
-    what each call costs, not the backend's resident footprint.
+    ``memory_method()`` says which one is in use. The result array counts as allocated, and so
+    do the buffers a backend reuses across calls (im2col's column matrix, loop's padded copy):
+    ``kernels.release_scratch()`` drops them first, so the number is what a cold call needs.
+    FFT plan caches and BLAS work areas kept by the libraries themselves are not counted.
 """
 
 from __future__ import annotations
@@ -627,6 +627,7 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
 
     Measured with ``memory_method()``; a call that allocates nothing new reports about 0.
     """
+    kernels.release_scratch()  # a cold call: buffers reused across calls count too
     gc.collect()
     if memory_method() == "rss-hwm":
         _malloc_trim()()  # hand freed heap pages back, so reusing them shows up as growth

@@ -195,7 +195,7 @@ class Conv2D(Layer):
 
     def build(self, *args, **kwargs):
         super().build(*args, **kwargs)
-        self.backend = conv_kernels.resolve(self.kernel)
+        self.backend = _checks.backend(self.kernel, "kernel")
         d, h, w = self.input_shape
         c, k = self.output_channels, self.kernel_size
         self.output_shape = (c, h, w)

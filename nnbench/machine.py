@@ -11,8 +11,10 @@ import contextlib
 import datetime as _dt
 import os
 import platform
+import subprocess
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -82,6 +84,31 @@ def thread_info() -> dict[str, object]:
     return info
 
 
+def source_revision() -> dict[str, object]:
+    """The git commit of this checkout and whether tracked files differ from it (None outside
+    a git checkout), so a result can be traced to the code that produced it."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
 def machine_info() -> dict[str, object]:
     """Date, host, CPU, cores, thread counts and library versions, as a JSON-ready dict."""
     return {
@@ -93,6 +120,7 @@ def machine_info() -> dict[str, object]:
         "threads": thread_info(),
         "versions": library_versions(),
         "environment": {name: os.environ.get(name) for name in _PERFORMANCE_ENV},
+        "source": source_revision(),
     }
 
 

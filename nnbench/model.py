@@ -14,9 +14,9 @@ non-finite loss, which stops ``fit`` with ``NonFiniteLossError`` naming the epoc
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import kernels as conv_kernels
 from nnbench import _checks
+from nnbench._io import atomic_write_bytes
 from nnbench.base import Layer, Loss, Optimizer
 from nnbench.layers import Softmax
 from nnbench.losses import CrossEntropy, softmax_cross_entropy
@@ -90,7 +91,7 @@ class Model:
         if kernel is not None:
             if not isinstance(kernel, (str, conv_kernels.Backend)):
                 raise TypeError(f"kernel must be a backend name or None, got {kernel!r}")
-            conv_kernels.resolve(kernel)  # unknown names fail here, listing the available ones
+            _checks.backend(kernel, "kernel")  # unknown names fail here, listing the available ones
         self.loss = loss
         self.optimizer = optimizer
         self.kernel = kernel
@@ -199,7 +200,7 @@ class Model:
         if time_budget is not None:
             time_budget = _checks.real_in_range(time_budget, "time_budget", 0.0, math.inf)
         eval_batch_size = _checks.positive_int(
-            eval_batch_size or max(batch_size, 256), "eval_batch_size"
+            max(batch_size, 256) if eval_batch_size is None else eval_batch_size, "eval_batch_size"
         )
 
         history = History()
@@ -379,15 +380,9 @@ class Model:
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         arrays = {FORMAT_KEY: np.array(FORMAT_VERSION), **self.state()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return atomic_write_bytes(path, buffer.getvalue())
 
     def load(self, path: str | os.PathLike) -> None:
         """Read a file written by ``save`` into this model's arrays (in place).

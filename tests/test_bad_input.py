@@ -64,7 +64,7 @@ CASES = [
         "conv-unknown-backend",
         lambda: built(Conv2D(2, input_shape=(1, 4, 4), kernel="nope"), np.float32),
         ValueError,
-        r"unknown backend 'nope'; available backends: ",
+        r"kernel: unknown backend 'nope'; available backends: ",
     ),
     ("pool-unknown-mode", lambda: Pooling2D(2, "median"), ValueError, r"pool_mode must be one of"),
     ("pool-size-zero", lambda: Pooling2D(0), ValueError, r"pool_size must be a positive int"),
@@ -176,7 +176,12 @@ CASES = [
     # --- model construction ---
     ("model-loss-type", lambda: Model("ce", SGD(0.1)), TypeError, r"loss must be an nnbench Loss"),
     ("model-optimizer", lambda: Model(CrossEntropy(), 0.1), TypeError, r"optimizer must be"),
-    ("model-kernel", lambda: Model(CrossEntropy(), SGD(0.1), kernel="nope"), ValueError, r"nope"),
+    (
+        "model-kernel",
+        lambda: Model(CrossEntropy(), SGD(0.1), kernel="nope"),
+        ValueError,
+        r"kernel: unknown backend 'nope'; available backends: ",
+    ),
     ("model-dtype", lambda: Model(CrossEntropy(), SGD(0.1), dtype=np.int32), TypeError, r"dtype"),
     (
         "model-first-layer-without-shape",
