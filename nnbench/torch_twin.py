@@ -91,7 +91,7 @@ def train_twin(
             loss.backward()
             opt.step()
             step += 1
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(idx)
         test_loss, test_acc = _evaluate(net, loss_fn, xt, yt)

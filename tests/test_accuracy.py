@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from nnbench import accuracy
+from nnbench import Conv2D, accuracy, recipes, torch_twin
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
@@ -87,3 +88,16 @@ def test_bad_arguments_exit_with_a_message(argv, message, capsys):
         accuracy.parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", sorted(recipes.CIFAR10_PRESETS))
+def test_torch_twin_has_the_recipe_architecture(preset):
+    engine = recipes.build_cifar10_model(kernel="torch", preset=preset)
+    twin = torch_twin.build_twin(preset)
+    engine_sizes = sorted(p.size for p in engine.parameters().values())
+    twin_sizes = sorted(p.numel() for p in twin.parameters())
+    assert engine_sizes == twin_sizes
+    convs = [m for m in twin if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [
+        layer.kernels.shape[0] for layer in engine.layers if isinstance(layer, Conv2D)
+    ]

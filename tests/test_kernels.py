@@ -538,6 +538,24 @@ def test_available_lists_every_importable_backend_sorted():
         assert kernels.get(name).name == name
 
 
+def test_exactness_is_declared_by_each_backend_module():
+    for name in kernels.available():
+        assert kernels.get(name).exact is bool(getattr(kernels.get(name).module, "EXACT", False))
+    # the FFT rounds through its transforms; the direct methods sum the products themselves
+    assert "fft" not in kernels.available() or not kernels.get("fft").exact
+    assert all(kernels.get(n).exact for n in ("loop", "im2col", "torch") if n in BACKENDS)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_release_scratch_leaves_later_calls_correct(backend, rng):
+    x = rng.integers(-4, 5, (2, 3, 9, 10)).astype(np.float32)
+    k = rng.integers(-4, 5, (4, 3, 3, 3)).astype(np.float32)
+    before = kernels.convolve(x, k, 1, backend=backend)
+    kernels.release_scratch()
+    after = kernels.convolve(x, k, 1, backend=backend)
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-4)
+
+
 @pytest.fixture
 def extra_backend_dir(tmp_path, monkeypatch):
     """A second directory on ``kernels.__path__``; the modules imported from it are forgotten

@@ -41,3 +41,11 @@ def test_pinned_threads_rejects_zero():
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc-only")
 def test_tune_allocator_applies_on_glibc():
     assert machine.tune_allocator() is True
+
+
+def test_source_revision_names_the_checked_out_commit():
+    revision = machine.source_revision()
+    if revision["commit"] is None:
+        pytest.skip("not a git checkout")
+    assert len(revision["commit"]) == 40 and int(revision["commit"], 16) >= 0
+    assert isinstance(revision["dirty"], bool)
