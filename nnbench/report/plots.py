@@ -184,7 +184,8 @@ def accuracy_curves(
     colors = backend_colors(r.kernel for r in runs)
     fig = Figure(figsize=(8.5, 5.2), layout="constrained")
     ax = fig.subplots()
-    several_seeds = len({(r.kernel, r.smoke) for r in runs}) < len(runs)
+    presets = {r.data.get("preset") for r in runs}
+    several_seeds = len({(r.kernel, r.data.get("preset"), r.smoke) for r in runs}) < len(runs)
     xs_all: list[float] = []
     ys_all: list[float] = []
     twin_labelled = False
@@ -192,11 +193,13 @@ def accuracy_curves(
         xs = [float(h["elapsed_seconds"]) for h in run.data["history"]]
         ys = [100.0 * float(h["valid_accuracy"]) for h in run.data["history"]]
         label = run.kernel if dataset != "mnist" else "dense-only network"
+        if len(presets) > 1:
+            label += f" ({run.data.get('preset')} net)"
         if several_seeds:
             label += f", seed {run.data.get('seed')}"
         if run.smoke:
             label += " (smoke subset)"
-        style = ":" if run.smoke else "-"
+        style = ":" if run.smoke else ("-" if run.data.get("preset") != "best" else "-.")
         ax.plot(xs, ys, marker="o", color=colors[run.kernel], label=label, linestyle=style)
         xs_all += xs
         ys_all += ys

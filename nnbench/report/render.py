@@ -148,11 +148,20 @@ def _short(commit: str) -> str:
     return commit[:10] if is_hash else commit
 
 
+def _commit_text(commit: str | None, dirty: bool | None) -> str:
+    return (_short(commit) + (" (dirty)" if dirty else "")) if commit else "—"
+
+
+def _source_text(machine: dict) -> str:
+    """The git revision an nnbench result recorded in its machine stamp ("—" if none)."""
+    source = machine.get("source") or {}
+    return _commit_text(source.get("commit"), source.get("dirty"))
+
+
 def _runs_used(material: Material) -> list[str]:
     rows = []
     for run in material.inputs.benchmark_runs:
         machine = run.machine
-        commit = run.commit.get("id")
         rows.append(
             {
                 "kind": "benchmark (quick set)" if run.quick else "benchmark",
@@ -161,9 +170,7 @@ def _runs_used(material: Material) -> list[str]:
                 "CPU": machine.get("cpu_model", "—"),
                 "cores": machine.get("cores", "—"),
                 "threads": _threads_text(machine, short=True),
-                "commit": (_short(commit) + (" (dirty)" if run.commit.get("dirty") else ""))
-                if commit
-                else "—",
+                "commit": _commit_text(run.commit.get("id"), run.commit.get("dirty")),
                 "entries": len(run.records),
             }
         )
@@ -177,7 +184,7 @@ def _runs_used(material: Material) -> list[str]:
                 "CPU": machine.get("cpu_model", "—"),
                 "cores": machine.get("cores", "—"),
                 "threads": _threads_text(machine, short=True),
-                "commit": "—",
+                "commit": _source_text(machine),
                 "entries": len(run.data["history"]),
             }
         )
@@ -191,7 +198,7 @@ def _runs_used(material: Material) -> list[str]:
                 "CPU": (v.get("machine") or {}).get("cpu_model", "—"),
                 "cores": (v.get("machine") or {}).get("cores", "—"),
                 "threads": _threads_text(v.get("machine") or {}, short=True),
-                "commit": "—",
+                "commit": _source_text(v.get("machine") or {}),
                 "entries": len(v.get("checks", [])),
             }
         )
