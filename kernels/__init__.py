@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from kernels import _layout
 from kernels._registry import Backend, discover
 
 __all__ = [
@@ -67,10 +68,7 @@ def unavailable() -> dict[str, str]:
 
 def release_scratch() -> None:
     """Free the buffers that backends keep from one call to the next (they come back on use)."""
-    for backend in _BACKENDS.values():
-        hook = getattr(backend.module, "release_scratch", None)
-        if hook is not None:
-            hook()
+    _layout.release_scratch()
 
 
 def get(name: str) -> Backend:

@@ -13,9 +13,10 @@ and may define
         a specialised backward; otherwise the generic one below, built on its own convolve;
     EXACT = True
         a promise that sums of small integers come out exact (no FFT-style rounding); the
-        cross-check tests and the report then hold it to equality on integer inputs;
-    release_scratch()
-        frees buffers the backend keeps from one call to the next.
+        cross-check tests and the report then hold it to equality on integer inputs.
+
+Buffers a backend reuses from one call to the next come from ``kernels._layout.scratch``, so
+``kernels.release_scratch()`` can free them all.
 
 A module that raises ``ImportError`` on import (say, torch is not installed) is recorded as
 unavailable together with the error message.

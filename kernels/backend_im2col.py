@@ -67,15 +67,9 @@ from kernels._layout import (
     taps_forward,
     taps_grad_inputs,
 )
-from kernels._layout import release_scratch as _release_scratch
 
 #: one GEMM of the products: exact while every partial sum is an integer below 2**24.
 EXACT = True
-
-
-def release_scratch() -> None:
-    """Registry hook: free the buffers this backend reuses across calls."""
-    _release_scratch()
 
 
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
