@@ -83,6 +83,7 @@ def run_one(
     compare_torch: bool,
 ) -> dict:
     """Train and evaluate one (dataset, kernel) pair; return the results record."""
+    machine = machine_info()  # stamped when the run starts: the code and settings it ran with
     np.random.seed(seed)  # the engine draws its initial weights and dropout masks from here
     x_train, y_train, x_test, y_test = _load(dataset, data_dir, smoke)
     limit = LIMITS[dataset]
@@ -144,7 +145,7 @@ def run_one(
         "smoke": smoke,
         "train_size": len(x_train),
         "test_size": len(x_test),
-        "machine": machine_info(),
+        "machine": machine,
         "limit": limit,
         "targets": targets,
         "history": history,
