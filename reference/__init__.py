@@ -9,6 +9,7 @@ code it checks.
 from reference.layers import (
     batchnorm,
     conv2d,
+    convolve_with_gradients,
     cross_entropy,
     dense,
     dropout,
@@ -26,6 +27,7 @@ from reference.layers import (
 __all__ = [
     "batchnorm",
     "conv2d",
+    "convolve_with_gradients",
     "cross_entropy",
     "dense",
     "dropout",

@@ -62,6 +62,23 @@ def conv2d(x, kernels, biases, padding: int) -> torch.Tensor:
     return F.conv2d(_t(x), torch.flip(_t(kernels), dims=(2, 3)), _t(biases), padding=padding)
 
 
+def convolve_with_gradients(inputs, kernels, grad_outputs, padding: int) -> dict[str, np.ndarray]:
+    """The true convolution and both of its gradients by torch autograd in float64.
+
+    Returns {"forward", "grad_inputs", "grad_kernels"} as numpy arrays; flipping the kernel
+    makes conv2d's cross-correlation the convolution of the assignment.
+    """
+    x = torch.tensor(np.asarray(inputs), dtype=torch.float64, requires_grad=True)
+    k = torch.tensor(np.asarray(kernels), dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(x, torch.flip(k, dims=(2, 3)), padding=padding)
+    y.backward(torch.tensor(np.asarray(grad_outputs), dtype=torch.float64))
+    return {
+        "forward": y.detach().numpy(),
+        "grad_inputs": x.grad.numpy(),
+        "grad_kernels": k.grad.numpy(),
+    }
+
+
 def pool2d(x, pool_size: int, mode: str) -> torch.Tensor:
     """Non-overlapping pool_size x pool_size max or average pooling."""
     if mode == "max":

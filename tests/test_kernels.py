@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 import kernels
 from kernels import _registry
+from reference import convolve_with_gradients
 from tests.tolerances import Tol, assert_close, tolerance
 
 #: Backends that do not promise exact sums of small integers (a module declares ``EXACT = True``
@@ -141,20 +141,6 @@ def one_thread():
 # --- the reference and the calls under test --------------------------------------------------
 
 
-def torch_reference(x, k, grad_y, padding: int) -> dict[str, np.ndarray]:
-    """Forward and both gradients by torch autograd in float64; flipping the kernel makes
-    conv2d's cross-correlation the true convolution of the convention."""
-    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    kt = torch.tensor(k, dtype=torch.float64, requires_grad=True)
-    y = F.conv2d(xt, torch.flip(kt, dims=(2, 3)), padding=padding)
-    y.backward(torch.tensor(grad_y, dtype=torch.float64))
-    return {
-        "forward": y.detach().numpy(),
-        "grad_inputs": xt.grad.numpy(),
-        "grad_kernels": kt.grad.numpy(),
-    }
-
-
 CALLS = {
     "forward": lambda x, k, gy, p, b: kernels.convolve(x, k, p, backend=b),
     "grad_inputs": lambda x, k, gy, p, b: kernels.grad_inputs(gy, k, p, backend=b),
@@ -201,7 +187,7 @@ def check(name, backend, actual, expected, dtype, reduction, exact) -> None:
 def test_against_reference(backend, dtype, case, integer, pass_, rng):
     skip_unsupported(backend, case, dtype)
     x, k, gy = make_inputs(case, dtype, rng, integer)
-    expected = torch_reference(x, k, gy, case.p)[pass_]
+    expected = convolve_with_gradients(x, k, gy, case.p)[pass_]
     actual = CALLS[pass_](x, k, gy, case.p, backend)
     check(f"{pass_} ({backend})", backend, actual, expected, dtype, case.reduction(pass_), integer)
 
@@ -305,7 +291,7 @@ def test_memory_layouts(backend, dtype, layout, pass_, rng):
     plain = make_inputs(case, dtype, rng, integer=True)
     args = tuple(LAYOUTS[layout](a) for a in plain)
     values = tuple(np.array(a) for a in args)  # what the views hold, contiguous
-    expected = torch_reference(*values, case.p)[pass_]
+    expected = convolve_with_gradients(*values, case.p)[pass_]
     actual = CALLS[pass_](*args, case.p, backend)
     check(
         f"{pass_} ({backend}, {layout})",
@@ -614,7 +600,7 @@ def test_adding_a_backend_file_is_enough(extra_backend_dir, rng):
     assert not scratch.specialised_backward
     case = CASES[0]
     x, k, gy = make_inputs(case, "float64", rng, integer=True)
-    expected = torch_reference(x, k, gy, case.p)
+    expected = convolve_with_gradients(x, k, gy, case.p)
     for pass_ in PASSES:
         check(
             pass_,
@@ -658,7 +644,7 @@ def test_fft_falls_back_to_numpy_fft(case, monkeypatch, rng):
         pytest.skip("the fft backend is not available")
     monkeypatch.setattr(kernels.get("fft").module, "_scipy_fft", None)
     x, k, gy = make_inputs(case, "float32", rng, integer=False)
-    expected = torch_reference(x, k, gy, case.p)
+    expected = convolve_with_gradients(x, k, gy, case.p)
     for pass_ in PASSES:
         assert_close(
             pass_,

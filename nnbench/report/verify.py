@@ -25,11 +25,10 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 import kernels
 from nnbench.report.load import VERIFICATION_SCHEMA as SCHEMA
+from reference import convolve_with_gradients
 
 PASSES = ("forward", "grad_inputs", "grad_kernels")
 DTYPES = ("float32", "float64")
@@ -143,21 +142,6 @@ def _operands(case: Case, integers: bool) -> tuple[np.ndarray, np.ndarray, np.nd
     return tuple(rng.standard_normal(s) for s in shapes)
 
 
-def reference(
-    inputs: np.ndarray, kernels_: np.ndarray, grad_outputs: np.ndarray, padding: int
-) -> dict[str, np.ndarray]:
-    """Forward and both gradients by torch autograd in float64 (true convolution: flip)."""
-    x = torch.tensor(inputs, dtype=torch.float64, requires_grad=True)
-    k = torch.tensor(kernels_, dtype=torch.float64, requires_grad=True)
-    y = F.conv2d(x, torch.flip(k, dims=(2, 3)), padding=padding)
-    y.backward(torch.tensor(grad_outputs, dtype=torch.float64))
-    return {
-        "forward": y.detach().numpy(),
-        "grad_inputs": x.grad.numpy(),
-        "grad_kernels": k.grad.numpy(),
-    }
-
-
 def _compute(backend: str, pass_: str, x, k, g, padding: int) -> np.ndarray:
     if pass_ == "forward":
         return kernels.convolve(x, k, padding, backend=backend)
@@ -181,7 +165,7 @@ def run(
             for dtype in dtypes:
                 x, k, g = (a.astype(dtype) for a in (x64, k64, g64))
                 # The reference sees exactly the values the backend sees.
-                ref = reference(
+                ref = convolve_with_gradients(
                     x.astype(np.float64), k.astype(np.float64), g.astype(np.float64), case.padding
                 )
                 for backend in backends:
