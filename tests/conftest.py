@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def pytest_addoption(parser):
@@ -26,6 +27,20 @@ def pytest_addoption(parser):
         default=None,
         help="seconds of timed rounds per benchmark (default: $NNBENCH_BENCH_BUDGET, else 1.5)",
     )
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run torch on one thread for the duration of a test.
+
+    These tests push tiny tensors through torch hundreds of times; with several intra-op
+    threads on a busy 2-core machine, waking the pool costs 10-50 ms per call (measured here)
+    against microseconds on one thread. The previous setting is restored afterwards.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -16,20 +16,6 @@ from tests.tolerances import assert_close
 DTYPES = (np.float32, np.float64)
 
 
-@pytest.fixture
-def torch_single_thread():
-    """Run torch on one thread for the duration of a test.
-
-    These tests push tiny tensors through torch hundreds of times; with several intra-op
-    threads on a busy 2-core machine, waking the pool costs 10-50 ms per call (measured here)
-    against microseconds on one thread. The previous setting is restored afterwards.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def case_id(kind: str, dtype, shape, extra: str = "") -> str:
     """Ids such as ``conv2d-float32-k3[2,3,9,10]``."""
     middle = f"-{extra}" if extra else ""

@@ -28,7 +28,6 @@ from tests.engine_helpers import (
     built,
     case_id,
     randomize_parameters,
-    torch_single_thread,  # noqa: F401 (fixture)
 )
 from tests.tolerances import assert_close, tolerance
 

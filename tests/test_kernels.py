@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import os
 import re
 import sys
 import textwrap
@@ -31,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
 
 import kernels
 from kernels import _registry
+from nnbench.machine import pinned_threads
 from reference import convolve_with_gradients
 from tests.tolerances import Tol, assert_close, tolerance
 
@@ -131,11 +129,8 @@ def one_thread():
     they made the module 8x slower. Results do not depend on the thread count
     (``test_thread_count_does_not_change_results`` checks that on the default threads).
     """
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
+    with pinned_threads(1):
         yield
-    torch.set_num_threads(torch_threads)
 
 
 # --- the reference and the calls under test --------------------------------------------------
@@ -220,22 +215,17 @@ def test_thread_count_does_not_change_results(backend, rng):
     skip_unsupported(backend, case, "float32")
     x, k, gy = make_inputs(case, "float32", rng, integer=True)
     single = {p: CALLS[p](x, k, gy, case.p, backend) for p in PASSES}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    try:
-        with threadpool_limits(os.cpu_count() or 1):
-            for pass_ in PASSES:
-                check(
-                    f"{pass_} ({backend}, all threads)",
-                    backend,
-                    CALLS[pass_](x, k, gy, case.p, backend),
-                    single[pass_],
-                    "float32",
-                    case.reduction(pass_),
-                    exact=True,
-                )
-    finally:
-        torch.set_num_threads(threads)
+    with pinned_threads(None):  # all cores
+        for pass_ in PASSES:
+            check(
+                f"{pass_} ({backend}, all threads)",
+                backend,
+                CALLS[pass_](x, k, gy, case.p, backend),
+                single[pass_],
+                "float32",
+                case.reduction(pass_),
+                exact=True,
+            )
 
 
 # --- memory layouts --------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from tests.engine_helpers import (
     grid,
     normal,
     randomize_parameters,
-    torch_single_thread,  # noqa: F401 (fixture)
 )
 from tests.tolerances import assert_close
 

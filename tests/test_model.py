@@ -29,7 +29,7 @@ from nnbench import (
     SGDMomentum,
     Softmax,
 )
-from tests.engine_helpers import DTYPES, torch_single_thread  # noqa: F401 (fixture)
+from tests.engine_helpers import DTYPES
 from tests.tolerances import assert_close
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -33,7 +33,6 @@ from tests.engine_helpers import (
     case_id,
     fixed_uniform,
     normal,
-    torch_single_thread,  # noqa: F401 (fixture)
 )
 from tests.tolerances import assert_close
 
