@@ -65,21 +65,17 @@ other jobs (two threads gave the same picture, noisier):
 so it beats im2col from k = 5 (2.6x) and torch from k = 7 (1.4x); both gradients cost about
 the same as the forward (the weight gradient's 32x32 "kernel" needs only L = 33 rows, above).
 
-Threads: the FFTs run on as many threads as numpy's BLAS is allowed (so
-``threadpoolctl.threadpool_limits`` pins both). The stacked GEMM is split over the same number
-of threads of this module, each running a single-threaded BLAS, because OpenBLAS would
-synchronise its threads once per frequency (see ``_matmul``); while that runs, the BLAS thread
-count is held at one process-wide and then restored.
+Threads: the FFTs run on ``kernels.threads.budget()`` threads (the BLAS limit in force, so
+``threadpoolctl.threadpool_limits`` pins both), and the stacked GEMM is split into as many
+slices, each on a single-threaded BLAS, because OpenBLAS would synchronise its threads once per
+frequency (see ``_matmul``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
+
+from kernels import threads
 
 #: the transforms round every value and spread the error over the whole output.
 EXACT = False
@@ -89,80 +85,44 @@ try:  # scipy.fft keeps float32 in single precision and runs the FFTs on several
 except ImportError:  # numpy.fft then (tests/test_kernels.py runs that path too)
     _scipy_fft = None
 
-try:
-    from threadpoolctl import ThreadpoolController
-
-    _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
-except ImportError:
-    _BLAS = []
-
-
-_CORES = os.cpu_count() or 1
-#: Threads for the stacked matmul; they start on first use and then wait for work.
-_POOL = ThreadPoolExecutor(_CORES, thread_name_prefix="kernels-fft")
-
-
-def _workers() -> int:
-    """Threads to use: the BLAS thread limit in force (threadpoolctl pins both), else all cores."""
-    return _BLAS[0].num_threads if _BLAS else _CORES
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """Hold the BLAS at one thread (restored afterwards) while this module threads by itself."""
-    saved = [lib.num_threads for lib in _BLAS]
-    for lib in _BLAS:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, threads in zip(_BLAS, saved):
-            lib.set_num_threads(threads)
-
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Stacked matmul a (..., m, k) @ b (..., k, n), the stack split over ``_workers()`` threads.
+    """Stacked matmul a (..., m, k) @ b (..., k, n), the stack split over the thread budget.
 
     Each product is small (n x d by d x c), so OpenBLAS would synchronise its threads once per
     frequency, and on a busy machine one descheduled thread stalls every one of those hundreds
     of syncs (measured: 3.9 ms on one thread, 11.6 ms median on two). One BLAS thread per slice
-    of the stack, in threads of our own, costs one synchronisation per call instead.
+    of the stack (``kernels.threads``) costs one synchronisation per call instead.
     """
     out = np.empty(a.shape[:-1] + b.shape[-1:], np.result_type(a, b))
     a, b, flat = (t.reshape(-1, *t.shape[-2:]) for t in (a, b, out))
-    parts = min(_workers(), _CORES, len(flat))
-    bounds = np.linspace(0, len(flat), parts + 1).astype(int)
-    slices = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
-    with _single_threaded_blas():
-        if parts == 1:
-            np.matmul(a, b, out=flat)
-        else:  # list() waits for every slice and re-raises an error from any of them
-            list(_POOL.map(lambda s: np.matmul(a[s], b[s], out=flat[s]), slices))
+    slices = threads.split(len(flat), threads.budget())
+    threads.run(lambda s: np.matmul(a[s], b[s], out=flat[s]), slices)
     return out
 
 
 def _rfft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
     if _scipy_fft is None:
         return np.fft.rfft(a, n=n, axis=axis)
-    return _scipy_fft.rfft(a, n=n, axis=axis, workers=_workers())
+    return _scipy_fft.rfft(a, n=n, axis=axis, workers=threads.budget())
 
 
 def _fft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
     if _scipy_fft is None:
         return np.fft.fft(a, n=n, axis=axis)
-    return _scipy_fft.fft(a, n=n, axis=axis, overwrite_x=True, workers=_workers())
+    return _scipy_fft.fft(a, n=n, axis=axis, overwrite_x=True, workers=threads.budget())
 
 
 def _ifft(a: np.ndarray, axis: int) -> np.ndarray:
     if _scipy_fft is None:
         return np.fft.ifft(a, axis=axis)
-    return _scipy_fft.ifft(a, axis=axis, overwrite_x=True, workers=_workers())
+    return _scipy_fft.ifft(a, axis=axis, overwrite_x=True, workers=threads.budget())
 
 
 def _irfft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
     if _scipy_fft is None:
         return np.fft.irfft(a, n=n, axis=axis)
-    return _scipy_fft.irfft(a, n=n, axis=axis, overwrite_x=True, workers=_workers())
+    return _scipy_fft.irfft(a, n=n, axis=axis, overwrite_x=True, workers=threads.budget())
 
 
 def _next_fast_len(target: int, real: bool) -> int:

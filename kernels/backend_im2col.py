@@ -58,6 +58,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from kernels import threads
 from kernels._layout import (
     grad_inputs_padding,
     grad_kernel_shape,
@@ -72,6 +73,12 @@ from kernels._layout import (
 EXACT = True
 
 
+#: Bytes of column matrix per chunk of images: measured best between 1 and 5 MB (below).
+CHUNK_BYTES = 4 * 2**20
+#: Cost of one element of col2im (a GEMM output, then kh*kw strided adds) in column copies.
+COL2IM_COST = 4
+
+
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
     return _correlate(inputs, taps_forward(kernels), padding, padding)
 
@@ -83,9 +90,17 @@ def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> 
     h, w = oh + 2 * ph - kh + 1, ow + 2 * pw - kw + 1
     # Column-matrix sizes: col2im unfolds the d-channel input side, the forward on the
     # transposed kernels the c-channel output side (or, swapped, the kernels themselves).
-    col2im = d * kh * kw * n * oh * ow
+    # col2im's kh*kw shifted adds over short rows cost about COL2IM_COST column copies.
+    col2im = COL2IM_COST * d * kh * kw * n * oh * ow
     if col2im < min(c * kh * kw * n * h * w, c * oh * ow * d * h * w):
-        return _grad_inputs_col2im(grad_outputs, kernels, padding)
+        result = np.empty((n, d, h, w), grad_outputs.dtype)
+        chunk = _chunk(d * kh * kw * oh * ow, grad_outputs.dtype)
+
+        def part(s: slice) -> None:
+            _grad_inputs_col2im(grad_outputs[s], kernels, padding, result[s])
+
+        threads.over_batch(part, n, grad_outputs.size + result.size, chunk)
+        return result
     return _correlate(grad_outputs, taps_grad_inputs(kernels), ph, pw)
 
 
@@ -93,18 +108,27 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     n, d = inputs.shape[:2]
     _, c, oh, ow = grad_outputs.shape
     kh, kw = grad_kernel_shape(inputs, grad_outputs, padding)
-    columns, channels_first = _columns(inputs, kh, kw, padding, padding)  # (K, M)
-    gy = scratch("im2col.grad_outputs", (c, n, oh, ow), inputs.dtype)
-    np.copyto(gy, grad_outputs.transpose(1, 0, 2, 3))
-    grad_taps = np.matmul(gy.reshape(c, n * oh * ow), columns.T)  # (c, K), fresh
-    if channels_first:
-        grad_taps = grad_taps.reshape(c, d, kh, kw)
-    else:
-        grad_taps = grad_taps.reshape(c, kh, kw, d).transpose(0, 3, 1, 2)
+
+    def part(s: slice) -> np.ndarray:  # this chunk's share of the reduction over n*oh*ow
+        columns, channels_first = _columns(inputs[s], kh, kw, padding, padding)  # (K, M)
+        gy = scratch("im2col.grad_outputs", (c, s.stop - s.start, oh, ow), inputs.dtype)
+        np.copyto(gy, grad_outputs[s].transpose(1, 0, 2, 3))
+        grad_taps = np.matmul(gy.reshape(c, -1), columns.T)  # (c, K), fresh
+        if channels_first:
+            return grad_taps.reshape(c, d, kh, kw)
+        return grad_taps.reshape(c, kh, kw, d).transpose(0, 3, 1, 2)
+
+    chunk = _chunk(d * kh * kw * oh * ow, inputs.dtype)
+    grad_taps = threads.sum_over_batch(part, n, inputs.size + grad_outputs.size, chunk)
     return np.ascontiguousarray(grad_taps[:, :, ::-1, ::-1])  # the taps are the flipped kernel
 
 
-def _grad_inputs_col2im(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int):
+def _chunk(column_values_per_image: int, dtype: np.dtype) -> int:
+    """Images per chunk, so that one chunk's column matrix takes about ``CHUNK_BYTES``."""
+    return max(1, CHUNK_BYTES // (column_values_per_image * np.dtype(dtype).itemsize))
+
+
+def _grad_inputs_col2im(grad_outputs, kernels, padding, result) -> None:
     """One GEMM to the column matrix of the input gradient, then a col2im scatter-add.
 
     gx_pad[b, j, t + u, s + v] += sum_i gy[b, i, t, s] * flip(k)[i, j, u, v]: the GEMM
@@ -124,31 +148,39 @@ def _grad_inputs_col2im(grad_outputs: np.ndarray, kernels: np.ndarray, padding: 
         for v in range(kw):
             padded[:, :, u : u + oh, v : v + ow] += columns[:, u, v]
     h, w = hp - 2 * padding, wp - 2 * padding
-    result = np.empty((n, d, h, w), grad_outputs.dtype)
     np.copyto(
         result, padded[:, :, padding : padding + h, padding : padding + w].transpose(1, 0, 2, 3)
     )
-    return result
 
 
 def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     """correlate(x (n, d, h, w), taps (c, d, kh, kw), pads ph, pw) -> fresh (n, c, oh, ow)."""
-    n, _, h, w = x.shape
+    n, d, h, w = x.shape
     c, _, kh, kw = taps.shape
+    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
     if c * h * w < n * kh * kw:
         # Pseudo-commutativity (section 5.6): the taps, flipped, become the image and the
         # image, flipped, the taps; output positions stay where they are.
-        swapped = _correlate_columns(
-            taps[:, :, ::-1, ::-1], x[:, :, ::-1, ::-1], h + ph - kh, w + pw - kw
+        swapped = np.empty((c, n, oh, ow), x.dtype)
+        _correlate_columns(
+            taps[:, :, ::-1, ::-1], x[:, :, ::-1, ::-1], h + ph - kh, w + pw - kw, swapped
         )
         return np.ascontiguousarray(swapped.transpose(1, 0, 2, 3))
-    return _correlate_columns(x, taps, ph, pw)
+    result = np.empty((n, c, oh, ow), x.dtype)
+    chunk = _chunk(d * kh * kw * oh * ow, x.dtype)
+
+    def part(s: slice) -> None:
+        _correlate_columns(x[s], taps, ph, pw, result[s])
+
+    threads.over_batch(part, n, x.size + result.size, chunk)
+    return result
 
 
-def _correlate_columns(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
+def _correlate_columns(x: np.ndarray, taps: np.ndarray, ph: int, pw: int, result) -> None:
+    """result (n, c, oh, ow) = correlate(x, taps, ph, pw) through one column matrix."""
     n = x.shape[0]
     c, _, kh, kw = taps.shape
-    oh, ow = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
+    oh, ow = result.shape[2:]
     columns, channels_first = _columns(x, kh, kw, ph, pw)  # (K, M)
     if channels_first:
         weights = taps.reshape(c, -1)  # K ordered (d, kh, kw)
@@ -156,9 +188,7 @@ def _correlate_columns(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.
         weights = taps.transpose(0, 2, 3, 1).reshape(c, -1)  # K ordered (kh, kw, d)
     product = scratch("im2col.product", (c, n * oh * ow), x.dtype)
     np.matmul(weights, columns, out=product)
-    result = np.empty((n, c, oh, ow), x.dtype)
     np.copyto(result, product.reshape(c, n, oh, ow).transpose(1, 0, 2, 3))
-    return result
 
 
 def _columns(x: np.ndarray, kh: int, kw: int, ph: int, pw: int) -> tuple[np.ndarray, bool]:

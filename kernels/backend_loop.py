@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels import threads
 from kernels._layout import (
     embed_channels_first,
     grad_inputs_padding,
@@ -61,6 +62,11 @@ from kernels._layout import (
 
 #: sums of products in BLAS: exact while every partial sum is an integer below 2**24.
 EXACT = True
+
+#: Bytes on the padded grid (image, outputs) per chunk of images in the offset loops.
+CHUNK_BYTES = 4 * 2**20
+#: Up to this many input channels, the weight gradient runs one GEMV per channel and offset.
+GEMV_CHANNELS = 4
 
 
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
@@ -80,8 +86,18 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     over_offsets = _cost(kh * kw, c * d * n * hp * wp)
     over_positions = _cost(oh * ow, c * d * n * ((kh - 1) * wp + kw))
     if over_offsets <= over_positions:
-        return _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw)
+
+        def part(s: slice) -> np.ndarray:
+            return _grad_kernels_over_offsets(inputs[s], grad_outputs[s], padding, kh, kw)
+
+        chunk = _chunk((d + c) * hp * wp, inputs.dtype)  # image and gradient on the grid
+        return threads.sum_over_batch(part, n, inputs.size + grad_outputs.size, chunk)
     return _grad_kernels_over_positions(inputs, grad_outputs, padding, kh, kw)
+
+
+def _chunk(values_per_image: int, dtype: np.dtype) -> int:
+    """Images per chunk, so that one chunk's arrays on the padded grid take ``CHUNK_BYTES``."""
+    return max(1, CHUNK_BYTES // (values_per_image * np.dtype(dtype).itemsize))
 
 
 #: Python and call overhead of one loop step (about 5 us), in multiply-adds of GEMM work.
@@ -116,12 +132,23 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     _, swap, method = min(plans, key=lambda plan: plan[0])
     if swap:
         flipped_image, flipped_taps = taps[:, :, ::-1, ::-1], x[:, :, ::-1, ::-1]
-        swapped = method(flipped_image, flipped_taps, h + ph - kh, w + pw - kw)
+        swapped = np.empty((c, n, oh, ow), x.dtype)
+        method(flipped_image, flipped_taps, h + ph - kh, w + pw - kw, swapped)
         return np.ascontiguousarray(swapped.transpose(1, 0, 2, 3))
-    return method(x, taps, ph, pw)
+    result = np.empty((n, c, oh, ow), x.dtype)
+    if method is _correlate_over_positions:  # one GEMM per position spans the whole batch
+        method(x, taps, ph, pw, result)
+        return result
+
+    def part(s: slice) -> None:
+        method(x[s], taps, ph, pw, result[s])
+
+    chunk = _chunk((d + 2 * c) * hp * wp, x.dtype)  # image, outputs and one GEMM's product
+    threads.over_batch(part, n, x.size + result.size, chunk)
+    return result
 
 
-def _correlate_over_offsets(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
+def _correlate_over_offsets(x: np.ndarray, taps: np.ndarray, ph: int, pw: int, result) -> None:
     c, d, kh, kw = taps.shape
     padded = pad_channels_first(x, ph, pw, "loop.padded")  # (d, n, Hp, Wp)
     _, n, hp, wp = padded.shape
@@ -141,12 +168,10 @@ def _correlate_over_offsets(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -
                 np.matmul(weights[u, v], shifted, out=step)
                 live += step
     oh, ow = hp - kh + 1, wp - kw + 1
-    result = np.empty((n, c, oh, ow), x.dtype)
     np.copyto(result, grid[:, :, :oh, :ow].transpose(1, 0, 2, 3))
-    return result
 
 
-def _correlate_over_positions(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
+def _correlate_over_positions(x: np.ndarray, taps: np.ndarray, ph: int, pw: int, result) -> None:
     c, d, kh, kw = taps.shape
     padded = pad_channels_last(x, ph, pw, "loop.padded")  # (n, Hp, Wp, d)
     n, hp, wp, _ = padded.shape
@@ -157,14 +182,12 @@ def _correlate_over_positions(x: np.ndarray, taps: np.ndarray, ph: int, pw: int)
     laid[:, :, :kw, :] = taps.transpose(0, 2, 3, 1)
     laid_taps = laid.reshape(c, kh * wp * d)[:, :run].T  # (L, c)
     oh, ow = hp - kh + 1, wp - kw + 1
-    result = np.empty((n, c, oh, ow), x.dtype)
     step = scratch("loop.step", (n, c), x.dtype)
     for t in range(oh):
         for s in range(ow):
             start = (t * wp + s) * d
             np.matmul(images[:, start : start + run], laid_taps, out=step)
             result[:, :, t, s] = step
-    return result
 
 
 def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndarray:
@@ -181,7 +204,12 @@ def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndar
     step = scratch("loop.step", (c, d), inputs.dtype)
     for u in range(kh):
         for v in range(kw):
-            np.matmul(gy, flat[:, u * wp + v : u * wp + v + q].T, out=step)
+            shifted = flat[:, u * wp + v : u * wp + v + q]
+            if d <= GEMV_CHANNELS:  # a (c, q) x (q, d) GEMM this thin runs slower than d GEMVs
+                for j in range(d):
+                    np.matmul(gy, shifted[j], out=step[:, j])
+            else:
+                np.matmul(gy, shifted.T, out=step)
             result[:, :, kh - 1 - u, kw - 1 - v] = step  # the kernel is the flipped taps
     return result
 

@@ -11,15 +11,6 @@ gradient, the weight-gradient routine of ``torch.nn.grad``), which is what a tor
 
 from __future__ import annotations
 
-import os
-
-# The engine alternates torch convolutions with numpy (OpenBLAS) work. By default torch's
-# OpenMP workers spin after every call and take the cores from numpy's threads; measured here
-# while other processes loaded the cores, one CIFAR-10 training step took 84 ms with spinning
-# and 44 ms with passive waiting (on an idle machine the two were within 5%). It only takes
-# effect if torch is first imported here; a user's own OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -3,6 +3,9 @@ directory, and the benchmark options (here so they work from the repository root
 
 from __future__ import annotations
 
+import kernels  # noqa: F401  (before numpy and torch: it sets how their idle threads wait)
+
+# isort: split
 import os
 import zlib
 from pathlib import Path

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 import kernels
-from kernels import _registry
+from kernels import _registry, threads
 from nnbench.machine import pinned_threads
 from reference import convolve_with_gradients
 from tests.tolerances import Tol, assert_close, tolerance
@@ -105,6 +105,9 @@ CASES = [
     # Weight gradient of a 3 -> 8 channel 3x3 'same' Conv2D on 32x32 images, batch 4 (section
     # 5.7): convolve(flip(X)^T (d, n, 32, 32), dY^T (c, n, 32, 32), 1) -> (d, c, 3, 3).
     Case(3, 4, 32, 32, c=8, kh=32, kw=32, p=1),
+    # Few input channels, many outputs: im2col's input gradient goes through col2im.
+    Case(2, 1, 12, 12, c=8, kh=3, kw=3, p=1),
+    Case(3, 2, 9, 11, c=12, kh=3, kw=5, p=0),
 ]
 assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"
 
@@ -127,7 +130,7 @@ def one_thread():
 
     Thread start-up and spin-waiting dominate arrays this small, and on a shared 2-core machine
     they made the module 8x slower. Results do not depend on the thread count
-    (``test_thread_count_does_not_change_results`` checks that on the default threads).
+    (``test_thread_count_does_not_change_results`` checks that with the work split and chunked).
     """
     with pinned_threads(1):
         yield
@@ -208,24 +211,39 @@ def test_backends_agree(pair, dtype, case, pass_, rng):
             assert_close(name, a, b, dtype=dtype, reduction=case.reduction(pass_), tol=tol)
 
 
+#: Cases for the thread checks: batches of 2 and 3, 'same', full, kernels larger than images,
+#: col2im.
+THREAD_CASES = [CASES[0], CASES[2], CASES[5], CASES[9], CASES[11], CASES[13], CASES[15]]
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=lambda case: case.id)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_thread_count_does_not_change_results(backend, rng):
-    """The grid runs single-threaded; the default thread count gives the same exact results."""
-    case = CASES[0]
+def test_thread_count_does_not_change_results(backend, case, rng, monkeypatch):
+    """Split over 2 threads in one-image chunks, every pass gives the single-thread result.
+
+    Forced: any size is split (``MIN_PARALLEL_ELEMENTS`` 0), 2 threads whatever the cores, and
+    a backend's ``CHUNK_BYTES`` at 1 byte, so that every image is its own chunk (a thread with
+    a batch of 2 walks two) and a weight gradient is a sum of per-image parts. Integer inputs
+    make every order of summation exact.
+    """
     skip_unsupported(backend, case, "float32")
     x, k, gy = make_inputs(case, "float32", rng, integer=True)
     single = {p: CALLS[p](x, k, gy, case.p, backend) for p in PASSES}
-    with pinned_threads(None):  # all cores
-        for pass_ in PASSES:
-            check(
-                f"{pass_} ({backend}, all threads)",
-                backend,
-                CALLS[pass_](x, k, gy, case.p, backend),
-                single[pass_],
-                "float32",
-                case.reduction(pass_),
-                exact=True,
-            )
+    monkeypatch.setattr(threads, "MIN_PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(threads, "budget", lambda: 2)
+    module = kernels.get(backend).module
+    if hasattr(module, "CHUNK_BYTES"):
+        monkeypatch.setattr(module, "CHUNK_BYTES", 1)
+    for pass_ in PASSES:
+        check(
+            f"{pass_} ({backend}, 2 threads, chunked)",
+            backend,
+            CALLS[pass_](x, k, gy, case.p, backend),
+            single[pass_],
+            "float32",
+            case.reduction(pass_),
+            exact=True,
+        )
 
 
 # --- memory layouts --------------------------------------------------------------------------

@@ -1,0 +1,202 @@
+"""``kernels.threads`` (the shared thread budget), the thread settings made at import, and the
+engine layers whose passes are split over threads: a split run equals the one-thread run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from kernels import threads
+from nnbench import BatchNorm, Conv2D, Pooling2D, RandomFlip, ReLU
+from nnbench.machine import pinned_threads
+from tests.engine_helpers import built, normal, randomize_parameters
+from tests.tolerances import assert_close
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("n, parts", [(10, 3), (2, 5), (1, 1), (7, 7), (128, 2)])
+def test_split_covers_the_range_in_order_without_empty_slices(n, parts):
+    slices = threads.split(n, parts)
+    assert len(slices) == min(n, parts)
+    assert [i for s in slices for i in range(n)[s]] == list(range(n))
+    sizes = [s.stop - s.start for s in slices]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+def test_budget_follows_the_blas_limit():
+    if not [lib for lib in threadpool_info() if lib["user_api"] == "blas"]:
+        pytest.skip("no BLAS visible to threadpoolctl")
+    with pinned_threads(1):
+        assert threads.budget() == 1
+    with pinned_threads(threads.CORES + 3):
+        assert threads.budget() == threads.CORES  # never more threads than cores
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Split every call in two, whatever its size and the number of cores."""
+    monkeypatch.setattr(threads, "MIN_PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(threads, "budget", lambda: 2)
+
+
+def test_over_batch_walks_every_row_once_in_chunks(two_threads):
+    seen: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+
+    def body(part: slice) -> None:
+        with lock:
+            seen.append((part.start, part.stop, threading.current_thread().name))
+
+    threads.over_batch(body, 11, elements=11, chunk=2)
+    rows = sorted(i for start, stop, _ in seen for i in range(start, stop))
+    assert rows == list(range(11))
+    assert max(stop - start for start, stop, _ in seen) == 2
+    assert len({name for *_, name in seen}) == 2  # the caller and one pool thread
+
+
+def test_small_work_runs_inline(monkeypatch):
+    monkeypatch.setattr(threads, "budget", lambda: 2)
+    names = []
+    threads.over_batch(lambda part: names.append(threading.current_thread().name), 8, 10)
+    assert names == [threading.current_thread().name]
+
+
+def test_sum_over_batch_adds_every_part(two_threads):
+    values = np.arange(13, dtype=np.float64)
+    total = threads.sum_over_batch(lambda s: np.array([values[s].sum()]), 13, 13, chunk=3)
+    assert total.tolist() == [values.sum()]
+
+
+def test_nested_calls_run_inline(two_threads):
+    inner_parts = []
+
+    def outer(part: slice) -> None:
+        threads.over_batch(lambda s: inner_parts.append(s), 4, 4)
+
+    threads.over_batch(outer, 2, 2)
+    assert inner_parts == [slice(0, 4), slice(0, 4)]  # each outer slice ran the inner whole
+
+
+def test_an_error_is_raised_after_every_slice_finished(two_threads):
+    finished = []
+
+    def body(part: slice) -> None:
+        if part.start == 0:
+            raise ValueError("first slice failed")
+        time.sleep(0.05)
+        finished.append(part)
+
+    with pytest.raises(ValueError, match="first slice failed"):
+        threads.over_batch(body, 2, 2)
+    assert finished == [slice(1, 2)]
+
+
+def test_blas_limit_is_restored_after_a_split_call(two_threads):
+    blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("no BLAS visible to threadpoolctl")
+    with pinned_threads(2):
+        threads.over_batch(lambda s: None, 4, 4)
+        assert all(
+            lib["num_threads"] == 2 for lib in threadpool_info() if lib["user_api"] == "blas"
+        )
+
+
+def test_thread_settings_are_in_place_before_numpy_and_torch_load():
+    """``import nnbench`` sets OpenBLAS's and libgomp's spin before either library is loaded;
+    a value the user set is kept."""
+    spy = """
+import os, sys
+seen = {}
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("numpy", "torch") and name not in seen:
+            seen[name] = (os.environ.get("OPENBLAS_THREAD_TIMEOUT"), os.environ.get("GOMP_SPINCOUNT"))
+sys.meta_path.insert(0, Spy())
+import nnbench, kernels
+print(seen["numpy"], seen["torch"])
+"""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT")
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", spy], capture_output=True, text=True, cwd=ROOT, env=env, check=True
+    )
+    assert run.stdout.split("\n")[0] == "('16', '10000') ('16', '10000')"
+    env["GOMP_SPINCOUNT"] = "777"
+    run = subprocess.run(
+        [sys.executable, "-c", spy], capture_output=True, text=True, cwd=ROOT, env=env, check=True
+    )
+    assert run.stdout.split("\n")[0] == "('16', '777') ('16', '777')"
+
+
+# --- engine layers split over threads ------------------------------------------------------
+
+
+LAYERS = {
+    "relu": (lambda dtype: ReLU(input_shape=(3, 6, 5)), False),
+    "batchnorm-train": (lambda dtype: BatchNorm(input_shape=(3, 6, 5)), True),
+    "batchnorm-infer": (lambda dtype: BatchNorm(input_shape=(3, 6, 5)), False),
+    "maxpool2": (lambda dtype: Pooling2D(2, "max", input_shape=(3, 6, 4)), True),
+    "maxpool3": (lambda dtype: Pooling2D(3, "max", input_shape=(3, 6, 9)), True),
+    "avgpool2": (lambda dtype: Pooling2D(2, "avg", input_shape=(3, 6, 4)), True),
+    "conv2d": (lambda dtype: Conv2D(4, 3, input_shape=(3, 6, 5), kernel="im2col"), True),
+    "randomflip": (lambda dtype: RandomFlip(input_shape=(3, 6, 5)), True),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_split_over_threads_equals_one_thread(name, dtype, rng, monkeypatch):
+    """Forward, input gradient and parameter gradients are bit for bit those of one thread
+    (a convolution, whose backend chunks its GEMMs, up to rounding)."""
+    make, training = LAYERS[name]
+    n = 5
+    results = []
+    for split in (False, True):
+        with monkeypatch.context() as patch:
+            if split:
+                patch.setattr(threads, "MIN_PARALLEL_ELEMENTS", 0)
+                patch.setattr(threads, "budget", lambda: 2)
+            layer = built(make(dtype), dtype)
+            randomize_parameters(layer, np.random.default_rng(1))
+            layer.is_training = training
+            if name == "batchnorm-infer":
+                layer.running_mean[...] = np.random.default_rng(2).standard_normal(3)
+            data = np.random.default_rng(3)
+            x = normal(data, (n, *layer.input_shape), dtype)
+            x[0, 0, 0, :2] = 0  # ties and zeros: ReLU's x >= 0 and max-pool's first maximum
+            np.random.seed(4)  # RandomFlip draws from numpy's global generator
+            y = layer.forward(x)
+            g = normal(data, y.shape, dtype)
+            gx = layer.backward(g)
+            grads = [getattr(layer, f"{p}_grad").copy() for p in layer.parameter_names]
+            results.append((y, gx, grads))
+    (y1, gx1, grads1), (y2, gx2, grads2) = results
+    if name == "conv2d":
+        # The backend splits its work into chunks too, and a GEMM over fewer columns may round
+        # differently (OpenBLAS's edge kernels); the weight gradient adds per-chunk parts in
+        # another order (kernels.threads.sum_over_batch). Equal up to rounding.
+        k = layer.kernels.shape
+        reductions = {"y": k[1] * k[2] * k[3], "gx": k[0] * k[2] * k[3]}
+        reductions |= {"kernels": n * x.shape[2] * x.shape[3], "biases": y.size // y.shape[1]}
+        pairs = [("y", y2, y1), ("gx", gx2, gx1)] + list(zip(layer.parameter_names, grads2, grads1))
+        for label, a, b in pairs:
+            assert_close(label, a, b, dtype=dtype, backend="im2col", reduction=reductions[label])
+        return
+    np.testing.assert_array_equal(y2, y1)
+    np.testing.assert_array_equal(gx2, gx1)
+    for parameter, a, b in zip(layer.parameter_names, grads2, grads1, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=parameter)
