@@ -1,4 +1,4 @@
-"""``im2col`` backend: one strided copy into a column matrix, then one GEMM per call.
+"""``im2col`` backend: strided copies into column matrices, one GEMM per chunk of images.
 
 Every pass is a correlation of a zero-padded image with taps (``kernels._layout``):
 
@@ -7,50 +7,59 @@ Every pass is a correlation of a zero-padded image with taps (``kernels._layout`
                        or col2im: one GEMM to (d*kh*kw, n*oh*ow), then kh*kw shifted adds
     grad_kernels  gk = flip(gy (c, n*oh*ow) @ columns(x) (n*oh*ow, d*kh*kw))
 
-A correlation is computed as
+The batch is cut into chunks of about ``CHUNK_BYTES`` of column matrix, and the chunks are
+shared out over the thread budget (``kernels.threads``: each thread takes a run of chunks and
+calls a single-threaded BLAS). For each chunk of images:
 
-1. pad the image into a reused zero-bordered buffer (one copy, ``_layout``);
-2. build the column matrix, K = d*kh*kw rows by M = n*oh*ow columns, with ONE copy from a
-   ``sliding_window_view`` of that buffer (no Python loop over the batch or the offsets);
-3. ONE GEMM, taps (c, K) @ columns (K, M) -> (c, n, oh, ow), into a reused buffer;
-4. one transposing copy, whose runs are whole images, into the fresh (n, c, oh, ow) result.
+1. pad the images into a reused zero-bordered buffer (one copy, ``_layout``);
+2. build the column matrix, K = d*kh*kw rows by M = b*oh*ow columns, with ONE copy from a
+   ``sliding_window_view`` of that buffer (no Python loop over the images or the offsets);
+3. ONE GEMM, taps (c, K) @ columns (K, M) -> (c, b, oh, ow), into a reused buffer;
+4. one transposing copy, whose runs are whole images, into the chunk's rows of the result.
 
-Choices, each measured here (CIFAR-10 recipe layers, batch 128, float32, one thread, CPU time):
+The weight gradient adds the chunks' (c, K) products (``threads.sum_over_batch``), so its
+rounding depends on the thread count; integer inputs still come out exact.
 
+Choices, each measured here (CIFAR-10 recipe layers, batch 128, float32):
+
+* Chunks and threads. Whole-batch calls ran the copies on one thread while the GEMM ran on
+  two, and a column matrix of 10-150 MB went through memory twice. Chunks of 1-5 MB stay in
+  the caches and every step runs on both cores. Two threads, forward / grad_inputs /
+  grad_kernels in ms, whole batch against 4 MB chunks: 3->16 at 32x32 2.5/2.9/3.1 against
+  1.6/1.9/3.0; 16->32 at 16x16 3.5/5.2/3.6 against 2.3/2.9/2.3 (with the col2im rule below);
+  32->32 at 32x32 23.5/23.2/23.6 against 16.7/16.7/17.8. Smaller chunks pay per-call costs
+  (0.25 MB: 2-4x slower on the small layers), larger ones fall out of the caches.
 * Layout of the columns. Channels-last padding (n, Hp, Wp, d) makes a patch row (kw, d) one
   contiguous run, but padding into it transposes the input (slow at 32x32: 4 ms for 16 MB);
   channels-first (d, n, Hp, Wp) copies runs of ow values and pads without transposing. Pad
-  plus column copy, channels-first against channels-last: 0.9 / 2.1 ms (3->16, 32x32),
-  9.4 / 11.8 ms (32->32, 32x32), 8.1 / 5.6 ms (64->64, 16x16), 7.0 / 2.7 ms (128->128, 8x8).
-  Hence channels-first when ow >= kw*d or ow >= 32, channels-last otherwise.
+  plus column copy on one thread, channels-first against channels-last: 0.9 / 2.1 ms (3->16,
+  32x32), 9.4 / 11.8 ms (32->32, 32x32), 8.1 / 5.6 ms (64->64, 16x16), 7.0 / 2.7 ms (128->128,
+  8x8). Hence channels-first when ow >= kw*d or ow >= 32, channels-last otherwise.
 * GEMM orientation (c, K) @ (K, M): 83 / 105 / 116 GF/s against 74 / 86 / 101 GF/s for
-  (M, K) @ (K, c) on the 32-, 64- and 128-channel layers, and its output reaches NCHW with
-  long runs.
-* Scratch buffers (``_layout.scratch``): a 151 MB column copy took 12.8 ms into fresh memory
-  and 7.4 ms into a reused buffer. Results never alias them.
-* grad_inputs picks the smaller column matrix: col2im unfolds the d input channels, the
-  forward on transposed kernels the c output channels. For the 3-channel first layer that is
-  3.7 ms against 12.9 ms; for equal channel counts the forward form (no scatter-add).
-* grad_kernels reduces over M = n*oh*ow inside the GEMM, with the forward's column matrix.
+  (M, K) @ (K, c) on the 32-, 64- and 128-channel layers (one thread), and its output reaches
+  NCHW with long runs.
+* Scratch buffers (``_layout.scratch``, one set per thread): a 151 MB column copy took 12.8
+  ms into fresh memory and 7.4 ms into a reused buffer. Results never alias them.
+* grad_inputs: col2im unfolds the d input channels, the forward on transposed kernels the c
+  output channels. col2im's kh*kw shifted adds run over rows of only ow values and cost about
+  ``COL2IM_COST`` = 4 column copies per element (two threads, col2im against forward form:
+  3->16 at 32x32 1.9 / 4.9 ms, 16->32 at 16x16 3.3 / 2.9 ms, 32->64 at 8x8 3.2 / 2.2 ms,
+  64->64 at 16x16 18.4 / 12.8 ms), so col2im is taken only for few input channels.
 * A kernel larger than its image (the weight-gradient call of section 5.7) swaps image and
   taps by pseudo-commutativity (section 5.6) when that shrinks the column matrix
-  (c*h*w < n*kh*kw).
+  (c*h*w < n*kh*kw); that call is not chunked.
 
-What bounds it. The GEMM: one thread spends 70-90% of the time in it, at 85-112 GF/s on the
-3x3 layers with >= 16 channels (pad + columns 12.1 ms, GEMM 28.3 ms, output 1.2 ms for
-32->32 at 32x32; 2.6 / 21.5 / 0.2 ms for 128->128 at 8x8). ``OPENBLAS_CORETYPE=Haswell``, set
-on this machine and in CI, restricts OpenBLAS to AVX2 kernels: numpy SGEMM 2048^3 peaks at
-133 GF/s per core, while torch (oneDNN, AVX-512, no column matrix) runs these layers at
-210-260 GF/s per core, so even a free column matrix would stay near 0.5x torch. Without the
-variable OpenBLAS picks its SkylakeX kernels (SGEMM 2048^3 at 236-244 GF/s per core) and the
-one-thread ratio rises from 0.51 to 0.60. On two threads the GEMM halves but the layout copies
-are single-threaded numpy and memory-bound (the column matrix is kh*kw = 9 times the image:
-151 MB, about 11 ms, for 32->32 at 32x32 against a 14 ms GEMM), while torch scales 2x, so the
-best-of ratio falls to about 0.26.
-
-Measured against torch (fwd + grad_inputs + grad_kernels time, one thread, CPU time, median):
-3->16 32x32 1.76x, 16->32 16x16 0.26x, 32->64 8x8 0.35x (geometric mean of the recipe's three
-layers 0.54x); 32->32 32x32 0.69x, 64->64 16x16 0.37x, 128->128 8x8 0.42x (all six: 0.51x).
+What bounds it: the GEMM, now 60-80% of the time. ``OPENBLAS_CORETYPE=Haswell``, set on this
+machine and in CI, holds OpenBLAS to its AVX2 kernels: numpy SGEMM 2048^3 peaks at 249 GF/s
+on two threads, and on the thin recipe shapes (c = 16-64 rows) the GEMM alone runs at
+140-240 GF/s. torch's oneDNN (AVX-512, direct convolution, no column matrix) runs the same
+layers at 180-380 GF/s, so even with free copies im2col would stay near 0.45-0.65x torch on
+the 16- and 32-channel layers. Measured with the benchmark suite (two threads, medians,
+forward + grad_inputs + grad_kernels in ms against torch): 3->16 at 32x32 6.2 against 3.1
+(0.49x), 16->32 at 16x16 7.5 against 2.3 (0.31x), 32->64 at 8x8 5.8 against 2.1 (0.36x);
+geometric mean of the nine passes 0.36x. The run before the chunks and threads gave 0.39x,
+but against a torch 1.5-2x slower on these layers (that run predates the thread settings in
+``kernels/__init__.py``); im2col itself got 25-35% faster.
 """
 
 from __future__ import annotations

@@ -29,19 +29,26 @@ swapped by pseudo-commutativity (section 5.6) -- and runs the cheapest. The swap
 the padding is mostly zeros: the input gradient of a 32x32 kernel over a 3x3 output (batch
 16) took 516 ms looping over 1024 offsets on a 63x63 padded grid, and 1.5 ms swapped.
 
+Chunks and threads: the offset loops run per chunk of images (about ``CHUNK_BYTES`` of image,
+outputs and product on the padded grid, so they stay in the caches), the chunks shared out
+over the thread budget (``kernels.threads``, a single-threaded BLAS per thread); the weight
+gradient adds the chunks' parts. Measured on two threads (ms, forward / grad_inputs /
+grad_kernels), whole batch against chunks: 32->32 at 32x32 23.1/23.1/23.1 against
+16.6/16.8/17.2; 64->64 at 16x16 18.4/18.6/17.9 against 16.0/15.8/15.7.
+
 What bounds it. The GEMMs of the offset loop reduce over only d channels, and OpenBLAS
 (Haswell kernels, see ``backend_im2col``) runs such thin GEMMs at 49 GF/s (d = 3), 73-102 GF/s
 (d = 16, 32) and 110-126 GF/s (d = 64, 128) on one core, with each call packing its operands
-and writing the whole (c, Q) product, which the accumulation adds in another pass (0.03-0.3 ms
-per offset, small). With the border waste that makes forward and grad_inputs 0.6-0.95 times
-as fast as im2col on one thread. grad_kernels has a tiny (c, d) product per offset and runs
-worst where that is thinnest (16 x 3 on the first layer: 8 ms against im2col's 3.7 ms). Python
-overhead is about 5 us per step, nothing beside 9 GEMMs of milliseconds. On two threads the
-GEMMs parallelise but the padding and output copies do not.
+and writing the whole (c, Q) product, which the accumulation adds in another pass. The border
+waste adds 13% at 32x32, 27% at 16x16 and 56% at 8x8. The weight gradient has a tiny (c, d)
+product per offset; up to ``GEMV_CHANNELS`` = 4 input channels it runs one GEMV per channel
+instead, which halved the first layer's (3->16 at 32x32: 8.5 ms against 4.1 ms on one
+thread). Those passes are bound by memory: each offset reads the whole chunk again. Python
+overhead is about 5 us per step, nothing beside 9 GEMMs of milliseconds.
 
-Measured against torch (fwd + grad_inputs + grad_kernels time, one thread, CPU time, median):
-3->16 32x32 1.07x, 16->32 16x16 0.28x, 32->64 8x8 0.25x (geometric mean of the recipe's three
-layers 0.42x); 32->32 32x32 0.57x, 64->64 16x16 0.31x, 128->128 8x8 0.27x (all six: 0.39x).
+Measured with the benchmark suite (two threads, medians, forward + grad_inputs + grad_kernels
+in ms against torch): 3->16 at 32x32 9.0 against 3.1 (0.34x), 16->32 at 16x16 8.7 against
+2.3 (0.27x), 32->64 at 8x8 9.1 against 2.1 (0.23x); geometric mean of the nine passes 0.26x.
 """
 
 from __future__ import annotations
