@@ -85,10 +85,15 @@ def thread_info() -> dict[str, object]:
     return info
 
 
-def source_revision() -> dict[str, object]:
-    """The git commit of this checkout and whether tracked files differ from it (None outside
-    a git checkout), so a result can be traced to the code that produced it."""
-    root = Path(__file__).resolve().parents[1]
+#: Where results live: writing them does not make the code that produced them differ.
+RESULTS_DIR = "reports"
+
+
+def source_revision(root: Path | None = None) -> dict[str, object]:
+    """The git commit of this checkout and whether tracked files outside ``reports/`` differ
+    from it (None outside a git checkout), so a result can be traced to the code that produced
+    it. ``root`` defaults to this project's checkout."""
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
 
     def git(*args: str) -> str | None:
         try:
@@ -106,7 +111,7 @@ def source_revision() -> dict[str, object]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS_DIR}")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

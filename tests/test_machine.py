@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 
 import pytest
 import torch
@@ -49,3 +50,24 @@ def test_source_revision_names_the_checked_out_commit():
         pytest.skip("not a git checkout")
     assert len(revision["commit"]) == 40 and int(revision["commit"], 16) >= 0
     assert isinstance(revision["dirty"], bool)
+
+
+def test_source_revision_is_dirty_for_code_changes_not_for_results(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    try:
+        git("init", "-q")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not available")
+    (tmp_path / "nnbench").mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "nnbench" / "code.py").write_text("x = 1\n")
+    (tmp_path / "reports" / "result.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "initial")
+    assert machine.source_revision(tmp_path)["dirty"] is False
+    (tmp_path / "reports" / "result.json").write_text('{"accuracy": 0.9}\n')
+    assert machine.source_revision(tmp_path)["dirty"] is False
+    (tmp_path / "nnbench" / "code.py").write_text("x = 2\n")
+    assert machine.source_revision(tmp_path)["dirty"] is True
