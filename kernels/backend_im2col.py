@@ -25,10 +25,11 @@ Choices, each measured here (CIFAR-10 recipe layers, batch 128, float32):
 * Chunks and threads. Whole-batch calls ran the copies on one thread while the GEMM ran on
   two, and a column matrix of 10-150 MB went through memory twice. Chunks of 1-5 MB stay in
   the caches and every step runs on both cores. Two threads, forward / grad_inputs /
-  grad_kernels in ms, whole batch against 4 MB chunks: 3->16 at 32x32 2.5/2.9/3.1 against
-  1.6/1.9/3.0; 16->32 at 16x16 3.5/5.2/3.6 against 2.3/2.9/2.3 (with the col2im rule below);
-  32->32 at 32x32 23.5/23.2/23.6 against 16.7/16.7/17.8. Smaller chunks pay per-call costs
-  (0.25 MB: 2-4x slower on the small layers), larger ones fall out of the caches.
+  grad_kernels in ms, the whole-batch code against 4 MB chunks: 3->16 at 32x32 2.5/2.9/3.1
+  against 1.6/1.9/3.0; 16->32 at 16x16 3.5/5.2/3.6 against 2.3/2.9/2.3 (with the col2im rule
+  below). One chunk per thread against 4 MB chunks: 32->32 at 32x32 23.5/23.2/23.6 against
+  16.7/16.7/17.8. Smaller chunks pay per-call costs (0.25 MB: 2-4x slower on the small
+  layers), larger ones fall out of the caches.
 * Layout of the columns. Channels-last padding (n, Hp, Wp, d) makes a patch row (kw, d) one
   contiguous run, but padding into it transposes the input (slow at 32x32: 4 ms for 16 MB);
   channels-first (d, n, Hp, Wp) copies runs of ow values and pads without transposing. Pad

@@ -33,8 +33,9 @@ Chunks and threads: the offset loops run per chunk of images (about ``CHUNK_BYTE
 outputs and product on the padded grid, so they stay in the caches), the chunks shared out
 over the thread budget (``kernels.threads``, a single-threaded BLAS per thread); the weight
 gradient adds the chunks' parts. Measured on two threads (ms, forward / grad_inputs /
-grad_kernels), whole batch against chunks: 32->32 at 32x32 23.1/23.1/23.1 against
-16.6/16.8/17.2; 64->64 at 16x16 18.4/18.6/17.9 against 16.0/15.8/15.7.
+grad_kernels): the whole-batch code (one-thread copies, two-thread GEMMs) against chunks,
+16->32 at 16x16 3.5/3.5/3.8 against 3.0/2.9/2.9; one chunk per thread against chunks, 32->32
+at 32x32 23.1/23.1/23.1 against 16.6/16.8/17.2.
 
 What bounds it. The GEMMs of the offset loop reduce over only d channels, and OpenBLAS
 (Haswell kernels, see ``backend_im2col``) runs such thin GEMMs at 49 GF/s (d = 3), 73-102 GF/s
