@@ -25,6 +25,7 @@ raises ``ValueError``/``TypeError`` naming the argument; backends only do math.
 from __future__ import annotations
 
 import os
+import sys
 
 # Thread pools that take turns. numpy's BLAS, torch's OpenMP workers and the threads of
 # ``kernels.threads`` run one after the other on the same cores, but by default the idle ones
@@ -39,6 +40,9 @@ import os
 # after this package (``nnbench`` imports it first); values the user has set win.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+#: Libraries already loaded when the variables above were set: they run without them
+#: (``nnbench.machine.machine_info`` records this with every result).
+LOADED_BEFORE_THREAD_SETTINGS = tuple(name for name in ("numpy", "torch") if name in sys.modules)
 
 import numpy as np  # after the variables above
 

@@ -14,24 +14,34 @@ What lives here is the part that is pure data movement:
   (channels-first ``(d, n, Hp, Wp)``, whose flattened rows let a kernel offset become a
   contiguous column slice, or channels-last ``(n, Hp, Wp, d)``, where a patch row ``(kw, d)`` is
   one contiguous run);
-* a per-thread scratch pool, so the large temporaries (padded images, column matrices, GEMM
-  outputs) are not page-faulted in afresh on every call. Measured here: copying a 151 MB
+* a per-thread scratch pool (``kernels.threads`` runs slices on several threads), so the large
+  temporaries (padded images, column matrices, GEMM outputs) are not page-faulted in afresh on
+  every call. Measured here: copying a 151 MB
   column matrix into fresh memory took 12.8 ms against 7.4 ms into a reused buffer. Scratch
   memory never escapes: every backend copies its result into a freshly allocated array, so a
   returned array never aliases a buffer that a later call overwrites. ``release_scratch()``
-  gives the memory back; buffers above ``MAX_CACHED_BYTES`` are never kept.
+  gives every thread's memory back; buffers above ``MAX_CACHED_BYTES`` are never kept.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 
 #: Buffers larger than this are allocated per call instead of being kept in the pool.
 MAX_CACHED_BYTES = 512 * 2**20
 
+
+class _Pool(dict):
+    """One thread's buffers by key (a dict that can be weakly referenced)."""
+
+
 _local = threading.local()
+_pools_lock = threading.Lock()
+# Every live thread's pool, so that all can be released; a thread's pool goes with the thread.
+_pools: weakref.WeakValueDictionary[int, _Pool] = weakref.WeakValueDictionary()
 
 
 def scratch(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -46,7 +56,9 @@ def scratch(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)
     pool = getattr(_local, "pool", None)
     if pool is None:
-        pool = _local.pool = {}
+        pool = _local.pool = _Pool()
+        with _pools_lock:
+            _pools[id(pool)] = pool
     raw = pool.get(key)
     if raw is None or raw.nbytes < nbytes:
         raw = pool[key] = np.empty(max(nbytes, 1), np.uint8)
@@ -54,8 +66,13 @@ def scratch(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def release_scratch() -> None:
-    """Drop this thread's scratch buffers (the memory is returned once nothing uses it)."""
-    _local.pool = {}
+    """Drop every thread's scratch buffers (the memory is returned once nothing uses it).
+
+    A thread in the middle of a call keeps the arrays it holds; its next call allocates anew.
+    """
+    with _pools_lock:
+        for pool in list(_pools.values()):
+            pool.clear()
 
 
 def _interior(x: np.ndarray, ph: int, pw: int) -> tuple[np.ndarray, slice, slice]:

@@ -11,7 +11,9 @@ torch's) controls, so one setting pins numpy's BLAS, torch and this pool alike.
 
 While slices run, the BLAS is held at one thread (and restored afterwards): k slices then keep k
 cores busy rather than k times the BLAS threads, and OpenBLAS does not synchronise its own
-threads inside every small call. A call made from inside a slice runs inline.
+threads inside every small call. That limit is process-wide: while it is held, other threads'
+BLAS calls run on one thread too, and their split calls run inline. A call made from inside a
+slice runs inline. After ``os.fork`` the child starts a pool of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from typing import TypeVar
 
 import numpy as np
 
-CORES = os.cpu_count() or 1
+try:  # the cores this process may run on (affinity, cpusets), not all of the machine's
+    CORES = len(os.sched_getaffinity(0))
+except AttributeError:  # not Linux
+    CORES = os.cpu_count() or 1
 #: Arrays with fewer elements are processed inline: splitting costs a few tens of microseconds.
 MIN_PARALLEL_ELEMENTS = 1 << 17
 
@@ -37,9 +42,28 @@ try:
 except ImportError:
     _BLAS = []
 
-# The calling thread runs the first slice itself, so the pool needs one thread fewer.
-_POOL = ThreadPoolExecutor(max(CORES - 1, 1), thread_name_prefix="kernels")
 _inside = threading.local()
+_blas_lock = threading.Lock()
+_blas_holders = 0  # callers inside single_threaded_blas
+_blas_saved: list[int] = []
+
+
+def _new_pool() -> ThreadPoolExecutor:
+    # The calling thread runs the first slice itself, so the pool needs one thread fewer.
+    return ThreadPoolExecutor(max(CORES - 1, 1), thread_name_prefix="kernels")
+
+
+def _after_fork_in_child() -> None:
+    # The parent's pool threads do not exist in the child: its queue would wait forever.
+    global _POOL, _blas_lock, _blas_holders
+    _POOL = _new_pool()
+    _blas_lock = threading.Lock()
+    _blas_holders = 0
+
+
+_POOL = _new_pool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 T = TypeVar("T")
 
@@ -52,15 +76,26 @@ def budget() -> int:
 
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Hold the BLAS at one thread (process-wide) for the body, then restore the limit."""
-    saved = [lib.num_threads for lib in _BLAS]
-    for lib in _BLAS:
-        lib.set_num_threads(1)
+    """Hold the BLAS at one thread (process-wide) for the body, then restore the limit.
+
+    Callers in several threads share one hold: the first saves the limit and the last
+    restores it, so overlapping calls cannot leave the BLAS at one thread.
+    """
+    global _blas_holders, _blas_saved
+    with _blas_lock:
+        if _blas_holders == 0:
+            _blas_saved = [lib.num_threads for lib in _BLAS]
+            for lib in _BLAS:
+                lib.set_num_threads(1)
+        _blas_holders += 1
     try:
         yield
     finally:
-        for lib, threads in zip(_BLAS, saved):
-            lib.set_num_threads(threads)
+        with _blas_lock:
+            _blas_holders -= 1
+            if _blas_holders == 0:
+                for lib, threads in zip(_BLAS, _blas_saved):
+                    lib.set_num_threads(threads)
 
 
 def split(n: int, parts: int) -> list[slice]:
@@ -81,10 +116,12 @@ def run(body: Callable[[T], object], items: list[T]) -> None:
     """Call ``body(item)`` for every item, in parallel; return when all are done.
 
     What the calls write must not overlap. An exception from any call is raised after every
-    call has finished (none is left running on arrays the caller frees).
+    call has finished (none is left running on arrays the caller frees). Called from inside
+    a slice, the items run one after the other on the calling thread.
     """
-    if len(items) == 1:
-        body(items[0])
+    if len(items) == 1 or getattr(_inside, "active", False):
+        for item in items:
+            body(item)
         return
     with single_threaded_blas():
         futures = [_POOL.submit(_inline, body, item) for item in items[1:]]
@@ -115,7 +152,8 @@ def sum_over_batch(
     """The sum of ``body(s)`` over slices s covering range(n), computed like ``over_batch``.
 
     Each thread adds up its own slices in order and the per-thread totals are added in order,
-    so the result depends on the thread count and ``chunk`` but not on timing.
+    so the result depends on the thread count and ``chunk`` but not on timing. ``body`` must
+    return a fresh, writable array: the others are added into the first one in place.
     """
     parts = split(n, parts_for(n, elements))
     totals: list[np.ndarray | None] = [None] * len(parts)
@@ -147,8 +185,9 @@ def _walk(body: Callable[[slice], object], rows: slice, chunk: int | None) -> No
 
 
 def _inline(body: Callable[[T], object], item: T) -> None:
+    previous = getattr(_inside, "active", False)
     _inside.active = True
     try:
         body(item)
     finally:
-        _inside.active = False
+        _inside.active = previous

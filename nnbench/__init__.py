@@ -14,7 +14,7 @@ Quick use::
     history = model.fit(x_train, y_train, batch_size=128, epochs=5)
 """
 
-import kernels  # noqa: F401  (first: it sets OpenBLAS's spin time before numpy loads it)
+import kernels  # noqa: F401  (first: it sets OpenBLAS's and libgomp's spin before they load)
 from nnbench._checks import CallOrderError
 from nnbench.base import Layer, Loss, Optimizer
 from nnbench.layers import (

@@ -82,7 +82,7 @@ def _batched(function, *operands, out):
     outs = out if isinstance(out, tuple) else (out,)
     n, ndim = len(outs[0]), outs[0].ndim
 
-    def batched(operand) -> bool:
+    def has_batch_axis(operand) -> bool:
         if not isinstance(operand, np.ndarray) or operand.ndim < ndim:
             return False
         if len(operand) != n:
@@ -90,10 +90,10 @@ def _batched(function, *operands, out):
         return True
 
     for operand in operands:
-        batched(operand)
+        has_batch_axis(operand)  # raises on a batch of the wrong length
 
     def body(part: slice) -> None:
-        args = [op[part] if batched(op) else op for op in operands]
+        args = [op[part] if has_batch_axis(op) else op for op in operands]
         sliced = tuple(o[part] for o in outs)
         function(*args, out=sliced if isinstance(out, tuple) else sliced[0])
 
@@ -426,9 +426,8 @@ class Pooling2D(Layer):
         grad_inputs = np.empty(self.forward_inputs.shape, dtype=grad_outputs.dtype)
         if self.pool_mode == "avg":
             return _batched(self._spread, grad_outputs, out=grad_inputs)
-        return _batched(
-            self._route, grad_outputs, self.col_argmax, self.row_argmax, out=grad_inputs
-        )
+        argmax = (self.col_argmax, self.row_argmax)
+        return _batched(self._unpool_max, grad_outputs, *argmax, out=grad_inputs)
 
     # Each helper works on a slice of the batch and writes into ``out``.
 
@@ -463,7 +462,7 @@ class Pooling2D(Layer):
             for target in self._columns(row):
                 np.copyto(target, share)
 
-    def _route(self, grad_outputs, col_argmax, row_argmax, out):
+    def _unpool_max(self, grad_outputs, col_argmax, row_argmax, out):
         grad_rows = np.empty(col_argmax.shape, dtype=grad_outputs.dtype)
         _route(grad_outputs, row_argmax, self._rows(grad_rows))
         _route(grad_rows, col_argmax, self._columns(out))
@@ -573,10 +572,10 @@ class RandomFlip(Layer):
 
     def _mirror(self, array: np.ndarray) -> np.ndarray:
         flipped = self.flipped[:, None, None, None]
-        return _batched(_mirror, flipped, array, out=np.empty_like(array))
+        return _batched(_mirror_where, flipped, array, out=np.empty_like(array))
 
 
-def _mirror(flipped, array, out):
+def _mirror_where(flipped, array, out):
     """out = array with the rows of the images where ``flipped`` reversed."""
     np.copyto(out, array, where=~flipped)
     np.copyto(out, array[..., ::-1], where=flipped)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
+import kernels
+
 # Environment variables that change how fast the same code runs here; recorded with every result.
 _PERFORMANCE_ENV = (
     "OMP_WAIT_POLICY",
@@ -111,7 +113,8 @@ def source_revision(root: Path | None = None) -> dict[str, object]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS_DIR}")
+    pathspec = (":(top)", f":(top,exclude){RESULTS_DIR}")  # the whole checkout, from anywhere
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *pathspec)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
@@ -126,6 +129,8 @@ def machine_info() -> dict[str, object]:
         "threads": thread_info(),
         "versions": library_versions(),
         "environment": {name: os.environ.get(name) for name in _PERFORMANCE_ENV},
+        # Libraries loaded before ``kernels`` set its thread variables: they run without them.
+        "thread_settings_missed_by": list(kernels.LOADED_BEFORE_THREAD_SETTINGS),
         "source": source_revision(),
     }
 

@@ -108,6 +108,8 @@ CASES = [
     # Few input channels, many outputs: im2col's input gradient goes through col2im.
     Case(2, 1, 12, 12, c=8, kh=3, kw=3, p=1),
     Case(3, 2, 9, 11, c=12, kh=3, kw=5, p=0),
+    # More input channels than loop's GEMV threshold: its weight gradient runs as GEMMs.
+    Case(2, 6, 10, 10, c=5, kh=3, kw=3, p=1),
 ]
 assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"
 
@@ -211,9 +213,8 @@ def test_backends_agree(pair, dtype, case, pass_, rng):
             assert_close(name, a, b, dtype=dtype, reduction=case.reduction(pass_), tol=tol)
 
 
-#: Cases for the thread checks: batches of 2 and 3, 'same', full, kernels larger than images,
-#: col2im.
-THREAD_CASES = [CASES[0], CASES[2], CASES[5], CASES[9], CASES[11], CASES[13], CASES[15]]
+#: Cases for the thread checks: every case with a batch to split.
+THREAD_CASES = [case for case in CASES if case.n >= 2]
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=lambda case: case.id)
@@ -234,6 +235,11 @@ def test_thread_count_does_not_change_results(backend, case, rng, monkeypatch):
     module = kernels.get(backend).module
     if hasattr(module, "CHUNK_BYTES"):
         monkeypatch.setattr(module, "CHUNK_BYTES", 1)
+    split_calls = []
+    run = threads.run
+    monkeypatch.setattr(
+        threads, "run", lambda body, items: (split_calls.append(len(items)), run(body, items))
+    )
     for pass_ in PASSES:
         check(
             f"{pass_} ({backend}, 2 threads, chunked)",
@@ -244,6 +250,8 @@ def test_thread_count_does_not_change_results(backend, case, rng, monkeypatch):
             case.reduction(pass_),
             exact=True,
         )
+    if hasattr(module, "threads") and case == CASES[0]:  # 3x3 'same': every pass splits
+        assert split_calls.count(2) >= len(PASSES), f"{backend} split only {split_calls}"
 
 
 # --- memory layouts --------------------------------------------------------------------------

@@ -71,3 +71,6 @@ def test_source_revision_is_dirty_for_code_changes_not_for_results(tmp_path):
     assert machine.source_revision(tmp_path)["dirty"] is False
     (tmp_path / "nnbench" / "code.py").write_text("x = 2\n")
     assert machine.source_revision(tmp_path)["dirty"] is True
+    # asked from a folder inside the checkout (say an installed copy), the same answer
+    (tmp_path / "reports" / "result.json").write_text("{}\n")
+    assert machine.source_revision(tmp_path / "reports")["dirty"] is True

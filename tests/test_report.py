@@ -24,7 +24,7 @@ import pytest
 import kernels
 from nnbench import bench
 from nnbench.machine import machine_info
-from nnbench.report import ResultFileError, build, load, plots, tables, verify
+from nnbench.report import ResultFileError, build, load, plots, render, tables, verify
 from nnbench.report.__main__ import main
 from tests.conftest import shared_data_dir
 
@@ -529,3 +529,14 @@ def test_quick_default_keeps_the_recipe_and_a_sweep_up_to_k7():
     assert {c.label for c in bench.recipe_cases()} <= {c.label for c in cases}
     sweep = sorted({c.kernel_shape[2] for c in cases if c.suite == "kernel_size"})
     assert len(sweep) >= 2 and sweep[-1] == QUICK_MAX_KERNEL
+
+
+def test_stamp_shows_the_settings_and_a_late_import():
+    machine = {
+        "environment": {"OPENBLAS_THREAD_TIMEOUT": "16", "OMP_NUM_THREADS": None},
+        "thread_settings_missed_by": ["numpy"],
+    }
+    text = render._settings_text(machine)
+    assert "`OPENBLAS_THREAD_TIMEOUT=16`" in text and "OMP_NUM_THREADS" not in text
+    assert "running without them: numpy" in text
+    assert render._settings_text({}) == "none recorded"

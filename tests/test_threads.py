@@ -4,11 +4,13 @@ engine layers whose passes are split over threads: a split run equals the one-th
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,77 @@ def test_blas_limit_is_restored_after_a_split_call(two_threads):
         assert all(
             lib["num_threads"] == 2 for lib in threadpool_info() if lib["user_api"] == "blas"
         )
+
+
+class _FakeBlas:
+    """Stands for a threadpoolctl BLAS controller: a thread limit that is simply stored."""
+
+    def __init__(self, num_threads: int):
+        self.num_threads = num_threads
+
+    def set_num_threads(self, num_threads: int) -> None:
+        self.num_threads = num_threads
+
+
+def test_overlapping_split_calls_restore_the_blas_limit(two_threads, monkeypatch):
+    """A enters a split call, B enters, A leaves, then B leaves: the limit must come back.
+
+    (Each caller saving and restoring on its own would leave it at one thread: B saved the
+    one A had set, and restored it last.)
+    """
+    blas = _FakeBlas(2)
+    monkeypatch.setattr(threads, "_BLAS", [blas])
+    a_inside, b_entered, a_left = threading.Event(), threading.Event(), threading.Event()
+    limits_inside = []
+
+    def body_a(part: slice) -> None:
+        limits_inside.append(blas.num_threads)
+        a_inside.set()
+        b_entered.wait(10)
+
+    def call_a() -> None:
+        threads.over_batch(body_a, 2, 2)
+        a_left.set()
+
+    def body_b(part: slice) -> None:
+        limits_inside.append(blas.num_threads)
+        b_entered.set()
+        if part.start == 0:  # B's own thread waits, so B's hold outlives A's
+            a_left.wait(10)
+
+    a = threading.Thread(target=call_a)
+    a.start()
+    a_inside.wait(10)
+    threads.over_batch(body_b, 2, 2)
+    a.join()
+    assert a_left.is_set()
+    assert limits_inside == [1, 1, 1, 1]  # held at one thread while any slice ran
+    assert blas.num_threads == 2
+
+
+def _split_in_child(queue) -> None:
+    threads.MIN_PARALLEL_ELEMENTS = 0  # the child has its own copy of the module
+    seen = []
+    threads.run(lambda s: seen.append(s), [slice(0, 1), slice(1, 2)])
+    queue.put(sorted((s.start, s.stop) for s in seen))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_split_calls_work_in_a_forked_child(two_threads):
+    """The child of a fork gets a pool of its own (the parent's threads do not exist there)."""
+    threads.over_batch(lambda s: None, 4, 4)  # the parent's pool has started a thread
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_split_in_child, args=(queue,))
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in a split call")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == [(0, 1), (1, 2)]
 
 
 def test_thread_settings_are_in_place_before_numpy_and_torch_load():

@@ -137,9 +137,21 @@ def _stamp(material: Material) -> list[str]:
             f"({m.get('platform', '')})"
         ),
         f"- **Threads**: {_threads_text(m)}",
+        f"- **Settings**: {_settings_text(m)}",
         f"- **Versions**: {_versions_text(m)}",
         "",
     ]
+
+
+def _settings_text(machine: dict) -> str:
+    """The performance-relevant environment variables that are set, and any library that was
+    loaded before ``kernels`` set its thread variables (it ran without them)."""
+    environment = machine.get("environment") or {}
+    text = ", ".join(f"`{name}={value}`" for name, value in environment.items() if value)
+    missed = machine.get("thread_settings_missed_by") or []
+    if missed:
+        text += f" (loaded before these were set, so running without them: {', '.join(missed)})"
+    return text or "none recorded"
 
 
 def _short(commit: str) -> str:
