@@ -56,9 +56,9 @@ on two threads, and on the thin recipe shapes (c = 16-64 rows) the GEMM alone ru
 140-240 GF/s. torch's oneDNN (AVX-512, direct convolution, no column matrix) runs the same
 layers at 180-380 GF/s, so even with free copies im2col would stay near 0.45-0.65x torch on
 the 16- and 32-channel layers. Measured with the benchmark suite (two threads, medians,
-forward + grad_inputs + grad_kernels in ms against torch): 3->16 at 32x32 6.2 against 3.1
-(0.49x), 16->32 at 16x16 7.5 against 2.3 (0.31x), 32->64 at 8x8 5.8 against 2.1 (0.36x);
-geometric mean of the nine passes 0.36x. The run before the chunks and threads gave 0.39x,
+forward + grad_inputs + grad_kernels in ms against torch): 3->16 at 32x32 5.9 against 2.9
+(0.49x), 16->32 at 16x16 7.5 against 2.4 (0.31x), 32->64 at 8x8 5.9 against 2.3 (0.39x);
+geometric mean of the nine passes 0.37x. The run before the chunks and threads gave 0.39x,
 but against a torch 1.5-2x slower on these layers (that run predates the thread settings in
 ``kernels/__init__.py``); im2col itself got 25-35% faster.
 """

@@ -49,8 +49,8 @@ overhead is about 5 us per GEMM or GEMV (chunks x kh*kw of them, times d with GE
 ms of a 3-4 ms call on the recipe layers.
 
 Measured with the benchmark suite (two threads, medians, forward + grad_inputs + grad_kernels
-in ms against torch): 3->16 at 32x32 9.0 against 3.1 (0.34x), 16->32 at 16x16 8.7 against
-2.3 (0.27x), 32->64 at 8x8 9.1 against 2.1 (0.23x); geometric mean of the nine passes 0.26x.
+in ms against torch): 3->16 at 32x32 8.9 against 2.9 (0.32x), 16->32 at 16x16 8.7 against
+2.4 (0.27x), 32->64 at 8x8 8.4 against 2.3 (0.27x); geometric mean of the nine passes 0.27x.
 """
 
 from __future__ import annotations
