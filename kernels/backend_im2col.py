@@ -104,7 +104,7 @@ def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> 
     col2im = COL2IM_COST * d * kh * kw * n * oh * ow
     if col2im < min(c * kh * kw * n * h * w, c * oh * ow * d * h * w):
         result = np.empty((n, d, h, w), grad_outputs.dtype)
-        chunk = _chunk(d * kh * kw * oh * ow, grad_outputs.dtype)
+        chunk = threads.rows_per_chunk(d * kh * kw * oh * ow, grad_outputs.dtype, CHUNK_BYTES)
 
         def part(s: slice) -> None:
             _grad_inputs_col2im(grad_outputs[s], kernels, padding, result[s])
@@ -128,14 +128,9 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
             return grad_taps.reshape(c, d, kh, kw)
         return grad_taps.reshape(c, kh, kw, d).transpose(0, 3, 1, 2)
 
-    chunk = _chunk(d * kh * kw * oh * ow, inputs.dtype)
+    chunk = threads.rows_per_chunk(d * kh * kw * oh * ow, inputs.dtype, CHUNK_BYTES)
     grad_taps = threads.sum_over_batch(part, n, inputs.size + grad_outputs.size, chunk)
     return np.ascontiguousarray(grad_taps[:, :, ::-1, ::-1])  # the taps are the flipped kernel
-
-
-def _chunk(column_values_per_image: int, dtype: np.dtype) -> int:
-    """Images per chunk, so that one chunk's column matrix takes about ``CHUNK_BYTES``."""
-    return max(1, CHUNK_BYTES // (column_values_per_image * np.dtype(dtype).itemsize))
 
 
 def _grad_inputs_col2im(grad_outputs, kernels, padding, result) -> None:
@@ -177,7 +172,7 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
         )
         return np.ascontiguousarray(swapped.transpose(1, 0, 2, 3))
     result = np.empty((n, c, oh, ow), x.dtype)
-    chunk = _chunk(d * kh * kw * oh * ow, x.dtype)
+    chunk = threads.rows_per_chunk(d * kh * kw * oh * ow, x.dtype, CHUNK_BYTES)
 
     def part(s: slice) -> None:
         _correlate_columns(x[s], taps, ph, pw, result[s])

@@ -99,14 +99,10 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
         def part(s: slice) -> np.ndarray:
             return _grad_kernels_over_offsets(inputs[s], grad_outputs[s], padding, kh, kw)
 
-        chunk = _chunk((d + c) * hp * wp, inputs.dtype)  # image and gradient on the grid
+        grid = (d + c) * hp * wp  # image and gradient on the padded grid
+        chunk = threads.rows_per_chunk(grid, inputs.dtype, CHUNK_BYTES)
         return threads.sum_over_batch(part, n, inputs.size + grad_outputs.size, chunk)
     return _grad_kernels_over_positions(inputs, grad_outputs, padding, kh, kw)
-
-
-def _chunk(values_per_image: int, dtype: np.dtype) -> int:
-    """Images per chunk, so that one chunk's arrays on the padded grid take ``CHUNK_BYTES``."""
-    return max(1, CHUNK_BYTES // (values_per_image * np.dtype(dtype).itemsize))
 
 
 #: Python and call overhead of one loop step (about 5 us), in multiply-adds of GEMM work.
@@ -152,7 +148,8 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     def part(s: slice) -> None:
         method(x[s], taps, ph, pw, result[s])
 
-    chunk = _chunk((d + 2 * c) * hp * wp, x.dtype)  # image, outputs and one GEMM's product
+    grid = (d + 2 * c) * hp * wp  # image, outputs and one GEMM's product on the padded grid
+    chunk = threads.rows_per_chunk(grid, x.dtype, CHUNK_BYTES)
     threads.over_batch(part, n, x.size + result.size, chunk)
     return result
 

@@ -105,6 +105,12 @@ def split(n: int, parts: int) -> list[slice]:
     return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
+def rows_per_chunk(values_per_row: int, dtype: np.dtype, chunk_bytes: int) -> int:
+    """Rows per chunk so that ``values_per_row`` values of ``dtype`` per row fill about
+    ``chunk_bytes`` (at least one row)."""
+    return max(1, chunk_bytes // (values_per_row * np.dtype(dtype).itemsize))
+
+
 def parts_for(n: int, elements: int) -> int:
     """How many slices to cut ``n`` rows of ``elements`` elements in all into (1 = inline)."""
     if getattr(_inside, "active", False) or elements < MIN_PARALLEL_ELEMENTS:

@@ -441,13 +441,9 @@ class Pooling2D(Layer):
 
     def _average(self, inputs, out):
         columns = self._columns(inputs)
-        column_sum = np.add(columns[0], columns[1]) if len(columns) > 1 else columns[0].copy()
-        for view in columns[2:]:
-            column_sum += view
-        rows = self._rows(column_sum)
-        np.copyto(out, rows[0])
-        for view in rows[1:]:
-            out += view
+        column_sum = np.empty(columns[0].shape, dtype=inputs.dtype)
+        _sum_of(columns, column_sum)
+        _sum_of(self._rows(column_sum), out)
         out *= 1 / self.pool_size**2
 
     def _maximum(self, inputs, out):
@@ -466,6 +462,16 @@ class Pooling2D(Layer):
         grad_rows = np.empty(col_argmax.shape, dtype=grad_outputs.dtype)
         _route(grad_outputs, row_argmax, self._rows(grad_rows))
         _route(grad_rows, col_argmax, self._columns(out))
+
+
+def _sum_of(views: list[np.ndarray], out: np.ndarray) -> None:
+    """out = the elementwise sum of ``views``, added in order."""
+    if len(views) == 1:
+        np.copyto(out, views[0])
+        return
+    np.add(views[0], views[1], out=out)
+    for view in views[2:]:
+        out += view
 
 
 def _first_max(views: list[np.ndarray], best: np.ndarray, index: np.ndarray) -> None:
