@@ -672,14 +672,7 @@ def preprocess_mnist(
     _check_split(x_test, y_test, "x_test", "y_test", image_shapes)
     flat_train = x_train.reshape(len(x_train), 784)
     flat_test = x_test.reshape(len(x_test), 784)
-    mean, std = _mean_std(flat_train, axis=None)
-    _check_spread(std, "x_train")
-    return (
-        _standardise(flat_train, mean, std, dtype),
-        one_hot(y_train, NUM_CLASSES, dtype),
-        _standardise(flat_test, mean, std, dtype),
-        one_hot(y_test, NUM_CLASSES, dtype),
-    )
+    return _standardise_split(flat_train, y_train, flat_test, y_test, None, dtype)
 
 
 def preprocess_cifar10(
@@ -699,7 +692,13 @@ def preprocess_cifar10(
     image_shapes = ((3, 32, 32),)
     _check_split(x_train, y_train, "x_train", "y_train", image_shapes)
     _check_split(x_test, y_test, "x_test", "y_test", image_shapes)
-    mean, std = _mean_std(x_train, axis=(0, 2, 3))
+    return _standardise_split(x_train, y_train, x_test, y_test, (0, 2, 3), dtype)
+
+
+def _standardise_split(x_train, y_train, x_test, y_test, axis, dtype):
+    """Both image sets shifted and scaled by the training set's mean and std over ``axis``,
+    both label sets one-hot: (x_train, y_train, x_test, y_test) in ``dtype``."""
+    mean, std = _mean_std(x_train, axis=axis)
     _check_spread(std, "x_train")
     return (
         _standardise(x_train, mean, std, dtype),
