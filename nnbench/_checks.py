@@ -36,6 +36,17 @@ def float_dtype(dtype, name: str = "dtype") -> np.dtype:
     return resolved
 
 
+def optimizer(value, name: str):
+    """``value`` must have a callable ``get_parameter_updater(parameter_shape)`` (duck typing:
+    an nnbench ``Optimizer`` or any object shaped like one)."""
+    if not callable(getattr(value, "get_parameter_updater", None)):
+        raise TypeError(
+            f"{name} must have a callable get_parameter_updater(parameter_shape) (an nnbench "
+            f"Optimizer such as SGD, or an object like one), got {type(value).__name__}"
+        )
+    return value
+
+
 def positive_int(value, name: str) -> int:
     """``value`` as an int >= 1 (bools are rejected)."""
     if isinstance(value, bool) or not isinstance(value, Integral):

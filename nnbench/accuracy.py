@@ -10,13 +10,20 @@ with a test-set evaluation whose time counts in the elapsed seconds, and "time t
 elapsed time at the end of the first epoch whose test accuracy reached X. Hyperparameters were
 chosen beforehand and are not tuned on these curves during a run.
 
-Each run writes ``<out>/accuracy-<dataset>-<kernel>-seed<seed>.json`` atomically, with the
-machine it ran on, the history, the time to each threshold and the final accuracy.
+Each run writes a new file in ``--out`` atomically, never replacing one (committed or not)::
+
+    accuracy-<dataset>-<kernel>[-<preset>][-smoke]-seed<seed>-<start>.json
+
+``<start>`` is the run's UTC start time (``20260101T120000Z``); a name already taken gets ``-2``,
+``-3``, ... The report uses the newest run of each configuration. The file holds the machine the
+run ran on, the history, the time to each threshold and the final accuracy. Every argument, and
+whether ``--out`` can be written, is checked before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -25,8 +32,8 @@ import numpy as np
 
 import kernels
 from nnbench import datasets, recipes
-from nnbench._io import atomic_write_json
-from nnbench.machine import machine_info, pinned_threads, tune_allocator
+from nnbench._io import atomic_create_json, unwritable_reason
+from nnbench.machine import cpu_count, machine_info, pinned_threads, tune_allocator
 
 SCHEMA = "nnbench.accuracy/1"
 LIMITS = {
@@ -200,59 +207,128 @@ def _kernel_list(value: str) -> list[str]:
     return names
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m nnbench.accuracy",
         description="Train the MNIST / CIFAR-10 recipes and check the assignment's accuracy and "
-        "time limits (MNIST > 90%% in 600 s; CIFAR-10 > 70%% in 3600 s).",
+        "time limits (MNIST > 90% in 600 s; CIFAR-10 > 70% in 3600 s).",
     )
-    parser.add_argument("--dataset", choices=["mnist", "cifar10", "all"], default="all")
+    parser.add_argument(
+        "--dataset",
+        choices=["mnist", "cifar10", "all"],
+        default="all",
+        help="which recipes to run (default: %(default)s)",
+    )
     parser.add_argument(
         "--kernel",
         default="all",
         help="convolution backend for CIFAR-10: one of "
-        f"{', '.join(kernels.available())} or 'all' (default: all)",
+        f"{', '.join(kernels.available())} or 'all' (default: %(default)s)",
     )
     parser.add_argument(
         "--preset",
         choices=sorted(recipes.CIFAR10_PRESETS),
         default="fast",
-        help="CIFAR-10 recipe preset (default: fast)",
+        help="CIFAR-10 recipe preset (default: %(default)s)",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs to train, at least 1 (default: the recipe's own)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of numpy's generator, which draws the initial weights, dropout masks and "
+        "flips; 0 to 2**32 - 1 (default: %(default)s)",
+    )
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="dataset folder (default: $NNBENCH_DATA, else the user cache)",
+        help="an existing dataset folder (default: $NNBENCH_DATA, else the user cache)",
     )
-    parser.add_argument("--out", default="reports/results", help="where results JSON go")
+    parser.add_argument(
+        "--out",
+        default="reports/results",
+        help="folder for the results JSON; each run writes a new file named after its "
+        "configuration and start time, never replacing one (default: %(default)s)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="BLAS and torch threads for every backend (default: all cores)",
+        help="BLAS and torch threads for every backend, at least 1; more than the cores is "
+        "capped at the cores with a warning (default: all cores)",
     )
     parser.add_argument(
         "--compare-torch",
         action="store_true",
         help="with the torch kernel, also train the same network in pure torch and "
-        "record the engine/torch time ratio",
+        "record the engine/torch time ratio (default: off)",
     )
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="a seconds-long run on a small subset (CI): checks the pipeline learns",
+        help="a seconds-long run on a small subset, for CI: checks that the pipeline learns "
+        "(default: off)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed arguments, every one checked (and the output folder found writable) before
+    any work starts; a bad one exits with status 2 and a one-line message naming the flag."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1 (or left out for all cores), got {args.threads}")
+        cores = cpu_count()
+        if args.threads > cores:
+            print(
+                f"{parser.prog}: warning: --threads {args.threads} is more than the {cores} "
+                f"cores this process may use; using {cores}",
+                file=sys.stderr,
+            )
+            args.threads = cores
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        parser.error(
+            f"--data-dir {args.data_dir!r} is not a folder: give the folder that holds mnist/ "
+            "and cifar-10-batches-bin/, or leave it out to use $NNBENCH_DATA or the user cache"
+        )
+    problem = unwritable_reason(args.out)
+    if problem:
+        parser.error(f"--out {args.out!r} cannot hold the results: {problem}")
     try:
         args.kernels = _kernel_list(args.kernel)
     except ValueError as exc:
         parser.error(f"--kernel: {exc}")
     return args
+
+
+def write_result(out, record: dict, started: str) -> Path:
+    """Write ``record`` to a new file in ``out`` named after its configuration and ``started``
+    (``-2``, ``-3``, ... appended if that name is taken); an existing result is never replaced."""
+    parts = ["accuracy", record["dataset"], record["kernel"]]
+    if record["dataset"] == "cifar10" and record["preset"] != "fast":
+        parts.append(record["preset"])
+    if record["smoke"]:
+        parts.append("smoke")
+    stem = "-".join([*parts, f"seed{record['seed']}", started])
+    for attempt in itertools.count(1):
+        name = stem + (f"-{attempt}" if attempt > 1 else "") + ".json"
+        try:
+            return atomic_create_json(Path(out) / name, record)
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def main(argv=None) -> int:
@@ -266,6 +342,7 @@ def main(argv=None) -> int:
     tune_allocator()
     with pinned_threads(args.threads):
         for dataset, kernel in jobs:
+            started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             record = run_one(
                 dataset,
                 kernel,
@@ -277,12 +354,7 @@ def main(argv=None) -> int:
                 verbose=not args.quiet,
                 compare_torch=args.compare_torch,
             )
-            suffix = f"-{args.preset}" if dataset == "cifar10" and args.preset != "fast" else ""
-            smoke = "-smoke" if args.smoke else ""
-            path = (
-                Path(args.out) / f"accuracy-{dataset}-{kernel}{suffix}{smoke}-seed{args.seed}.json"
-            )
-            atomic_write_json(path, record)
+            path = write_result(args.out, record, started)
             print(_summary(record, path))
             failures.extend(record["shortfalls"])
     if failures:

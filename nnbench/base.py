@@ -26,10 +26,15 @@ Initializer = Callable[[tuple[int, ...]], np.ndarray]
 
 
 class Optimizer:
-    """Makes one updater per trainable parameter (assignment section 1.4)."""
+    """Makes one updater per trainable parameter (assignment section 1.4).
 
-    def get_parameter_updater(self, parameter: np.ndarray) -> Updater:
-        """A function ``updater(parameter, parameter_grad) -> new value`` for ``parameter``.
+    Layers accept any object with a callable ``get_parameter_updater(parameter_shape)``; this
+    class is the interface to subclass, not a requirement.
+    """
+
+    def get_parameter_updater(self, parameter_shape: tuple[int, ...]) -> Updater:
+        """A function ``updater(parameter, parameter_grad) -> new value`` for a parameter of
+        shape ``parameter_shape``.
 
         It is called once per step with the parameter's current value and latest gradient and
         returns the new value; any state (momentum) lives inside the updater.
@@ -122,14 +127,13 @@ class Layer:
         """Fix the input shape and dtype, then let the subclass create its parameters.
 
         ``prev_layer`` supplies the input shape when the layer got none in its constructor;
-        ``optimizer`` may be None for a layer used only for inference (then
-        ``update_parameters`` refuses to run). Subclasses extend this: call
-        ``super().build(...)`` first, then set ``output_shape`` and call ``add_parameter``.
+        ``optimizer`` is any object with ``get_parameter_updater(parameter_shape)``, or None
+        for a layer used only for inference (then ``update_parameters`` refuses to run).
+        Subclasses extend this: call ``super().build(...)`` first, then set ``output_shape``
+        and call ``add_parameter``.
         """
-        if optimizer is not None and not isinstance(optimizer, Optimizer):
-            raise TypeError(
-                f"optimizer must be an nnbench Optimizer or None, got {type(optimizer).__name__}"
-            )
+        if optimizer is not None:
+            _checks.optimizer(optimizer, "optimizer")
         self.optimizer = optimizer
         self.dtype = _checks.float_dtype(np.float32 if dtype is None else dtype)
         if prev_layer is not None:
@@ -171,7 +175,7 @@ class Layer:
         setattr(self, name, parameter)
         setattr(self, f"{name}_grad", np.zeros_like(parameter))
         if self.optimizer is not None:
-            self._updaters[name] = self.optimizer.get_parameter_updater(parameter)
+            self._updaters[name] = self.optimizer.get_parameter_updater(parameter.shape)
         self.parameter_names.append(name)
         return parameter
 

@@ -32,7 +32,9 @@ No byte of a file is parsed before the whole file has matched its SHA-256 in ``M
 ``CIFAR10_FILES`` (the originals; their published MD5s are noted beside them). A mismatch raises
 ``ChecksumError`` naming the file and both hashes, and the file is left alone for the user to
 inspect. A file that passed is remembered for the life of the process by (path, device, inode,
-size, mtime), so loading a second time costs only the read.
+size, mtime, ctime), so loading a second time costs only the read. The ctime is what catches a
+file edited in place with its mtime set back: every write and every ``utime`` moves it, and no
+user call sets it.
 
 Downloads
 ---------
@@ -208,8 +210,9 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 # Verification
 
-# realpath -> (device, inode, size, mtime_ns, sha256) of a file whose whole content matched.
-_verified: dict[str, tuple[int, int, int, int, str]] = {}
+# realpath -> (device, inode, size, mtime_ns, ctime_ns, sha256) of a file whose whole content
+# matched.
+_verified: dict[str, tuple[int, int, int, int, int, str]] = {}
 
 
 def _sha256(data: bytes) -> str:
@@ -226,7 +229,7 @@ def _read_verified(path: Path, expected_sha256: str) -> bytes:
         st = os.fstat(fh.fileno())
         data = fh.read()
     key = os.path.realpath(path)
-    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, expected_sha256)
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, expected_sha256)
     if len(data) != st.st_size or _verified.get(key) != stamp:
         actual = _sha256(data)
         if actual != expected_sha256:

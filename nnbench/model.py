@@ -3,8 +3,8 @@
 The model is the front door for whole data sets: ``fit``, ``evaluate`` and ``predict`` check
 once that inputs have the model's dtype (no silent casts: a float64 array given to a float32
 model is a ``TypeError``), the input shape, and that they are finite; labels are checked
-against the sample count and the number of classes. Per batch it then uses the layers'
-unchecked path.
+against the sample count and the number of classes (one-hot rows must be one-hot, class
+indices in range). Per batch it then uses the layers' unchecked path.
 
 When the loss is ``CrossEntropy`` and the last layer is ``Softmax``, training and evaluation
 use ``softmax_cross_entropy`` on the logits (stable log-sum-exp; same loss values as the
@@ -18,7 +18,10 @@ import io
 import math
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +44,11 @@ FORMAT_VERSION = 1
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; ``epoch`` and ``step`` are 1-based."""
 
-    def __init__(self, loss: float, epoch: int | None, step: int, steps: int, lr: float):
+    def __init__(self, loss: float, epoch: int | None, step: int, steps: int, lr: float | None):
         where = f"epoch {epoch}, step {step} of {steps}" if epoch else f"step {step}"
+        at_lr = "" if lr is None else f" (lr={lr:g})"
         super().__init__(
-            f"training loss became {loss} at {where} (lr={lr:g}); parameters were not updated "
+            f"training loss became {loss} at {where}{at_lr}; parameters were not updated "
             "by this step. A smaller learning rate (or a schedule with warm-up) usually helps."
         )
         self.loss, self.epoch, self.step, self.lr = loss, epoch, step, lr
@@ -61,7 +65,8 @@ class History(list):
     - ``train_loss``, ``train_accuracy``: running means over the epoch's batches, measured in
       training mode (dropout and flips active) before each batch's update;
     - ``valid_loss``, ``valid_accuracy``: on the validation set in inference mode, or None;
-    - ``lr``: the learning rate of the epoch's last step;
+    - ``lr``: the learning rate of the epoch's last step (None when the optimizer has no
+      numeric ``lr`` attribute);
     - ``stopped_early``: True on the last record when ``time_budget`` ran out in that epoch.
 
     Records are plain dicts of Python numbers, so ``json.dumps(list(history))`` works.
@@ -78,16 +83,14 @@ class Model:
     ``kernel`` is the convolution backend (name or ``kernels.Backend``) given to every layer
     that takes one (``Conv2D``) and has none of its own; None leaves them to
     ``kernels.resolve`` (``$NNBENCH_KERNEL``, then the default). ``dtype`` (float32 or
-    float64) is the dtype of every parameter, activation and gradient.
+    float64) is the dtype of every parameter, activation and gradient. ``optimizer`` is any
+    object with ``get_parameter_updater(parameter_shape)`` (see ``nnbench.base.Optimizer``).
     """
 
     def __init__(self, loss: Loss, optimizer: Optimizer, kernel=None, dtype=np.float32):
         if not isinstance(loss, Loss):
             raise TypeError(f"loss must be an nnbench Loss, got {type(loss).__name__}")
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(
-                f"optimizer must be an nnbench Optimizer, got {type(optimizer).__name__}"
-            )
+        _checks.optimizer(optimizer, "optimizer")
         if kernel is not None:
             if not isinstance(kernel, (str, conv_kernels.Backend)):
                 raise TypeError(f"kernel must be a backend name or None, got {kernel!r}")
@@ -175,15 +178,16 @@ class Model:
     ) -> History:
         """Mini-batch training; returns a ``History`` with one record per epoch.
 
-        ``y_train`` is one-hot (n, classes) or integer class labels (n,). Batches are drawn
-        from a fresh ``np.random.permutation`` each epoch when ``shuffle``. ``lr_schedule``
-        maps training progress (step index / total steps, in [0, 1)) to the learning rate,
-        set on the optimizer before each step. ``time_budget`` (seconds): training stops after
-        the step during which the budget ran out; the partial epoch is recorded (validated if
-        validation data is given) with ``stopped_early=True``. ``verbose`` shows a progress bar
-        per epoch with the running loss and accuracy, and prints each epoch's metrics.
-        Raises ``NonFiniteLossError`` (a ``FloatingPointError``) naming the epoch and step when
-        the loss becomes NaN or infinite.
+        ``y_train`` is one-hot rows (n, classes) or integer class labels (n,) in
+        [0, classes). Batches are drawn from a fresh ``np.random.permutation`` each epoch
+        when ``shuffle``. ``lr_schedule`` maps training progress (step index / total steps,
+        in [0, 1)) to the learning rate, set as ``optimizer.lr`` before each step.
+        ``time_budget`` (seconds): training stops after the step during which the budget ran
+        out; the partial epoch is recorded (validated if validation data is given) with
+        ``stopped_early=True``. ``verbose`` shows a progress bar per epoch with the running
+        loss and accuracy, and prints each epoch's metrics. Raises ``NonFiniteLossError`` (a
+        ``FloatingPointError``) naming the epoch and step when the loss becomes NaN or
+        infinite.
         """
         self._require_layers()
         x_train = self._check_inputs(x_train, "x_train")
@@ -197,6 +201,11 @@ class Model:
             y_valid, _ = self._check_labels(y_valid, "y_valid", len(x_valid))
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError(f"lr_schedule must be callable(progress) -> lr, got {lr_schedule!r}")
+        if lr_schedule is not None and not hasattr(self.optimizer, "lr"):
+            raise TypeError(
+                f"lr_schedule sets optimizer.lr, but {type(self.optimizer).__name__} has no lr "
+                "attribute"
+            )
         if time_budget is not None:
             time_budget = _checks.real_in_range(time_budget, "time_budget", 0.0, math.inf)
         eval_batch_size = _checks.positive_int(
@@ -253,7 +262,7 @@ class Model:
                     batch = order[batch]
                 loss, probs = self._train_step(x[batch], y[batch])
                 if not math.isfinite(loss):
-                    raise NonFiniteLossError(loss, epoch, step, steps, self.optimizer.lr)
+                    raise NonFiniteLossError(loss, epoch, step, steps, self._lr())
                 size = len(probs)
                 loss_sum += loss * size
                 correct += int(np.count_nonzero(probs.argmax(axis=1) == labels[batch]))
@@ -276,7 +285,7 @@ class Model:
             "train_accuracy": correct / seen,
             "valid_loss": None,
             "valid_accuracy": None,
-            "lr": float(self.optimizer.lr),
+            "lr": self._lr(),
             "stopped_early": stopped,
         }
 
@@ -291,7 +300,7 @@ class Model:
         self._set_training(True)
         loss, probs = self._train_step(x_batch, y_batch)
         if not math.isfinite(loss):
-            raise NonFiniteLossError(loss, None, 1, 1, self.optimizer.lr)
+            raise NonFiniteLossError(loss, None, 1, 1, self._lr())
         return loss, float(np.mean(probs.argmax(axis=1) == labels))
 
     def _train_step(self, x_batch: np.ndarray, y_batch: np.ndarray) -> tuple[float, np.ndarray]:
@@ -373,12 +382,11 @@ class Model:
     # --- persistence ------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write parameters and running statistics to ``path`` (``.npz`` is appended if
-        missing) atomically; returns the path written."""
+        """Write parameters and running statistics to ``path`` atomically; returns the path
+        written. ``.npz`` is appended to a path that does not end in it (``load`` resolves
+        the path the same way); a folder is refused."""
         self._require_layers()
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
+        path = _model_file_path(path)
         arrays = {FORMAT_KEY: np.array(FORMAT_VERSION), **self.state()}
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -387,32 +395,41 @@ class Model:
     def load(self, path: str | os.PathLike) -> None:
         """Read a file written by ``save`` into this model's arrays (in place).
 
-        Names and shapes must match this model's layers exactly; nothing is changed unless all
-        of them do. Float arrays of the other float dtype are converted to the model's dtype.
+        ``path`` resolves as in ``save`` ("m" reads "m.npz"). Names and shapes must match this
+        model's layers exactly and every value must be finite; nothing is changed unless all of
+        them do. Float arrays of the other float dtype are converted to the model's dtype. Any
+        problem raises one error naming the file (``FileNotFoundError`` when it is missing,
+        ``ValueError``/``TypeError`` otherwise); pickled data is never loaded.
         """
         self._require_layers()
+        path = _model_file_path(path)
+        where = f"model file {str(path)!r}"
         targets = self.state()
-        with np.load(path, allow_pickle=False) as data:
-            stored = {name: data[name] for name in data.files}
-        if FORMAT_KEY not in stored:
-            raise ValueError(f"path {str(path)!r} is not an nnbench model file (no {FORMAT_KEY})")
-        stored.pop(FORMAT_KEY)
+        stored = _read_npz(path, where)
+        version = stored.pop(FORMAT_KEY, None)
+        if version is None:
+            raise ValueError(f"{where} is not an nnbench model file (no {FORMAT_KEY})")
+        if version.shape != () or version.dtype.kind not in "iu" or version != FORMAT_VERSION:
+            raise ValueError(
+                f"{where} has format version {version.tolist()!r}; this nnbench reads version "
+                f"{FORMAT_VERSION}"
+            )
         missing = sorted(set(targets) - set(stored))
         unexpected = sorted(set(stored) - set(targets))
         if missing or unexpected:
             raise ValueError(
-                f"path {str(path)!r} does not match this model's layers: missing {missing}, "
+                f"{where} does not match this model's layers: missing {missing}, "
                 f"unexpected {unexpected}"
             )
         for name, target in targets.items():
             array = stored[name]
             if array.shape != target.shape:
                 raise ValueError(
-                    f"path {str(path)!r}: {name} has shape {array.shape}, the model expects "
-                    f"{target.shape}"
+                    f"{where}: {name} has shape {array.shape}, the model expects {target.shape}"
                 )
             if array.dtype not in _checks.FLOAT_DTYPES:
-                raise TypeError(f"path {str(path)!r}: {name} has dtype {array.dtype}, not a float")
+                raise TypeError(f"{where}: {name} has dtype {array.dtype}, not a float")
+            _checks.finite(array, f"{where}: {name}")
         for name, target in targets.items():
             np.copyto(target, stored[name], casting="same_kind")
 
@@ -464,7 +481,21 @@ class Model:
             raise TypeError(f"{name} must be numeric, got dtype {y.dtype}")
         one_hot = y.astype(self.dtype, copy=False)
         _checks.finite(one_hot, name)
+        # A row of zeros would train on loss 0 and a negative entry on a negative loss.
+        is_one_hot = ((one_hot == 0) | (one_hot == 1)).all(axis=1) & (one_hot.sum(axis=1) == 1)
+        if not is_one_hot.all():
+            bad = np.flatnonzero(~is_one_hot)
+            raise ValueError(
+                f"{name} rows must be one-hot (entries 0 or 1, exactly one 1 per row), but "
+                f"{len(bad)} of {count} are not; the first is row {bad[0]}: "
+                f"{np.array2string(y[bad[0]], threshold=12, edgeitems=3)}"
+            )
         return one_hot, one_hot.argmax(axis=1)
+
+    def _lr(self) -> float | None:
+        """The optimizer's current learning rate, or None if it has no numeric ``lr``."""
+        lr = getattr(self.optimizer, "lr", None)
+        return float(lr) if isinstance(lr, Real) else None
 
     def _set_training(self, flag: bool) -> None:
         for layer in self.layers:
@@ -478,6 +509,55 @@ class Model:
         return "\n".join(lines)
 
 
+def _model_file_path(path: str | os.PathLike) -> Path:
+    """Where ``save`` writes and ``load`` reads for ``path``: ``.npz`` appended unless it is
+    already the suffix. A folder (given, or at the resolved path) is a ``ValueError``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    given = Path(path)
+    if given.is_dir():
+        raise ValueError(
+            f"path {str(given)!r} is a folder; give a file name such as "
+            f"{str(given / 'model.npz')!r}"
+        )
+    resolved = given if given.suffix == ".npz" else given.with_name(given.name + ".npz")
+    if resolved.is_dir():
+        raise ValueError(f"path {str(given)!r} resolves to {str(resolved)!r}, which is a folder")
+    return resolved
+
+
+def _read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz archive at ``path``, never unpickling anything; one error
+    starting with ``where`` if the file is missing, not an archive, truncated or corrupt."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{where} does not exist (save and load add .npz to a path without it)"
+        ) from None
+    if data.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{where} is a single .npy array, not an .npz written by Model.save")
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise ValueError(
+            f"{where} is not an .npz archive: it is truncated, or not a file written by Model.save"
+        )
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as exc:
+        # numpy refuses object arrays with advice to allow pickles: wrong for a file of unknown
+        # origin, so say what is wrong instead.
+        if "allow_pickle" in str(exc):
+            raise ValueError(
+                f"{where} holds Python objects (pickled data), which a model file never "
+                "contains; they are not loaded"
+            ) from None
+        problem = str(exc)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        problem = str(exc) or type(exc).__name__
+    raise ValueError(f"{where} is corrupt ({problem}); save the model again")
+
+
 def _describe(record: dict, epochs: int) -> str:
     text = (
         f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} "
@@ -485,7 +565,9 @@ def _describe(record: dict, epochs: int) -> str:
     )
     if record["valid_loss"] is not None:
         text += f" | valid loss {record['valid_loss']:.4f} acc {record['valid_accuracy']:.4f}"
-    text += f" | lr {record['lr']:.4g} | {record['elapsed_seconds']:.1f} s"
+    if record["lr"] is not None:
+        text += f" | lr {record['lr']:.4g}"
+    text += f" | {record['elapsed_seconds']:.1f} s"
     if record["stopped_early"]:
         text += f" | time budget reached after {record['steps']} steps"
     return text

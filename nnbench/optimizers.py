@@ -1,8 +1,10 @@
 """Stochastic gradient descent with and without momentum (assignment section 1.4).
 
-An optimizer hands out one updater per parameter. ``lr`` is an ordinary attribute read at every
-update, so a learning-rate schedule changes it between steps. Updaters return the new value and
-leave their arguments alone; ``Layer.update_parameters`` copies the result into the live array.
+An optimizer hands out one updater per parameter, given the parameter's shape as the assignment
+specifies: ``get_parameter_updater(parameter_shape)``. ``lr`` is an ordinary attribute read at
+every update, so a learning-rate schedule changes it between steps. Updaters return the new value
+and leave their arguments alone; ``Layer.update_parameters`` copies the result into the live
+array.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class SGD(Optimizer):
     def __init__(self, lr: float):
         self.lr = lr
 
-    def get_parameter_updater(self, parameter: np.ndarray):
+    def get_parameter_updater(self, parameter_shape: tuple[int, ...]):
+        _checks.shape_tuple(parameter_shape, "parameter_shape")
+
         def updater(parameter, parameter_grad):
             return parameter - self.lr * parameter_grad
 
@@ -49,14 +53,20 @@ class SGD(Optimizer):
 
 
 class MomentumUpdater:
-    """The updater of one parameter: owns its inertia I (same shape and dtype), initially 0."""
+    """The updater of one parameter: owns its inertia I of the parameter's shape, initially 0.
 
-    def __init__(self, optimizer: SGDMomentum, parameter: np.ndarray):
+    Only the shape is known when the updater is made, so I starts as float64 zeros and takes
+    the parameter's dtype at the first update, while it is still zero (so nothing is rounded).
+    """
+
+    def __init__(self, optimizer: SGDMomentum, parameter_shape: tuple[int, ...]):
         self.optimizer = optimizer
-        self.inertia = np.zeros_like(parameter)
+        self.inertia = np.zeros(_checks.shape_tuple(parameter_shape, "parameter_shape"))
 
     def __call__(self, parameter: np.ndarray, parameter_grad: np.ndarray) -> np.ndarray:
         opt = self.optimizer
+        if self.inertia.dtype != parameter.dtype:
+            self.inertia = self.inertia.astype(parameter.dtype)
         grad = parameter_grad
         if opt.weight_decay:
             grad = grad + opt.weight_decay * parameter
@@ -80,8 +90,8 @@ class SGDMomentum(Optimizer):
         self.momentum = _checks.real_in_range(momentum, "momentum", 0.0, 1.0)
         self.weight_decay = _checks.real_in_range(weight_decay, "weight_decay", 0.0, math.inf)
 
-    def get_parameter_updater(self, parameter: np.ndarray) -> MomentumUpdater:
-        return MomentumUpdater(self, parameter)
+    def get_parameter_updater(self, parameter_shape: tuple[int, ...]) -> MomentumUpdater:
+        return MomentumUpdater(self, parameter_shape)
 
     def __repr__(self) -> str:
         return (

@@ -2,8 +2,10 @@
 
 ``train_mnist_model`` (assignment 2.3, Dense-only) and ``train_cifar10_model`` (assignment 4.2)
 take preprocessed data (see ``nnbench.datasets``) and return a trained ``Model`` whose
-``history`` attribute holds the per-epoch history of ``Model.fit``. Every number is in the
-``Recipe`` records below; ``python -m nnbench.recipes`` prints the FLOPs from the built models.
+``history`` attribute holds the per-epoch history of ``Model.fit``. The models are float32;
+images given as float64 (as the assignment's harness passes them) are cast to float32 once, up
+front. Every number is in the ``Recipe`` records below; ``python -m nnbench.recipes`` prints the
+FLOPs from the built models.
 
 MNIST — ``mnist``: 2.55 MFLOP per image forward (about 3x that per training image)
     Dense(784->800) ReLU Dense(800->800) ReLU Dense(800->10) Softmax; 8 epochs, batch 128,
@@ -33,6 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from nnbench import (
     BatchNorm,
     Conv2D,
@@ -46,6 +50,7 @@ from nnbench import (
     SGDMomentum,
     Softmax,
 )
+from nnbench._checks import FLOAT_DTYPES
 
 MNIST_HIDDEN = 800
 
@@ -186,7 +191,10 @@ def train_mnist_model(
     time_budget: float | None = None,
     verbose: bool = True,
 ) -> Model:
-    """Train the Dense-only ``mnist`` recipe; returns the model with ``model.history`` set."""
+    """Train the Dense-only ``mnist`` recipe; returns the model with ``model.history`` set.
+
+    ``x_train`` (n, 784) and ``x_valid`` are float32 or float64 (cast once to float32); labels
+    are one-hot rows or class indices."""
     model = build_mnist_model()
     return _fit(model, MNIST, x_train, y_train, x_valid, y_valid, epochs, time_budget, verbose)
 
@@ -203,7 +211,10 @@ def train_cifar10_model(
     time_budget: float | None = None,
     verbose: bool = True,
 ) -> Model:
-    """Train a CIFAR-10 preset with every Conv2D on ``kernel``; returns the trained model."""
+    """Train a CIFAR-10 preset with every Conv2D on ``kernel``; returns the trained model.
+
+    ``x_train`` (n, 3, 32, 32) and ``x_valid`` are float32 or float64 (cast once to float32);
+    labels are one-hot rows or class indices."""
     recipe = cifar10_recipe(preset)
     model = build_cifar10_model(kernel=kernel, preset=preset)
     return _fit(model, recipe, x_train, y_train, x_valid, y_valid, epochs, time_budget, verbose)
@@ -213,15 +224,23 @@ def _optimizer(recipe: Recipe) -> SGDMomentum:
     return SGDMomentum(recipe.peak_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
+def _as_model_dtype(model: Model, x):
+    """``x`` cast to the model's dtype if it is a float array of the other float dtype; anything
+    else is left for ``Model.fit`` to check."""
+    if isinstance(x, np.ndarray) and x.dtype in FLOAT_DTYPES and x.dtype != model.dtype:
+        return x.astype(model.dtype)
+    return x
+
+
 def _fit(model, recipe, x_train, y_train, x_valid, y_valid, epochs, time_budget, verbose):
     model.history = model.fit(
-        x_train,
+        _as_model_dtype(model, x_train),
         y_train,
         batch_size=recipe.batch_size,
         epochs=recipe.epochs if epochs is None else epochs,
         shuffle=True,
         verbose=verbose,
-        x_valid=x_valid,
+        x_valid=_as_model_dtype(model, x_valid),
         y_valid=y_valid,
         lr_schedule=one_cycle(recipe.peak_lr, recipe.warmup),
         time_budget=time_budget,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 import torch
 
 from nnbench import Conv2D, accuracy, recipes, torch_twin
+from tests.data_fixtures import dataset_root
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
@@ -20,7 +23,7 @@ def test_smoke_run_learns_and_writes_results(dataset, data_dir, tmp_path, capsys
             "--kernel",
             "im2col",
             "--data-dir",
-            str(data_dir),
+            str(dataset_root(data_dir, dataset)),
             "--out",
             str(tmp_path),
             "--quiet",
@@ -29,7 +32,8 @@ def test_smoke_run_learns_and_writes_results(dataset, data_dir, tmp_path, capsys
         ]
     )
     kernel = "none" if dataset == "mnist" else "im2col"
-    path = tmp_path / f"accuracy-{dataset}-{kernel}-smoke-seed0.json"
+    (path,) = tmp_path.glob(f"accuracy-{dataset}-{kernel}-smoke-seed0-*.json")
+    assert re.fullmatch(r"\d{8}T\d{6}Z", path.stem.rsplit("-", 1)[1])  # the run's start, UTC
     record = json.loads(path.read_text())
     assert code == 0, record["shortfalls"]
     assert record["schema"] == accuracy.SCHEMA
@@ -74,20 +78,120 @@ def test_cifar10_targets_follow_the_issue(kernel, preset, expected):
     assert got == expected
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if a run starts: argument errors must come before any work."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a run started")
+
+    monkeypatch.setattr(accuracy, "run_one", forbidden)
+
+
+#: id -> (arguments, with {tmp} for a fresh folder; what the one-line error must say)
+BAD_ARGUMENTS = {
+    "unknown-kernel": (["--kernel", "no-such-backend"], "--kernel: unknown backend"),
+    "unknown-dataset": (["--dataset", "imagenet"], "--dataset: invalid choice"),
+    "zero-epochs": (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    "unknown-preset": (["--preset", "huge"], "--preset: invalid choice"),
+    "negative-seed": (["--seed", "-1"], "--seed must be in [0, 2**32 - 1], got -1"),
+    "huge-seed": (["--seed", str(2**32)], "--seed must be in [0, 2**32 - 1]"),
+    "zero-threads": (["--threads", "0"], "--threads must be >= 1 (or left out for all cores)"),
+    "missing-data-dir": (["--data-dir", "{tmp}/nope"], "--data-dir '{tmp}/nope' is not a folder"),
+    "out-under-a-file": (
+        ["--out", "{tmp}/file/results"],
+        "--out '{tmp}/file/results' cannot hold the results: {tmp}/file is not a folder",
+    ),
+}
+
+
 @pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--kernel", "winograd"], "unknown backend 'winograd'"),
-        (["--dataset", "imagenet"], "invalid choice"),
-        (["--epochs", "0"], "--epochs must be >= 1"),
-        (["--preset", "huge"], "invalid choice"),
-    ],
+    ("argv", "message"), [pytest.param(*case, id=name) for name, case in BAD_ARGUMENTS.items()]
 )
-def test_bad_arguments_exit_with_a_message(argv, message, capsys):
+def test_bad_arguments_exit_with_one_line_before_any_work(
+    argv, message, tmp_path, capsys, no_training
+):
+    (tmp_path / "file").write_text("not a folder")
     with pytest.raises(SystemExit) as exc:
-        accuracy.parse_args(argv)
+        accuracy.main([arg.format(tmp=tmp_path) for arg in argv])
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith("python -m nnbench.accuracy: error: ")
+    assert message.format(tmp=tmp_path) in last_line
+
+
+def test_threads_above_the_cores_are_capped_with_a_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(accuracy, "cpu_count", lambda: 2)
+    args = accuracy.parse_args(["--threads", "3", "--out", str(tmp_path)])
+    assert args.threads == 2
+    assert "warning: --threads 3 is more than the 2 cores" in capsys.readouterr().err
+    assert accuracy.parse_args(["--threads", "2", "--out", str(tmp_path)]).threads == 2
+
+
+def test_help_describes_every_option_with_its_default(capsys):
+    parser = accuracy.build_parser()
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help and "default" in action.help, action.option_strings
+    with pytest.raises(SystemExit) as exc:
+        accuracy.parse_args(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "90% in 600 s" in text and "%%" not in text
+
+
+RECORD = {"dataset": "cifar10", "kernel": "torch", "preset": "best", "smoke": True, "seed": 3}
+
+
+def test_results_are_never_overwritten(tmp_path):
+    first = accuracy.write_result(tmp_path, {**RECORD, "run": 1}, "20260101T000000Z")
+    second = accuracy.write_result(tmp_path, {**RECORD, "run": 2}, "20260101T000000Z")
+    third = accuracy.write_result(tmp_path, {**RECORD, "run": 3}, "20260101T000001Z")
+    stem = "accuracy-cifar10-torch-best-smoke-seed3"
+    assert [first.name, second.name, third.name] == [
+        f"{stem}-20260101T000000Z.json",
+        f"{stem}-20260101T000000Z-2.json",
+        f"{stem}-20260101T000001Z.json",
+    ]
+    assert [json.loads(p.read_text())["run"] for p in (first, second, third)] == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [first.name, second.name, third.name]
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "name"),
+    [
+        ({"dataset": "mnist", "kernel": "none", "preset": "mnist"}, "accuracy-mnist-none-smoke"),
+        ({"preset": "fast", "smoke": False}, "accuracy-cifar10-torch"),
+    ],
+    ids=["mnist", "cifar10-fast"],
+)
+def test_result_names_give_the_configuration(changes, name, tmp_path):
+    path = accuracy.write_result(tmp_path, {**RECORD, **changes}, "20260101T000000Z")
+    assert path.name == f"{name}-seed3-20260101T000000Z.json"
+
+
+RECIPES = {
+    "mnist": (recipes.train_mnist_model, (784,)),
+    "cifar10": (recipes.train_cifar10_model, (3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("task", list(RECIPES))
+def test_recipes_take_float64_images_as_float32(task, rng):
+    """The assignment's harness passes float64: cast once, it trains exactly as float32 does."""
+    train, shape = RECIPES[task]
+    x = rng.standard_normal((6, *shape))
+    y = np.eye(10)[rng.integers(0, 10, 6)]
+    models = []
+    for images in (x, x.astype(np.float32)):
+        np.random.seed(0)
+        models.append(train(images, y, images[:3], y[:3], epochs=1, verbose=False))
+    assert models[0].dtype == np.float32 and len(models[0].history) == 1
+    assert models[0].history[0]["valid_loss"] == models[1].history[0]["valid_loss"]
+    for key, value in models[1].parameters().items():
+        np.testing.assert_array_equal(models[0].parameters()[key], value, err_msg=key)
 
 
 @pytest.mark.parametrize("preset", sorted(recipes.CIFAR10_PRESETS))

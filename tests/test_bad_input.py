@@ -53,6 +53,13 @@ def with_value(shape, index, value, dtype=np.float32):
     return array
 
 
+def one_hot_with(row, values, n=5):
+    """One-hot labels (n, 3) with row ``row`` replaced by ``values``."""
+    y = np.eye(3, dtype=np.float32)[np.arange(n) % 3]
+    y[row] = values
+    return y
+
+
 CASES = [
     # --- layer arguments ---
     ("dense-units-zero", lambda: Dense(0), ValueError, r"units must be a positive int, got 0"),
@@ -94,6 +101,12 @@ CASES = [
         r"input_shape of Conv2D must have 3 axes \(d, h, w\)",
     ),
     ("layer-dtype-int", lambda: built(ReLU(input_shape=(2,)), np.int32), TypeError, r"dtype must"),
+    (
+        "layer-optimizer-without-updater",
+        lambda: Dense(2, input_shape=(3,)).build(object()),
+        TypeError,
+        r"optimizer must have a callable get_parameter_updater\(parameter_shape\).*got object",
+    ),
     # --- layer forward / backward ---
     (
         "conv-forward-rank",
@@ -173,9 +186,20 @@ CASES = [
         ValueError,
         r"weight_decay must be in",
     ),
+    (
+        "updater-given-an-array-not-a-shape",
+        lambda: SGDMomentum(0.1).get_parameter_updater(np.zeros(3)),
+        ValueError,
+        r"parameter_shape must be a tuple of positive ints",
+    ),
     # --- model construction ---
     ("model-loss-type", lambda: Model("ce", SGD(0.1)), TypeError, r"loss must be an nnbench Loss"),
-    ("model-optimizer", lambda: Model(CrossEntropy(), 0.1), TypeError, r"optimizer must be"),
+    (
+        "model-optimizer",
+        lambda: Model(CrossEntropy(), 0.1),
+        TypeError,
+        r"optimizer must have a callable get_parameter_updater\(parameter_shape\).*got float",
+    ),
     (
         "model-kernel",
         lambda: Model(CrossEntropy(), SGD(0.1), kernel="nope"),
@@ -246,10 +270,58 @@ CASES = [
         r"y_train must be one-hot with shape \(5, 3\).*got shape \(5, 4\)",
     ),
     (
+        "fit-one-hot-row-of-zeros",
+        lambda: fit(y=one_hot_with(3, [0, 0, 0])),
+        ValueError,
+        r"y_train rows must be one-hot \(entries 0 or 1, exactly one 1 per row\), but 1 of 5",
+    ),
+    (
+        "fit-one-hot-all-zero",
+        lambda: fit(y=np.zeros((5, 3), np.float32)),
+        ValueError,
+        r"y_train rows must be one-hot .* 5 of 5 are not; the first is row 0: \[0\. 0\. 0\.\]",
+    ),
+    (
+        "fit-one-hot-negative-entry",
+        lambda: fit(y=one_hot_with(1, [-1, 1, 1])),
+        ValueError,
+        r"y_train rows must be one-hot .* the first is row 1: \[-1\.  1\.  1\.\]",
+    ),
+    (
+        "fit-one-hot-two-ones",
+        lambda: fit(y=one_hot_with(4, [1, 1, 0])),
+        ValueError,
+        r"y_train rows must be one-hot .* the first is row 4",
+    ),
+    (
+        "fit-one-hot-soft-labels",
+        lambda: fit(y=one_hot_with(0, [0.5, 0.5, 0])),
+        ValueError,
+        r"y_train rows must be one-hot .* the first is row 0",
+    ),
+    (
+        "fit-valid-one-hot-row-of-zeros",
+        lambda: fit(x_valid=np.zeros((5, 4), np.float32), y_valid=one_hot_with(2, [0, 0, 0])),
+        ValueError,
+        r"y_valid rows must be one-hot .* the first is row 2",
+    ),
+    (
+        "evaluate-one-hot-row-of-zeros",
+        lambda: dense_model().evaluate(np.zeros((5, 4), np.float32), one_hot_with(0, [0, 0, 0])),
+        ValueError,
+        r"y rows must be one-hot .* the first is row 0",
+    ),
+    (
         "fit-label-out-of-range",
         lambda: fit(y=np.array([0, 1, 2, 3, 0])),
         ValueError,
         r"y_train class labels must be in \[0, 3\)",
+    ),
+    (
+        "fit-label-negative",
+        lambda: fit(y=np.array([0, 1, -1, 2, 0])),
+        ValueError,
+        r"y_train class labels must be in \[0, 3\), got values in \[-1, 2\]",
     ),
     (
         "fit-float-class-labels",

@@ -15,9 +15,11 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +27,11 @@ import numpy as np
 import pytest
 
 from nnbench import datasets
+from tests.data_fixtures import DATASETS, dataset_root
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+REPO = Path(__file__).resolve().parents[1]
 MNIST_MEAN, MNIST_STD = 0.130660, 0.308108  # of train pixels / 255, README gives 6 decimals
 CIFAR_MEANS = (0.49139968, 0.48215841, 0.44653091)  # per channel, train pixels / 255
 CIFAR_STDS = (0.24703223, 0.24348513, 0.26158784)
@@ -61,13 +65,25 @@ def float_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def mnist(data_dir):
-    return datasets.load_mnist(data_dir, download=False)
+def mnist_root(data_dir) -> Path:
+    """The data folder, known to hold MNIST (the test is skipped, saying so, if it does not)."""
+    return dataset_root(data_dir, "mnist")
 
 
 @pytest.fixture(scope="session")
-def cifar10(data_dir):
-    return datasets.load_cifar10(data_dir, download=False)
+def cifar10_root(data_dir) -> Path:
+    """The data folder, known to hold CIFAR-10 (else the test is skipped, saying so)."""
+    return dataset_root(data_dir, "cifar10")
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_root):
+    return datasets.load_mnist(mnist_root, download=False)
+
+
+@pytest.fixture(scope="session")
+def cifar10(cifar10_root):
+    return datasets.load_cifar10(cifar10_root, download=False)
 
 
 def test_mnist_shapes_and_dtypes(mnist):
@@ -119,9 +135,9 @@ def test_cifar10_first_images(cifar10):
     assert (y_train[0], y_test[0]) == (6, 3)  # a frog and a cat
 
 
-def test_loaders_use_nnbench_data_when_no_argument(data_dir, mnist, monkeypatch):
-    monkeypatch.setenv("NNBENCH_DATA", str(data_dir))
-    assert datasets.data_root() == Path(data_dir)
+def test_loaders_use_nnbench_data_when_no_argument(mnist_root, mnist, monkeypatch):
+    monkeypatch.setenv("NNBENCH_DATA", str(mnist_root))
+    assert datasets.data_root() == Path(mnist_root)
     _, y_train, _, _ = datasets.load_mnist(download=False)
     np.testing.assert_array_equal(y_train, mnist[1])
 
@@ -329,9 +345,9 @@ def copy_mnist(source: Path, root: Path, skip: tuple[str, ...] = ()) -> Path:
     ],
     ids=["truncated-gzip", "trailing-bytes", "not-gzip", "labels-2d", "label-12", "count"],
 )
-def test_malformed_file_with_matching_checksum(data_dir, tmp_path, monkeypatch, payload, message):
+def test_malformed_file_with_matching_checksum(mnist_root, tmp_path, monkeypatch, payload, message):
     # The checksum is pointed at the malformed bytes so that the parser is what must object.
-    folder = copy_mnist(data_dir, tmp_path, skip=(LABELS_FILE,))
+    folder = copy_mnist(mnist_root, tmp_path, skip=(LABELS_FILE,))
     (folder / LABELS_FILE).write_bytes(payload)
     files = {**datasets.MNIST_FILES, LABELS_FILE: sha256_of(payload)}
     monkeypatch.setattr(datasets, "MNIST_FILES", files)
@@ -359,15 +375,15 @@ def record_calls(monkeypatch, name: str) -> list:
 
 @pytest.mark.parametrize("name", list(datasets.MNIST_FILES), ids=lambda n: n.split("-idx")[0])
 def test_corrupted_mnist_file_is_named_and_never_parsed(
-    data_dir, tmp_path, monkeypatch, http_server, name
+    mnist_root, tmp_path, monkeypatch, http_server, name
 ):
-    folder = copy_mnist(data_dir, tmp_path)
+    folder = copy_mnist(mnist_root, tmp_path)
     corrupt = bytearray((folder / name).read_bytes())
     corrupt[len(corrupt) // 2] ^= 0xFF
     (folder / name).write_bytes(corrupt)
     unzipped = record_calls(monkeypatch, "_gunzip")  # (data, path): records the path
     # a server with the good file is reachable: a bad local copy must still be an error
-    http_server.serve_mnist(data_dir)
+    http_server.serve_mnist(mnist_root)
     with pytest.raises(datasets.ChecksumError) as caught:
         datasets.load_mnist(tmp_path)
     message = str(caught.value)
@@ -379,14 +395,14 @@ def test_corrupted_mnist_file_is_named_and_never_parsed(
     assert http_server.requests == []
 
 
-def test_corrupted_cifar10_file_is_named_and_never_parsed(data_dir, tmp_path, monkeypatch):
+def test_corrupted_cifar10_file_is_named_and_never_parsed(cifar10_root, tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
     bad = "data_batch_3.bin"
     for name in datasets.CIFAR10_FILES:
         if name != bad:
-            (folder / name).symlink_to(data_dir / "cifar-10-batches-bin" / name)
-    corrupt = bytearray((data_dir / "cifar-10-batches-bin" / bad).read_bytes())
+            (folder / name).symlink_to(cifar10_root / "cifar-10-batches-bin" / name)
+    corrupt = bytearray((cifar10_root / "cifar-10-batches-bin" / bad).read_bytes())
     corrupt[12345] ^= 0x01
     (folder / bad).write_bytes(corrupt)
     parsed = record_calls(monkeypatch, "_parse_cifar_batch")  # (data, path): records the path
@@ -398,8 +414,8 @@ def test_corrupted_cifar10_file_is_named_and_never_parsed(data_dir, tmp_path, mo
     assert parsed == [folder / "data_batch_1.bin", folder / "data_batch_2.bin"]
 
 
-def test_verification_is_cached_until_the_file_changes(data_dir, tmp_path, monkeypatch):
-    folder = copy_mnist(data_dir, tmp_path)
+def test_verification_is_cached_until_the_file_changes(mnist_root, tmp_path, monkeypatch):
+    folder = copy_mnist(mnist_root, tmp_path)
     hashed = record_calls(monkeypatch, "_sha256")
     datasets.load_mnist(tmp_path, download=False)
     assert len(hashed) == 4
@@ -414,6 +430,66 @@ def test_verification_is_cached_until_the_file_changes(data_dir, tmp_path, monke
     with pytest.raises(datasets.ChecksumError, match=LABELS_FILE):
         datasets.load_mnist(tmp_path, download=False)
     assert len(hashed) == 5
+
+
+def test_an_edit_in_place_with_the_mtime_set_back_is_not_trusted(mnist_root, tmp_path):
+    """Same inode, size and mtime after the edit: only the ctime tells, and the cache sees it."""
+    labels = tmp_path / LABELS_FILE
+    shutil.copyfile(mnist_root / "mnist" / LABELS_FILE, labels)
+    expected = datasets.MNIST_FILES[LABELS_FILE]
+    good = datasets._read_verified(labels, expected)  # verified, and remembered
+    before = labels.stat()
+    time.sleep(0.05)  # the ctime clock ticks coarsely (jiffies): let it pass the copy's
+    labels.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    os.utime(labels, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = labels.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    with pytest.raises(datasets.ChecksumError, match=LABELS_FILE):
+        datasets._read_verified(labels, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# A data folder with one of the two datasets
+
+#: Tests that need each dataset (and nothing slower than a skip when it is missing).
+NEEDS = {
+    "mnist": [
+        "tests/test_datasets.py::test_mnist_shapes_and_dtypes",
+        "tests/test_datasets.py::test_mnist_download_fetches_only_missing_files",
+        "tests/test_accuracy.py::test_smoke_run_learns_and_writes_results[mnist]",
+    ],
+    "cifar10": [
+        "tests/test_datasets.py::test_cifar10_shapes_and_dtypes",
+        "tests/test_datasets.py::test_corrupted_cifar10_file_is_named_and_never_parsed",
+        "tests/test_accuracy.py::test_smoke_run_learns_and_writes_results[cifar10]",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("present", "missing"), [("mnist", "cifar10"), ("cifar10", "mnist")])
+def test_the_tests_of_a_missing_dataset_skip_saying_which(data_dir, tmp_path, present, missing):
+    for dataset in DATASETS:
+        dataset_root(data_dir, dataset)  # the partial copy is made from a full one
+    folder, _ = DATASETS[present]
+    (tmp_path / folder).symlink_to(data_dir / folder)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *NEEDS[missing]],
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "NNBENCH_DATA": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(NEEDS[missing])} skipped in" in done.stdout, done.stdout
+    missing_folder, title = DATASETS[missing]
+    assert f"no {title} copy: {tmp_path / missing_folder} is missing" in done.stdout
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,8 +620,8 @@ def http_server(monkeypatch):
         assert not thread.is_alive()
 
 
-def test_mnist_download(data_dir, tmp_path, http_server, mnist):
-    http_server.serve_mnist(data_dir)
+def test_mnist_download(mnist_root, tmp_path, http_server, mnist):
+    http_server.serve_mnist(mnist_root)
     downloaded = datasets.load_mnist(tmp_path)
     for got, want in zip(downloaded, mnist):
         np.testing.assert_array_equal(got, want)
@@ -557,9 +633,9 @@ def test_mnist_download(data_dir, tmp_path, http_server, mnist):
     assert len(http_server.requests) == 4  # present and verified: not fetched again
 
 
-def test_mnist_download_fetches_only_missing_files(data_dir, tmp_path, http_server):
-    copy_mnist(data_dir, tmp_path, skip=(LABELS_FILE,))
-    http_server.serve_mnist(data_dir)
+def test_mnist_download_fetches_only_missing_files(mnist_root, tmp_path, http_server):
+    copy_mnist(mnist_root, tmp_path, skip=(LABELS_FILE,))
+    http_server.serve_mnist(mnist_root)
     datasets.load_mnist(tmp_path)
     assert http_server.requests == [f"/mnist/{LABELS_FILE}"]
 
@@ -583,10 +659,10 @@ def _bad_labels(good: bytes, case: str) -> dict:
     ],
 )
 def test_bad_mnist_download_is_rejected_and_leaves_nothing(
-    data_dir, tmp_path, http_server, case, error
+    mnist_root, tmp_path, http_server, case, error
 ):
-    folder = copy_mnist(data_dir, tmp_path, skip=(LABELS_FILE,))
-    good = (data_dir / "mnist" / LABELS_FILE).read_bytes()
+    folder = copy_mnist(mnist_root, tmp_path, skip=(LABELS_FILE,))
+    good = (mnist_root / "mnist" / LABELS_FILE).read_bytes()
     http_server.serve(f"/mnist/{LABELS_FILE}", **_bad_labels(good, case))
     with pytest.raises(error) as caught:
         datasets.load_mnist(tmp_path)

@@ -3,9 +3,11 @@ save/load, dtype end to end, backend selection, and the fused softmax cross-entr
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -313,6 +315,46 @@ def test_fused_path_equals_the_unfused_one(rng):
         assert_close(key, grad, models[1].gradients()[key], dtype=np.float64)
 
 
+# --- any object with get_parameter_updater is an optimizer ---------------------------------
+
+
+class PlainSGD:
+    """No nnbench base class: only ``lr`` and ``get_parameter_updater(parameter_shape)``."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def get_parameter_updater(self, parameter_shape):
+        return lambda parameter, parameter_grad: parameter - self.lr * parameter_grad
+
+
+class HalfStep:
+    """An optimizer without an ``lr`` attribute."""
+
+    def get_parameter_updater(self, parameter_shape):
+        return lambda parameter, parameter_grad: parameter - parameter_grad / 2
+
+
+def test_a_duck_typed_optimizer_trains_exactly_like_sgd(rng):
+    x, y = blobs(rng, 40)
+    models = []
+    for optimizer in (SGD(0.1), PlainSGD(0.1)):
+        np.random.seed(7)
+        models.append(dense_model(optimizer=optimizer))
+        models[-1].fit(x, y, batch_size=8, epochs=2, verbose=False)
+    for key, value in models[0].parameters().items():
+        np.testing.assert_array_equal(models[1].parameters()[key], value, err_msg=key)
+
+
+def test_an_optimizer_without_lr_records_none_and_refuses_a_schedule(rng):
+    x, y = blobs(rng, 20)
+    model = dense_model(optimizer=HalfStep())
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=False)
+    assert history[0]["lr"] is None
+    with pytest.raises(TypeError, match=r"lr_schedule sets optimizer.lr, but HalfStep has no lr"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=False, lr_schedule=lambda p: 0.1)
+
+
 # --- save and load --------------------------------------------------------------------------
 
 
@@ -354,18 +396,111 @@ def test_load_rejects_another_architecture(rng, tmp_path):
         np.testing.assert_array_equal(value, before[key])
 
 
-def test_load_rejects_foreign_and_pickled_files(tmp_path):
-    foreign = tmp_path / "foreign.npz"
-    np.savez(foreign, weights=np.zeros(3))
-    with pytest.raises(ValueError, match=r"not an nnbench model file"):
-        dense_model().load(foreign)
-    pickled = tmp_path / "pickled.npz"
-    np.savez(
-        pickled,
-        **{"__nnbench_format__": np.array(1), "0.Dense.weights": np.array([{}], dtype=object)},
-    )
-    with pytest.raises(ValueError, match=r"allow_pickle=False"):
-        dense_model().load(pickled)
+@pytest.mark.parametrize(
+    ("name", "written"), [("m", "m.npz"), ("m.npz", "m.npz"), ("m.v2", "m.v2.npz")]
+)
+def test_save_and_load_resolve_a_path_alike(name, written, tmp_path):
+    np.random.seed(8)
+    source = dense_model()
+    assert source.save(tmp_path / name) == tmp_path / written
+    assert sorted(os.listdir(tmp_path)) == [written]
+    target = dense_model()
+    target.load(tmp_path / name)
+    for key, value in source.state().items():
+        np.testing.assert_array_equal(target.state()[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("method", ["save", "load"])
+def test_a_folder_is_not_a_model_path(method, tmp_path):
+    (tmp_path / "taken.npz").mkdir()
+    model = dense_model()
+    with pytest.raises(ValueError, match=re.escape(f"path '{tmp_path}' is a folder")):
+        getattr(model, method)(tmp_path)
+    with pytest.raises(ValueError, match=r"resolves to '.*taken.npz', which is a folder"):
+        getattr(model, method)(tmp_path / "taken")
+    assert sorted(os.listdir(tmp_path)) == ["taken.npz"]  # nothing written beside them
+
+
+def test_a_missing_model_file_is_named_as_resolved(tmp_path):
+    expected = re.escape(f"model file '{tmp_path / 'm.npz'}' does not exist")
+    with pytest.raises(FileNotFoundError, match=expected):
+        dense_model().load(tmp_path / "m")
+
+
+def npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def model_arrays(**changes) -> dict[str, np.ndarray]:
+    """What ``dense_model().save`` writes, with ``changes`` applied."""
+    return {"__nnbench_format__": np.array(1), **dense_model().state(), **changes}
+
+
+def npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def flip_byte(data: bytes, index: int) -> bytes:
+    corrupt = bytearray(data)
+    corrupt[index] ^= 0xFF
+    return bytes(corrupt)
+
+
+NAN_WEIGHTS = np.zeros((16, 4), np.float32)
+NAN_WEIGHTS[3, 2] = np.nan
+#: id -> (file contents, exception, message after "model file '<path>'")
+BAD_MODEL_FILES = {
+    "random-bytes": (
+        lambda good: np.random.default_rng(0).bytes(300),
+        ValueError,
+        r" is not an .npz archive: it is truncated, or not a file written by Model.save",
+    ),
+    "empty": (lambda good: b"", ValueError, r" is not an .npz archive"),
+    "truncated": (lambda good: good[: len(good) // 2], ValueError, r" is not an .npz archive"),
+    "bit-flip": (lambda good: flip_byte(good, 200), ValueError, r" is corrupt \(.*\)"),
+    "npy": (lambda good: npy_bytes(np.zeros(3)), ValueError, r" is a single .npy array"),
+    "foreign-npz": (
+        lambda good: npz_bytes(weights=np.zeros(3)),
+        ValueError,
+        r" is not an nnbench model file \(no __nnbench_format__\)",
+    ),
+    "future-format": (
+        lambda good: npz_bytes(**model_arrays(__nnbench_format__=np.array(2))),
+        ValueError,
+        r" has format version 2; this nnbench reads version 1",
+    ),
+    "pickled-objects": (
+        lambda good: npz_bytes(**model_arrays(**{"0.Dense.weights": np.array([{}], object)})),
+        ValueError,
+        r" holds Python objects \(pickled data\), which a model file never contains",
+    ),
+    "non-finite": (
+        lambda good: npz_bytes(**model_arrays(**{"0.Dense.weights": NAN_WEIGHTS})),
+        ValueError,
+        r": 0.Dense.weights must be finite, found 1 NaN or infinite values",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [pytest.param(*case, id=name) for name, case in BAD_MODEL_FILES.items()],
+)
+def test_a_bad_model_file_is_one_clear_error_naming_it(make, error, message, tmp_path):
+    good = dense_model().save(tmp_path / "good").read_bytes()
+    path = tmp_path / "bad.npz"
+    path.write_bytes(make(good))
+    model = dense_model()
+    before = {k: v.copy() for k, v in model.state().items()}
+    with pytest.raises(error, match=re.escape(f"model file '{path}'") + message) as info:
+        model.load(path)
+    assert "allow_pickle" not in str(info.value)  # never the advice to unpickle
+    for key, value in model.state().items():  # nothing was half-loaded
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
 def test_float64_file_loads_into_a_float32_model(rng, tmp_path):

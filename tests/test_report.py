@@ -27,6 +27,7 @@ from nnbench.machine import machine_info
 from nnbench.report import ResultFileError, build, load, plots, render, tables, verify
 from nnbench.report.__main__ import main
 from tests.conftest import shared_data_dir
+from tests.data_fixtures import dataset_root
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,7 @@ def accuracy_dir(workdir) -> Path:
     data = shared_data_dir()
     if data is None:
         pytest.skip("no MNIST copy for `python -m nnbench.accuracy --smoke` (set NNBENCH_DATA)")
+    dataset_root(data, "mnist")
     out = workdir / "results"
     env = {**os.environ, "NNBENCH_DATA": str(data)}
     done = subprocess.run(
@@ -360,6 +362,100 @@ def test_missing_explicit_path_is_an_error(tmp_path, previous_report):
     _assert_untouched(previous_report)
 
 
+def accuracy_payload(**changes) -> dict:
+    """The fields of an ``nnbench.accuracy`` result that the loader checks, all valid."""
+    return {
+        "schema": "nnbench.accuracy/1",
+        "dataset": "mnist",
+        "kernel": "none",
+        "preset": "mnist",
+        "seed": 0,
+        "smoke": False,
+        "machine": {"date": "2026-01-01T00:00:00+00:00"},
+        "history": [{"epoch": 1, "elapsed_seconds": 10.0, "valid_accuracy": 0.95}],
+        "time_to_accuracy": {"0.9": 10.0},
+        "final_test_accuracy": 0.95,
+        "torch_twin": None,
+        **changes,
+    }
+
+
+def _epoch(accuracy: float) -> list[dict]:
+    return [{"epoch": 1, "elapsed_seconds": 10.0, "valid_accuracy": accuracy}]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; this report shows mnist, cifar10"),
+        ({"final_test_accuracy": 7.5}, "'final_test_accuracy' is 7.5, but an accuracy is a"),
+        ({"final_test_accuracy": -0.25}, "'final_test_accuracy' is -0.25, but an accuracy"),
+        ({"history": _epoch(95.0)}, "'history[0].valid_accuracy' is 95.0, but an accuracy"),
+        (
+            {"torch_twin": {"seconds": 5.0, "final_test_accuracy": 75.0}},
+            "'torch_twin.final_test_accuracy' is 75.0, but an accuracy",
+        ),
+        (
+            {"torch_twin": {"seconds": 5.0, "history": _epoch(1.5)}},
+            "'torch_twin.history[0].valid_accuracy' is 1.5, but an accuracy",
+        ),
+    ],
+    ids=["unknown-dataset", "750-percent", "negative", "history-percent", "twin", "twin-history"],
+)
+def test_impossible_accuracy_results_are_refused_naming_the_file(
+    changes, message, previous_report, tmp_path
+):
+    bad = tmp_path / "accuracy-bad.json"
+    bad.write_text(json.dumps(accuracy_payload(**changes)), encoding="utf-8")
+    with pytest.raises(ResultFileError) as info:
+        build([bad], previous_report, no_run=True)
+    assert str(info.value).startswith(f"{bad}: {message}")
+    _assert_untouched(previous_report)
+
+
+def test_the_newest_run_of_each_configuration_is_used(tmp_path):
+    runs = {
+        "old": accuracy_payload(machine={"date": "2026-01-01T00:00:00+00:00"}),
+        "new": accuracy_payload(machine={"date": "2026-02-01T00:00:00+00:00"}),
+        "other-seed": accuracy_payload(seed=1),
+        "smoke": accuracy_payload(smoke=True),
+        "cifar10": accuracy_payload(dataset="cifar10", kernel="torch", preset="fast"),
+    }
+    for name, payload in runs.items():
+        (tmp_path / f"accuracy-{name}.json").write_text(json.dumps(payload), encoding="utf-8")
+    inputs = load.collect([tmp_path])
+    assert sorted(r.run_id for r in inputs.accuracy_runs) == [
+        f"accuracy-{name}.json" for name in ("cifar10", "new", "other-seed", "smoke")
+    ]
+    old = tmp_path / "accuracy-old.json"
+    assert f"{old}: not shown, accuracy-new.json is a newer run of the same configuration" in (
+        inputs.notes
+    )
+
+
+def test_committed_results_are_read(monkeypatch):
+    monkeypatch.chdir(REPO)
+    inputs = load.collect([load.DEFAULT_RESULTS_DIR])
+    assert {r.dataset for r in inputs.accuracy_runs} == {"mnist", "cifar10"}
+
+
+def test_an_unwritable_out_is_a_usage_error_before_any_work(tmp_path, monkeypatch, capsys):
+    def forbidden(**kwargs):
+        raise AssertionError("the report started")
+
+    monkeypatch.setattr("nnbench.report.__main__.build", forbidden)
+    (tmp_path / "file").write_text("not a folder", encoding="utf-8")
+    out = tmp_path / "file" / "reports"
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(out), "--no-run"])
+    assert info.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line == (
+        f"python -m nnbench.report: error: --out '{out}' cannot hold the report: "
+        f"{tmp_path / 'file'} is not a folder"
+    )
+
+
 # --- the derived numbers --------------------------------------------------------------------
 
 
@@ -419,6 +515,18 @@ def test_fft_crossover_is_where_it_stays_faster_per_width():
     assert found["8x256x32x32 → 256"].versus_all == 7
     png = plots.kernel_sweep(frame, list(found.values()))
     assert png[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    ("suite", "series"), [("kernel_size", ["8x32x32x32 → 16"]), ("channels", [])], ids=str
+)
+def test_sweep_rows_name_each_series(suite, series):
+    """Also with no rows: pandas 3 with pyarrow once refused the empty case (``tox -e pandas30``)."""
+    records = [_record("torch", "forward", "kernel_size", "k3/c16", [16, 32, 3, 3], 1.0)]
+    frame = tables.benchmark_frame([load.benchmark_run({"benchmarks": records}, run_id="x")])
+    rows = tables.sweep_rows(frame, suite)
+    assert rows["series"].tolist() == series
+    assert rows["k"].tolist() == ([3] if series else [])
 
 
 def test_a_folder_gives_its_newest_run(tmp_path):

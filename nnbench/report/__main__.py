@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nnbench._io import unwritable_reason
 from nnbench.report import build
 from nnbench.report.load import (
     DEFAULT_BENCHMARK_STORAGE,
@@ -65,7 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="threads for the quick benchmark set (default: all cores)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problem = unwritable_reason(args.out)
+    if problem:
+        parser.error(f"--out {args.out!r} cannot hold the report: {problem}")
+    return args
 
 
 def main(argv=None) -> int:

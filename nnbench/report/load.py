@@ -7,7 +7,8 @@ Two kinds of file are read:
   a dict with a ``benchmarks`` list whose entries carry ``stats`` (seconds) and the
   ``extra_info`` of the nnbench suite (backend, pass, suite, label, flops, ...).
 * accuracy runs written by ``python -m nnbench.accuracy`` (``accuracy-*.json``, schema
-  ``nnbench.accuracy/1``).
+  ``nnbench.accuracy/1``). Each run has its own file; of several runs of one configuration
+  (dataset, kernel, preset, seed, smoke or not) the report uses the newest.
 
 A file that is not valid JSON, or is JSON of some other kind, raises ``ResultFileError`` whose
 message starts with the file's path: the report never guesses around a bad input.
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ACCURACY_SCHEMAS = ("nnbench.accuracy/1",)
+#: The datasets an accuracy result may be about (the report has a section for each).
+ACCURACY_DATASETS = ("mnist", "cifar10")
 VERIFICATION_SCHEMA = "nnbench.verification/1"
 #: ``version`` of a benchmark file the report wrote from the quick embedded set.
 QUICK_VERSION = "nnbench.report quick run"
@@ -84,6 +87,18 @@ class AccuracyRun:
     def datetime(self) -> str | None:
         machine = self.data.get("machine") or {}
         return machine.get("date") if isinstance(machine, dict) else None
+
+    @property
+    def configuration(self) -> tuple:
+        """What a rerun repeats: runs with the same configuration replace each other."""
+        data = self.data
+        return (
+            self.dataset,
+            self.kernel,
+            str(data.get("preset")),
+            str(data.get("seed")),
+            self.smoke,
+        )
 
 
 @dataclass
@@ -230,21 +245,14 @@ def accuracy_run(payload: dict, path: Path) -> AccuracyRun:
     for key in ("dataset", "kernel"):
         if not isinstance(payload.get(key), str):
             raise ResultFileError(path, f"{key!r} must be a string, got {payload.get(key)!r}")
-    if not _number(payload.get("final_test_accuracy")):
+    if payload["dataset"] not in ACCURACY_DATASETS:
         raise ResultFileError(
             path,
-            f"'final_test_accuracy' must be a number, got {payload.get('final_test_accuracy')!r}",
+            f"unknown dataset {payload['dataset']!r}; this report shows "
+            f"{', '.join(ACCURACY_DATASETS)}",
         )
-    history = payload.get("history")
-    if not isinstance(history, list):
-        raise ResultFileError(path, "'history' must be a list of per-epoch records")
-    for i, epoch in enumerate(history):
-        if not isinstance(epoch, dict) or not all(
-            _number(epoch.get(k)) for k in ("elapsed_seconds", "valid_accuracy")
-        ):
-            raise ResultFileError(
-                path, f"history[{i}] needs numeric 'elapsed_seconds' and 'valid_accuracy'"
-            )
+    _check_accuracy(path, "final_test_accuracy", payload.get("final_test_accuracy"))
+    _check_history(path, "history", payload.get("history"))
     tta = payload.get("time_to_accuracy", {})
     if not isinstance(tta, dict) or not all(
         _is_fraction(k) and (v is None or _number(v)) for k, v in tta.items()
@@ -253,9 +261,37 @@ def accuracy_run(payload: dict, path: Path) -> AccuracyRun:
             path, "'time_to_accuracy' must map accuracy strings like '0.7' to seconds or null"
         )
     twin = payload.get("torch_twin")
-    if twin is not None and not (isinstance(twin, dict) and _number(twin.get("seconds"))):
-        raise ResultFileError(path, "'torch_twin' must be null or an object with 'seconds'")
+    if twin is not None:
+        if not (isinstance(twin, dict) and _number(twin.get("seconds"))):
+            raise ResultFileError(path, "'torch_twin' must be null or an object with 'seconds'")
+        if "final_test_accuracy" in twin:
+            _check_accuracy(path, "torch_twin.final_test_accuracy", twin["final_test_accuracy"])
+        if "history" in twin:
+            _check_history(path, "torch_twin.history", twin["history"])
     return AccuracyRun(run_id=path.name, path=path, data=payload)
+
+
+def _check_accuracy(path: Path, key: str, value: object) -> None:
+    """An accuracy is a fraction in [0, 1] (0.75, not 75 or 750)."""
+    if not _number(value):
+        raise ResultFileError(path, f"{key!r} must be a number, got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ResultFileError(
+            path, f"{key!r} is {value!r}, but an accuracy is a fraction in [0, 1]"
+        )
+
+
+def _check_history(path: Path, key: str, history: object) -> None:
+    if not isinstance(history, list):
+        raise ResultFileError(path, f"{key!r} must be a list of per-epoch records")
+    for i, epoch in enumerate(history):
+        if not isinstance(epoch, dict) or not all(
+            _number(epoch.get(k)) for k in ("elapsed_seconds", "valid_accuracy")
+        ):
+            raise ResultFileError(
+                path, f"{key}[{i}] needs numeric 'elapsed_seconds' and 'valid_accuracy'"
+            )
+        _check_accuracy(path, f"{key}[{i}].valid_accuracy", epoch["valid_accuracy"])
 
 
 def verification(payload: dict, path: Path) -> dict:
@@ -307,7 +343,8 @@ def collect(
     A file is read whatever its name. A directory contributes every ``accuracy-*.json`` below
     it and its newest other ``*.json`` (the latest benchmark run; older ones are listed in the
     notes, pass a file to use one). Defaults: ``benchmark_storage`` and ``results_dir``.
-    Explicitly named paths that do not exist are an error; missing defaults are not.
+    Explicitly named paths that do not exist are an error; missing defaults are not. Of the
+    accuracy runs found, only the newest of each configuration is kept.
     """
     inputs = Inputs()
     explicit = paths is not None and len(paths) > 0
@@ -328,8 +365,26 @@ def collect(
         elif explicit:
             raise ResultFileError(target, "no such file or directory")
     inputs.benchmark_runs.sort(key=lambda r: (r.datetime or "", r.run_id))
+    _keep_newest_accuracy_runs(inputs)
     inputs.accuracy_runs.sort(key=lambda r: (r.dataset, r.kernel, r.datetime or "", r.run_id))
     return inputs
+
+
+def _keep_newest_accuracy_runs(inputs: Inputs) -> None:
+    """Of several accuracy runs of one configuration keep the newest (by the date it started,
+    then by when the file was written); the notes name the others."""
+    newest: dict[tuple, AccuracyRun] = {}
+    runs = sorted(
+        inputs.accuracy_runs, key=lambda r: (r.datetime or "", r.path.stat().st_mtime, r.run_id)
+    )
+    for run in runs:
+        older = newest.get(run.configuration)
+        if older is not None:
+            inputs.notes.append(
+                f"{older.path}: not shown, {run.path.name} is a newer run of the same configuration"
+            )
+        newest[run.configuration] = run
+    inputs.accuracy_runs = list(newest.values())
 
 
 def _collect_dir(inputs: Inputs, directory: Path, *, accuracy: bool, benchmarks: bool) -> None:

@@ -336,7 +336,11 @@ def sweep_rows(frame: pd.DataFrame, suite: str = "kernel_size") -> pd.DataFrame:
     rows = frame[(frame["suite"] == suite) & (frame["pass"] != "sgemm")].copy()
     rows["k"] = rows["kernel"].map(kernel_size)
     rows = rows[rows["k"].notna()]
-    rows["series"] = rows["input"] + " → " + rows["kernel"].str.split("x").str[0]
+    # Built in Python rather than with the .str accessor: on an empty sweep, pandas 3 with
+    # pyarrow refuses to add its Arrow string column to the object column .str.split gives.
+    rows["series"] = [
+        f"{shape} → {kernel.split('x')[0]}" for shape, kernel in zip(rows["input"], rows["kernel"])
+    ]
     return rows
 
 
