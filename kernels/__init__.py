@@ -20,31 +20,16 @@ so every backend serves the forward pass and both gradients of ``nnbench.Conv2D`
 A backend is one module ``kernels/backend_<name>.py``, found by the registry without editing a
 list (see ``kernels._registry``). This module is the front door: it validates arguments once and
 raises ``ValueError``/``TypeError`` naming the argument; backends only do math.
+
+Importing ``kernels`` loads numpy and the backend modules, which load their own libraries
+(torch, scipy) when first called; it changes no environment variable and starts no thread.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
-# Thread pools that take turns. numpy's BLAS, torch's OpenMP workers and the threads of
-# ``kernels.threads`` run one after the other on the same cores, but by default the idle ones
-# keep spinning: OpenBLAS for 2**28 cycles (~0.1 s) after each call, libgomp for 300000 polls.
-# Spinning threads hold the cores the next pool needs. Measured here on one CIFAR-10 training
-# step (batch 128, 2 threads, torch kernel): 74 ms with both defaults; 44 ms with libgomp not
-# spinning at all (OMP_WAIT_POLICY=PASSIVE, which slows plain torch from 22 to 25 ms); 27 ms
-# with OpenBLAS sleeping after 2**16 cycles (~25 us) instead; 22 ms with that, libgomp
-# sleeping after 10000 polls and the engine's passes split over both cores. The same network
-# in plain torch took 22 ms with these settings as with its defaults. Both libraries read these
-# variables when they are loaded, so they only take effect if numpy and torch are imported
-# after this package (``nnbench`` imports it first); values the user has set win.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-#: Libraries already loaded when the variables above were set: they run without them
-#: (``nnbench.machine.machine_info`` records this with every result).
-LOADED_BEFORE_THREAD_SETTINGS = tuple(name for name in ("numpy", "torch") if name in sys.modules)
-
-import numpy as np  # after the variables above
+import numpy as np
 
 from kernels import _layout
 from kernels._registry import Backend, discover
@@ -59,6 +44,7 @@ __all__ = [
     "grad_inputs",
     "grad_kernels",
     "output_shape",
+    "register",
     "release_scratch",
     "resolve",
     "unavailable",
@@ -72,6 +58,18 @@ DEFAULT_BACKEND = "im2col"
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _BACKENDS, _UNAVAILABLE = discover()
+#: Backends registered at run time rather than found as files (nnbench registers "auto").
+_REGISTERED: dict[str, Backend] = {}
+#: Where the run-time backends come from, for the error when one is asked for unregistered.
+_PROVIDED_BY = {"auto": "nnbench.auto (import nnbench first)"}
+
+
+def register(backend: Backend) -> None:
+    """Offer ``backend`` under its name beside the file backends (not in ``available()``:
+    those are the backends that compute convolutions themselves)."""
+    if backend.name in _BACKENDS:
+        raise ValueError(f"backend {backend.name!r} is already a file backend")
+    _REGISTERED[backend.name] = backend
 
 
 def available() -> list[str]:
@@ -95,6 +93,10 @@ def get(name: str) -> Backend:
         raise TypeError(f"backend must be a str naming a backend, got {type(name).__name__}")
     if name in _BACKENDS:
         return _BACKENDS[name]
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name in _PROVIDED_BY:
+        raise ValueError(f"backend {name!r} is provided by {_PROVIDED_BY[name]}")
     if name in _UNAVAILABLE:
         raise ValueError(
             f"backend {name!r} is not available on this machine: {_UNAVAILABLE[name]}; "

@@ -53,17 +53,11 @@ through memory (FFTs and transposes). None of that grows with kh * kw, while a d
 (loop, im2col, torch) does 2 * n * d * c * kh * kw flops per output pixel. For 3x3 the FFT even
 needs fewer GEMM flops (4 * A against 18 * oh * ow), but its GEMMs are small (one (n, d) x
 (d, c) product per frequency, about half of peak) and its FFTs and transposes are
-memory-bound, so it is at best level with im2col and well behind torch. Measured here on
-[64, 32, 32, 32] -> 32, 'same', float32, one thread, medians in ms on a machine shared with
-other jobs (two threads gave the same picture, noisier):
-
-    k          3     5     7     9    11
-    fft       20    19    20    20    28
-    im2col    20    51   100   177   265
-    torch      7    15    28    43    60
-
-so it beats im2col from k = 5 (2.6x) and torch from k = 7 (1.4x); both gradients cost about
-the same as the forward (the weight gradient's 32x32 "kernel" needs only L = 33 rows, above).
+memory-bound, so on 3x3 layers it is at best level with im2col and behind torch; as kh * kw
+grows the direct methods' work grows with it and the FFT's does not, so past some kernel size
+it overtakes them (the kernel-size sweep of the benchmark suite finds where, and the report
+shows it). Both gradients cost about the same as the forward (the weight gradient's image-sized
+"kernel" needs only L = h + 1 rows, above).
 
 Threads: the FFTs run on ``kernels.threads.budget()`` threads (the BLAS limit in force, so
 ``threadpoolctl.threadpool_limits`` pins both), and the stacked GEMM is split into as many
@@ -75,15 +69,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import threads
+from kernels import _profile, threads
 
 #: the transforms round every value and spread the error over the whole output.
 EXACT = False
 
-try:  # scipy.fft keeps float32 in single precision and runs the FFTs on several threads
-    import scipy.fft as _scipy_fft
-except ImportError:  # numpy.fft then (tests/test_kernels.py runs that path too)
-    _scipy_fft = None
+#: scipy.fft keeps float32 in single precision and runs the FFTs on several threads; without
+#: scipy, numpy.fft (tests/test_kernels.py runs that path too). Loaded on the first call: the
+#: module-level ``_scipy_fft`` is replaced by the module, or None where scipy is missing.
+_scipy_fft = "not loaded"
+
+
+def _scipy():
+    global _scipy_fft
+    if isinstance(_scipy_fft, str):
+        try:
+            import scipy.fft
+        except ImportError:
+            _scipy_fft = None
+        else:
+            _scipy_fft = scipy.fft
+    return _scipy_fft
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -91,42 +97,42 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     Each product is small (n x d by d x c), so OpenBLAS would synchronise its threads once per
     frequency, and on a busy machine one descheduled thread stalls every one of those hundreds
-    of syncs (measured: 3.9 ms on one thread, 11.6 ms median on two). One BLAS thread per slice
-    of the stack (``kernels.threads``) costs one synchronisation per call instead.
+    of syncs. One BLAS thread per slice of the stack (``kernels.threads``, as many slices as the
+    work is worth) costs one synchronisation per call instead.
     """
     out = np.empty(a.shape[:-1] + b.shape[-1:], np.result_type(a, b))
     a, b, flat = (t.reshape(-1, *t.shape[-2:]) for t in (a, b, out))
-    slices = threads.split(len(flat), threads.budget())
-    threads.run(lambda s: np.matmul(a[s], b[s], out=flat[s]), slices)
+    slices = threads.split(len(flat), threads.parts_for(len(flat), a.size + b.size + flat.size))
+    threads.run(lambda s: _profile.matmul(a[s], b[s], out=flat[s]), slices)
     return out
 
 
 def _rfft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
-    if _scipy_fft is None:
+    if _scipy() is None:
         return np.fft.rfft(a, n=n, axis=axis)
     return _scipy_fft.rfft(a, n=n, axis=axis, workers=threads.budget())
 
 
 def _fft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
-    if _scipy_fft is None:
+    if _scipy() is None:
         return np.fft.fft(a, n=n, axis=axis)
     return _scipy_fft.fft(a, n=n, axis=axis, overwrite_x=True, workers=threads.budget())
 
 
 def _ifft(a: np.ndarray, axis: int) -> np.ndarray:
-    if _scipy_fft is None:
+    if _scipy() is None:
         return np.fft.ifft(a, axis=axis)
     return _scipy_fft.ifft(a, axis=axis, overwrite_x=True, workers=threads.budget())
 
 
 def _irfft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
-    if _scipy_fft is None:
+    if _scipy() is None:
         return np.fft.irfft(a, n=n, axis=axis)
     return _scipy_fft.irfft(a, n=n, axis=axis, overwrite_x=True, workers=threads.budget())
 
 
 def _next_fast_len(target: int, real: bool) -> int:
-    if _scipy_fft is not None:
+    if _scipy() is not None:
         return _scipy_fft.next_fast_len(target, real=real)
     length = target  # the smallest 5-smooth length >= target
     while True:
@@ -166,14 +172,17 @@ def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarra
     length_h, first_h, count_h, start_h = _plan(h, kh, padding, real=False)
     length_w, first_w, count_w, start_w = _plan(w, kw, padding, real=True)
 
-    x_hat = _spectrum(inputs, length_h, length_w)  # (Lh, Lw/2+1, n, d)
-    k_hat = _spectrum(kernels.transpose(1, 0, 2, 3), length_h, length_w)  # (Lh, Lw/2+1, d, c)
-    y_hat = _matmul(x_hat, k_hat)  # (Lh, Lw/2+1, n, c)
+    with _profile.stage("fft"):
+        x_hat = _spectrum(inputs, length_h, length_w)  # (Lh, Lw/2+1, n, d)
+        k_hat = _spectrum(kernels.transpose(1, 0, 2, 3), length_h, length_w)  # (Lh, Lw/2+1, d, c)
+    with _profile.stage("gemm"):
+        y_hat = _matmul(x_hat, k_hat)  # (Lh, Lw/2+1, n, c)
     del x_hat, k_hat
 
-    y_hat = _ifft(y_hat, axis=0)[first_h : first_h + count_h]
-    y_hat = np.ascontiguousarray(y_hat.transpose(2, 3, 0, 1))  # (n, c, kept rows, Lw/2+1)
-    full = _irfft(y_hat, length_w, axis=-1)[..., first_w : first_w + count_w]
+    with _profile.stage("fft"):
+        y_hat = _ifft(y_hat, axis=0)[first_h : first_h + count_h]
+        y_hat = np.ascontiguousarray(y_hat.transpose(2, 3, 0, 1))  # (n, c, kept rows, Lw/2+1)
+        full = _irfft(y_hat, length_w, axis=-1)[..., first_w : first_w + count_w]
 
     out_h, out_w = h - kh + 1 + 2 * padding, w - kw + 1 + 2 * padding
     if (count_h, count_w) == (out_h, out_w):

@@ -26,39 +26,33 @@ one GEMM (n, L) @ (L, c).
 Which loop: ``_correlate`` estimates the multiply-adds (padding waste included, plus a
 per-step overhead) of four plans -- offsets or positions, each as posed or with image and taps
 swapped by pseudo-commutativity (section 5.6) -- and runs the cheapest. The swap matters when
-the padding is mostly zeros: the input gradient of a 32x32 kernel over a 3x3 output (batch
-16) took 516 ms looping over 1024 offsets on a 63x63 padded grid, and 1.5 ms swapped.
+the padding is mostly zeros, as in the input gradient of a kernel larger than its output: the
+posed loop would run over every offset of a large, mostly zero, padded grid.
 
 Chunks and threads: the offset loops run per chunk of images (about ``CHUNK_BYTES`` of image,
-outputs and product on the padded grid, so they stay in the caches), the chunks shared out
-over the thread budget (``kernels.threads``, a single-threaded BLAS per thread); the weight
-gradient adds the chunks' parts. Measured on two threads (ms, forward / grad_inputs /
-grad_kernels): the whole-batch code (one-thread copies, two-thread GEMMs) against chunks,
-16->32 at 16x16 3.5/3.5/3.8 against 3.0/2.9/2.9; one chunk per thread against chunks, 32->32
-at 32x32 23.1/23.1/23.1 against 16.6/16.8/17.2.
+outputs and products on the padded grid, so they stay in a core's caches), the chunks shared out
+over the thread budget (``kernels.threads``, a single-threaded BLAS per thread, and no more
+threads than the work is worth); the weight gradient adds the chunks' parts. The kw offsets of
+one kernel row are one numpy call (their shifted images are one strided view), so a chunk makes
+a few numpy calls per kernel row, not per offset: each call holds the GIL briefly, and with many
+threads those moments are what the threads wait on.
 
-What bounds it. The GEMMs of the offset loop reduce over only d channels, and OpenBLAS
-(Haswell kernels, see ``backend_im2col``) runs such thin GEMMs at 49 GF/s (d = 3), 73-102 GF/s
-(d = 16, 32) and 110-126 GF/s (d = 64, 128) on one core, with each call packing its operands
-and writing the whole (c, Q) product, which the accumulation adds in another pass. The border
-waste adds 13% at 32x32, 27% at 16x16 and 56% at 8x8. The weight gradient has a tiny (c, d)
-product per offset; up to ``GEMV_CHANNELS`` = 4 input channels it runs one GEMV per channel
-instead, which halved the first layer's (3->16 at 32x32: 8.5 ms against 4.1 ms on one
-thread). Those passes are bound by memory: each offset reads the whole chunk again. Python
-overhead is about 5 us per GEMM or GEMV (chunks x kh*kw of them, times d with GEMVs): 0.1-0.3
-ms of a 3-4 ms call on the recipe layers.
-
-Measured with the benchmark suite (two threads, medians, forward + grad_inputs + grad_kernels
-in ms against torch): 3->16 at 32x32 8.9 against 2.9 (0.32x), 16->32 at 16x16 8.7 against
-2.4 (0.27x), 32->64 at 8x8 8.4 against 2.3 (0.27x); geometric mean of the nine passes 0.27x.
+What bounds it: the GEMMs of the offset loop reduce over only d channels, which BLAS runs far
+below its peak, and each writes a whole (c, chunk) product that the row sums read again. Up to
+``GEMV_CHANNELS`` input channels the weight gradient runs one GEMV per channel and offset
+instead of a (c, q) x (q, d) GEMM that thin. The benchmark suite records the time of the loop's
+own GEMMs alone (``gemm_bound_s``) and where the rest goes (``breakdown_s``: layout, gemm,
+reduction); the report shows both.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from kernels import threads
+from kernels import _profile, threads
 from kernels._layout import (
+    _interior,
+    bordered,
     embed_channels_first,
     grad_inputs_padding,
     grad_kernel_shape,
@@ -74,6 +68,8 @@ EXACT = True
 
 #: Bytes on the padded grid (image, outputs) per chunk of images in the offset loops.
 CHUNK_BYTES = 4 * 2**20
+#: ... per batch of images when the loops' GEMMs run on the BLAS's threads (bounded memory).
+BATCH_BYTES = 64 * 2**20
 #: Up to this many input channels, the weight gradient runs one GEMV per channel and offset.
 GEMV_CHANNELS = 4
 
@@ -101,8 +97,9 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
 
         grid = (d + c) * hp * wp  # image and gradient on the padded grid
         chunk = threads.rows_per_chunk(grid, inputs.dtype, CHUNK_BYTES)
-        return threads.sum_over_batch(part, n, inputs.size + grad_outputs.size, chunk)
-    return _grad_kernels_over_positions(inputs, grad_outputs, padding, kh, kw)
+        return threads.sum_over_batch(part, n, n * grid * kh * kw, chunk)
+    with threads.single_threaded_blas():
+        return _grad_kernels_over_positions(inputs, grad_outputs, padding, kh, kw)
 
 
 #: Python and call overhead of one loop step (about 5 us), in multiply-adds of GEMM work.
@@ -137,44 +134,121 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     _, swap, method = min(plans, key=lambda plan: plan[0])
     if swap:
         flipped_image, flipped_taps = taps[:, :, ::-1, ::-1], x[:, :, ::-1, ::-1]
+        if method is _correlate_over_offsets:
+            flipped_taps = _offset_weights(flipped_taps)
         swapped = np.empty((c, n, oh, ow), x.dtype)
-        method(flipped_image, flipped_taps, h + ph - kh, w + pw - kw, swapped)
+        with threads.single_threaded_blas():
+            method(flipped_image, flipped_taps, h + ph - kh, w + pw - kw, swapped)
         return np.ascontiguousarray(swapped.transpose(1, 0, 2, 3))
     result = np.empty((n, c, oh, ow), x.dtype)
     if method is _correlate_over_positions:  # one GEMM per position spans the whole batch
-        method(x, taps, ph, pw, result)
+        with threads.single_threaded_blas():  # many small GEMMs: the BLAS's threads would spin
+            method(x, taps, ph, pw, result)
+        return result
+    weights = _offset_weights(taps)
+    # image, outputs, a kernel row's products and their sum, on the padded grid
+    grid = (d + (kw + 2) * c) * hp * wp
+    if threads.parts_for(n, n * grid) < threads.budget():
+        # More cores than slices worth cutting: the GEMMs on the BLAS's own threads.
+        batch = threads.rows_per_chunk(grid, x.dtype, BATCH_BYTES)
+        for lo in range(0, n, batch):
+            rows = slice(lo, min(lo + batch, n))
+            _correlate_over_offsets_blas(x[rows], weights, ph, pw, result[rows])
         return result
 
     def part(s: slice) -> None:
-        method(x[s], taps, ph, pw, result[s])
+        _correlate_over_offsets(x[s], weights, ph, pw, result[s])
 
-    grid = (d + 2 * c) * hp * wp  # image, outputs and one GEMM's product on the padded grid
     chunk = threads.rows_per_chunk(grid, x.dtype, CHUNK_BYTES)
-    threads.over_batch(part, n, x.size + result.size, chunk)
+    threads.over_batch(part, n, n * grid, chunk)
     return result
 
 
-def _correlate_over_offsets(x: np.ndarray, taps: np.ndarray, ph: int, pw: int, result) -> None:
-    c, d, kh, kw = taps.shape
-    padded = pad_channels_first(x, ph, pw, "loop.padded")  # (d, n, Hp, Wp)
+def _offset_weights(taps: np.ndarray) -> np.ndarray:
+    """taps (c, d, kh, kw) as (kh, kw, c, d), contiguous: one (c, d) matrix per offset."""
+    return np.ascontiguousarray(taps.transpose(2, 3, 0, 1))
+
+
+def _shifted_rows(padded: np.ndarray, u: int, kw: int, q: int) -> np.ndarray:
+    """The kw shifted images of kernel row u, as a (kw, d, q) view of ``padded`` (d, n, Hp, Wp).
+
+    Shift (u, v) of the flattened (d, n*Hp*Wp) buffer is the column slice starting at
+    u*Wp + v; the kw slices of one row are one element apart, so all of them are one strided
+    view and numpy runs their kw GEMMs in one call.
+    """
+    d, wp = padded.shape[0], padded.shape[3]
+    item = padded.itemsize
+    return np.ndarray(
+        (kw, d, q),
+        padded.dtype,
+        buffer=padded,
+        offset=u * wp * item,
+        strides=(item, padded[0].size * item, item),
+    )
+
+
+def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
+    kh, kw, c, _ = weights.shape
+    with _profile.stage("layout"):
+        padded = pad_channels_first(x, ph, pw, "loop.padded")  # (d, n, Hp, Wp)
     _, n, hp, wp = padded.shape
-    flat = padded.reshape(d, n * hp * wp)
-    reach = (kh - 1) * wp + kw - 1  # flat distance of the farthest tap
-    q = flat.shape[1] - reach  # flat positions whose whole patch lies inside the buffer
-    weights = np.ascontiguousarray(taps.transpose(2, 3, 0, 1))  # (kh, kw, c, d)
+    q = n * hp * wp - ((kh - 1) * wp + kw - 1)  # positions whose whole patch is in the buffer
     grid = scratch("loop.grid", (c, n, hp, wp), x.dtype)  # outputs on the padded grid
     live = grid.reshape(c, -1)[:, :q]
-    step = scratch("loop.step", (c, q), x.dtype)
+    products = scratch("loop.products", (kw, c, q), x.dtype)
+    row_total = scratch("loop.row", (c, q), x.dtype)
     for u in range(kh):
-        for v in range(kw):
-            shifted = flat[:, u * wp + v : u * wp + v + q]
-            if u == 0 and v == 0:
-                np.matmul(weights[u, v], shifted, out=live)
+        with _profile.stage("gemm"):
+            _profile.matmul(weights[u], _shifted_rows(padded, u, kw, q), out=products)
+        with _profile.stage("reduction"):
+            if u == 0:
+                np.sum(products, axis=0, out=live)
             else:
-                np.matmul(weights[u, v], shifted, out=step)
-                live += step
+                np.sum(products, axis=0, out=row_total)
+                live += row_total
     oh, ow = hp - kh + 1, wp - kw + 1
-    np.copyto(result, grid[:, :, :oh, :ow].transpose(1, 0, 2, 3))
+    with _profile.stage("layout"):
+        np.copyto(result, grid[:, :, :oh, :ow].transpose(1, 0, 2, 3))
+
+
+def _correlate_over_offsets_blas(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
+    """``_correlate_over_offsets`` for a whole batch at once: each kernel row's kw GEMMs on the
+    BLAS's own threads, the row sums and the copies around them as slices of the padded grid."""
+    kh, kw, c, d = weights.shape
+    n, _, h, w = x.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    interior, rows, cols = _interior(x, ph, pw)
+    padded = bordered("loop.batch_padded", (d, n, hp, wp), x.dtype, rows, cols, h_axis=2)
+
+    def pad(s: slice) -> None:
+        with _profile.stage("layout"):
+            padded[:, s, rows, cols] = interior[s].transpose(1, 0, 2, 3)
+
+    threads.over_batch(pad, n, padded.size)
+    q = n * hp * wp - ((kh - 1) * wp + kw - 1)
+    grid = scratch("loop.grid", (c, n, hp, wp), x.dtype)
+    live = grid.reshape(c, -1)[:, :q]
+    products = scratch("loop.products", (kw, c, q), x.dtype)
+    columns = threads.split(q, threads.parts_for(q, products.size))
+    for u in range(kh):
+        with _profile.stage("gemm"):
+            _profile.matmul(weights[u], _shifted_rows(padded, u, kw, q), out=products)
+
+        def add_row(s: slice, first: bool = u == 0) -> None:
+            with _profile.stage("reduction"):
+                if first:
+                    np.sum(products[:, :, s], axis=0, out=live[:, s])
+                else:
+                    live[:, s] += np.sum(products[:, :, s], axis=0)
+
+        threads.run(add_row, columns)
+    oh, ow = hp - kh + 1, wp - kw + 1
+
+    def place(s: slice) -> None:
+        with _profile.stage("layout"):
+            np.copyto(result[s], grid[:, s, :oh, :ow].transpose(1, 0, 2, 3))
+
+    threads.over_batch(place, n, result.size)
 
 
 def _correlate_over_positions(x: np.ndarray, taps: np.ndarray, ph: int, pw: int, result) -> None:
@@ -192,31 +266,34 @@ def _correlate_over_positions(x: np.ndarray, taps: np.ndarray, ph: int, pw: int,
     for t in range(oh):
         for s in range(ow):
             start = (t * wp + s) * d
-            np.matmul(images[:, start : start + run], laid_taps, out=step)
+            _profile.matmul(images[:, start : start + run], laid_taps, out=step)
             result[:, :, t, s] = step
 
 
 def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndarray:
     d = inputs.shape[1]
     c = grad_outputs.shape[1]
-    padded = pad_channels_first(inputs, padding, padding, "loop.padded")  # (d, n, Hp, Wp)
-    _, n, hp, wp = padded.shape
-    flat = padded.reshape(d, n * hp * wp)
-    q = flat.shape[1] - ((kh - 1) * wp + kw - 1)
-    # The output gradient on the same padded grid, zero where no output exists, so that flat
-    # position i of it pairs with flat position i + u*Wp + v of the image.
-    gy = embed_channels_first(grad_outputs, hp, wp, "loop.grid").reshape(c, -1)[:, :q]
+    with _profile.stage("layout"):
+        padded = pad_channels_first(inputs, padding, padding, "loop.padded")  # (d, n, Hp, Wp)
+        _, n, hp, wp = padded.shape
+        q = n * hp * wp - ((kh - 1) * wp + kw - 1)
+        # The output gradient on the same padded grid, zero where no output exists, so that
+        # flat position i of it pairs with flat position i + u*Wp + v of the image.
+        grid = embed_channels_first(grad_outputs, hp, wp, "loop.gy_grid")
+        gy = grid.reshape(c, -1)[:, :q]
     result = np.empty((c, d, kh, kw), inputs.dtype)
-    step = scratch("loop.step", (c, d), inputs.dtype)
+    products = scratch("loop.kernel_row", (kw, c, d), inputs.dtype)
     for u in range(kh):
-        for v in range(kw):
-            shifted = flat[:, u * wp + v : u * wp + v + q]
-            if d <= GEMV_CHANNELS:  # a (c, q) x (q, d) GEMM this thin runs slower than d GEMVs
-                for j in range(d):
-                    np.matmul(gy, shifted[j], out=step[:, j])
+        rows = _shifted_rows(padded, u, kw, q)  # (kw, d, q)
+        with _profile.stage("gemm"):
+            if d <= GEMV_CHANNELS:  # a (c, q) x (q, d) GEMM this thin runs slower than GEMVs
+                for v in range(kw):
+                    for j in range(d):
+                        _profile.matmul(gy, rows[v, j], out=products[v, :, j])
             else:
-                np.matmul(gy, shifted.T, out=step)
-            result[:, :, kh - 1 - u, kw - 1 - v] = step  # the kernel is the flipped taps
+                _profile.matmul(gy, rows.transpose(0, 2, 1), out=products)
+        # the kernel is the flipped taps: offset (u, v) is kernel entry (kh-1-u, kw-1-v)
+        result[:, :, kh - 1 - u, ::-1] = products.transpose(1, 2, 0)
     return result
 
 
@@ -236,9 +313,9 @@ def _grad_kernels_over_positions(inputs, grad_outputs, padding, kh, kw) -> np.nd
         for s in range(ow):
             start = (t * wp + s) * d
             if t == 0 and s == 0:
-                np.matmul(gy[t, s], images[:, start : start + run], out=live)
+                _profile.matmul(gy[t, s], images[:, start : start + run], out=live)
             else:
-                np.matmul(gy[t, s], images[:, start : start + run], out=step)
+                _profile.matmul(gy[t, s], images[:, start : start + run], out=step)
                 live += step
     grad_taps = laid[:, :, :kw, :].transpose(0, 3, 1, 2)  # (c, d, kh, kw)
     return np.ascontiguousarray(grad_taps[:, :, ::-1, ::-1])

@@ -11,39 +11,58 @@ gradient, the weight-gradient routine of ``torch.nn.grad``), which is what a tor
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch.nn.grad import conv2d_weight
 
 #: direct convolution sums: exact while every partial sum is an integer below 2**24.
 EXACT = True
 
+if importlib.util.find_spec("torch") is None:  # unavailable, without loading torch to find out
+    raise ImportError("the torch backend needs torch, which is not installed")
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
+
+@functools.cache
+def _torch():
+    """torch, loaded on the first call of this backend (``import kernels`` does not load it)."""
+    import torch
+    import torch.nn.functional
+    import torch.nn.grad
+
+    return torch
+
+
+def _tensor(array: np.ndarray):
     if not array.flags.writeable or any(s < 0 for s in array.strides):
         array = np.array(array)  # torch cannot wrap read-only or negative-stride memory
-    return torch.from_numpy(array)
+    return _torch().from_numpy(array)
 
 
-def _flip(kernels: np.ndarray) -> torch.Tensor:
-    return torch.flip(_tensor(kernels), dims=(2, 3))
+def _flip(kernels: np.ndarray):
+    return _torch().flip(_tensor(kernels), dims=(2, 3))
 
 
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
+    torch = _torch()
     with torch.no_grad():
-        return F.conv2d(_tensor(inputs), _flip(kernels), padding=padding).numpy()
+        return torch.nn.functional.conv2d(_tensor(inputs), _flip(kernels), padding=padding).numpy()
 
 
 def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
+    torch = _torch()
     with torch.no_grad():
-        return F.conv_transpose2d(_tensor(grad_outputs), _flip(kernels), padding=padding).numpy()
+        transposed = torch.nn.functional.conv_transpose2d
+        return transposed(_tensor(grad_outputs), _flip(kernels), padding=padding).numpy()
 
 
 def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> np.ndarray:
+    torch = _torch()
     _, d, h, w = inputs.shape
     c, oh, ow = grad_outputs.shape[1:]
     shape = (c, d, h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding)
     with torch.no_grad():
-        grad = conv2d_weight(_tensor(inputs), shape, _tensor(grad_outputs), padding=padding)
+        grad = torch.nn.grad.conv2d_weight(
+            _tensor(inputs), shape, _tensor(grad_outputs), padding=padding
+        )
     return torch.flip(grad, dims=(2, 3)).numpy()

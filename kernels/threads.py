@@ -1,77 +1,87 @@
 """The thread budget shared by the numpy backends and the engine's layers.
 
 numpy runs its loops on one thread; only its BLAS uses several. Work the BLAS does not see
-(layout copies, elementwise passes, many small GEMMs) is split here into slices of the batch
-axis and run on a small pool of threads. numpy releases the GIL inside such loops, so the slices
-really run side by side.
+(layout copies, elementwise passes, many small GEMMs, reductions over the batch) is split here
+into slices of the batch axis and run on a small pool of threads. numpy releases the GIL inside
+its loops and BLAS calls, so the slices really run side by side.
 
 How many threads: the BLAS thread limit in force, at most the cores. That is the limit that
 ``threadpoolctl.threadpool_limits`` (and ``nnbench.machine.pinned_threads``, which also sets
 torch's) controls, so one setting pins numpy's BLAS, torch and this pool alike.
 
+How many slices: waking a pool thread, and the Python between its numpy calls (which holds the
+GIL, so the threads take turns there), costs each slice tens of microseconds that the other
+slices wait for in turn. With W the time of the whole work and s that serial cost per slice, P
+slices take about W / P + P * s, least at P = sqrt(W / s). ``parts_for`` cuts a call that way,
+counting W in elements and s as ``THREAD_COST_ELEMENTS`` elements' worth of work: small work
+stays inline or on a few threads, and more cores never cut a call finer than it is worth (on
+16 cores a recipe layer's copies were slower on 16 Python threads than on 4, while its GEMM on
+the BLAS's own threads, which need no GIL, kept scaling). Callers pass the elements their work
+touches (a backend: its column matrix or padded grid, not just its inputs).
+
 While slices run, the BLAS is held at one thread (and restored afterwards): k slices then keep k
-cores busy rather than k times the BLAS threads, and OpenBLAS does not synchronise its own
-threads inside every small call. That limit is process-wide: while it is held, other threads'
-BLAS calls run on one thread too, and their split calls run inline. A call made from inside a
-slice runs inline. After ``os.fork`` the child starts a pool of its own.
+cores busy rather than k times the BLAS threads. A call with one slice holds it too, and a GEMM
+too large for one thread goes through ``matmul``, which splits its output columns over the
+pool: the BLAS's own threads never run inside nnbench. They would otherwise keep spinning after
+each call (OpenBLAS for about 0.1 s unless ``OPENBLAS_THREAD_TIMEOUT`` was set before numpy was
+loaded) and take the cores the next pass needs; this way nothing depends on how, or in which
+order, numpy was loaded. The hold is process-wide: while it is held, other threads' BLAS calls
+run on one thread too. A call made from inside a slice, or while another thread is using the
+pool, runs its slices one after the other on the calling thread. After ``os.fork`` the child
+starts a pool of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
+
+from kernels import _profile
 
 try:  # the cores this process may run on (affinity, cpusets), not all of the machine's
     CORES = len(os.sched_getaffinity(0))
 except AttributeError:  # not Linux
     CORES = os.cpu_count() or 1
-#: Arrays with fewer elements are processed inline: splitting costs a few tens of microseconds.
-MIN_PARALLEL_ELEMENTS = 1 << 17
 
-try:
-    from threadpoolctl import ThreadpoolController
-
-    _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
-except ImportError:
-    _BLAS = []
+#: What one more slice costs (waking its thread, its Python under the GIL), in elements of
+#: work: about 50 microseconds of copying. See the module docstring for how it is used.
+THREAD_COST_ELEMENTS = 1 << 16
 
 _inside = threading.local()
 _blas_lock = threading.Lock()
 _blas_holders = 0  # callers inside single_threaded_blas
 _blas_saved: list[int] = []
-
-
-def _new_pool() -> ThreadPoolExecutor:
-    # The calling thread runs the first slice itself, so the pool needs one thread fewer.
-    return ThreadPoolExecutor(max(CORES - 1, 1), thread_name_prefix="kernels")
-
-
-def _after_fork_in_child() -> None:
-    # The parent's pool threads do not exist in the child: its queue would wait forever.
-    global _POOL, _blas_lock, _blas_holders
-    _POOL = _new_pool()
-    _blas_lock = threading.Lock()
-    _blas_holders = 0
-
-
-_POOL = _new_pool()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_blas_controllers: list | None = None  # threadpoolctl controllers, found on first use
 
 T = TypeVar("T")
 
 
+def _blas() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded now (found once)."""
+    global _blas_controllers
+    if _blas_controllers is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            _blas_controllers = []
+        else:
+            found = ThreadpoolController().select(user_api="blas").lib_controllers
+            _blas_controllers = list(found)
+    return _blas_controllers
+
+
 def budget() -> int:
     """Threads a call may use: the BLAS thread limit in force, at most the cores, at least 1."""
-    limit = _BLAS[0].num_threads if _BLAS else CORES
-    return max(1, min(limit, CORES))
+    libs = _blas()
+    limit = libs[0].num_threads if libs else CORES
+    return max(1, min(limit or 1, CORES))
 
 
 @contextlib.contextmanager
@@ -82,10 +92,11 @@ def single_threaded_blas() -> Iterator[None]:
     restores it, so overlapping calls cannot leave the BLAS at one thread.
     """
     global _blas_holders, _blas_saved
+    libs = _blas()
     with _blas_lock:
         if _blas_holders == 0:
-            _blas_saved = [lib.num_threads for lib in _BLAS]
-            for lib in _BLAS:
+            _blas_saved = [lib.num_threads for lib in libs]
+            for lib in libs:
                 lib.set_num_threads(1)
         _blas_holders += 1
     try:
@@ -94,7 +105,7 @@ def single_threaded_blas() -> Iterator[None]:
         with _blas_lock:
             _blas_holders -= 1
             if _blas_holders == 0:
-                for lib, threads in zip(_BLAS, _blas_saved):
+                for lib, threads in zip(libs, _blas_saved):
                     lib.set_num_threads(threads)
 
 
@@ -112,10 +123,84 @@ def rows_per_chunk(values_per_row: int, dtype: np.dtype, chunk_bytes: int) -> in
 
 
 def parts_for(n: int, elements: int) -> int:
-    """How many slices to cut ``n`` rows of ``elements`` elements in all into (1 = inline)."""
-    if getattr(_inside, "active", False) or elements < MIN_PARALLEL_ELEMENTS:
+    """How many slices to cut ``n`` rows holding ``elements`` elements of work into (1 = inline):
+    sqrt(elements / THREAD_COST_ELEMENTS), at most the budget and ``n``."""
+    if getattr(_inside, "active", False):
         return 1
-    return min(budget(), n)
+    return max(1, min(budget(), n, math.isqrt(int(max(elements, 0) / THREAD_COST_ELEMENTS))))
+
+
+# --- the pool -------------------------------------------------------------------------------
+
+
+class _Worker:
+    """One pool thread, parked on its own lock until it is given a task."""
+
+    def __init__(self, index: int):
+        self.go = threading.Lock()
+        self.done = threading.Lock()
+        self.go.acquire()
+        self.done.acquire()
+        self.task: tuple[Callable, object] | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, name=f"kernels-{index}", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        _inside.active = True  # whatever a slice calls runs inline on this thread
+        while True:
+            self.go.acquire()
+            body, item = self.task
+            self.task = None
+            try:
+                body(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+                self.error = exc
+            self.done.release()
+
+
+class _Pool:
+    """Threads that wait on a lock each: waking k of them is k lock releases, no queue."""
+
+    def __init__(self) -> None:
+        self.workers: list[_Worker] = []
+        self.busy = threading.Lock()  # one caller at a time; others run inline
+
+    def run(self, body: Callable[[T], object], items: list[T]) -> None:
+        extra = items[1:]
+        while len(self.workers) < len(extra):
+            self.workers.append(_Worker(len(self.workers)))
+        workers = self.workers[: len(extra)]
+        for worker, item in zip(workers, extra):
+            worker.task = (body, item)
+            worker.go.release()
+        errors: list[BaseException] = []
+        try:
+            _inline(body, items[0])
+        except BaseException as exc:  # noqa: BLE001 - raised once every slice is done
+            errors.append(exc)
+        for worker in workers:  # every slice finishes before anything is raised
+            worker.done.acquire()
+            if worker.error is not None:
+                errors.append(worker.error)
+                worker.error = None
+        if errors:
+            raise errors[0]
+
+
+_POOL = _Pool()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's pool threads do not exist in the child: their locks would wait forever.
+    global _POOL, _blas_lock, _blas_holders
+    _POOL = _Pool()
+    _blas_lock = threading.Lock()
+    _blas_holders = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run(body: Callable[[T], object], items: list[T]) -> None:
@@ -123,21 +208,29 @@ def run(body: Callable[[T], object], items: list[T]) -> None:
 
     What the calls write must not overlap. An exception from any call is raised after every
     call has finished (none is left running on arrays the caller frees). Called from inside
-    a slice, the items run one after the other on the calling thread.
+    a slice, or while another thread uses the pool, the items run one after the other on the
+    calling thread.
     """
-    if len(items) == 1 or getattr(_inside, "active", False):
+    if getattr(_inside, "active", False):
         for item in items:
             body(item)
         return
-    with single_threaded_blas():
-        futures = [_POOL.submit(_inline, body, item) for item in items[1:]]
-        try:
+    if len(items) == 1:
+        with single_threaded_blas():
             _inline(body, items[0])
-        finally:
-            errors = [f.exception() for f in futures]
-    for error in errors:
-        if error is not None:
-            raise error
+        return
+    body = _profile.numbered(body)
+    pool = _POOL
+    if not pool.busy.acquire(blocking=False):  # another thread's slices hold the cores
+        with single_threaded_blas():
+            for item in items:
+                _inline(body, item)
+        return
+    try:
+        with single_threaded_blas():
+            pool.run(body, items)
+    finally:
+        pool.busy.release()
 
 
 def over_batch(
@@ -145,9 +238,9 @@ def over_batch(
 ) -> None:
     """Call ``body(s)`` for slices s covering range(n), in parallel.
 
-    ``n`` rows hold ``elements`` values in all (small work runs inline). Each thread takes one
-    run of consecutive rows and, with ``chunk``, walks it ``chunk`` rows at a time, so that the
-    temporaries of one call stay in cache.
+    ``n`` rows hold ``elements`` elements of work in all (see ``parts_for``). Each thread takes
+    one run of consecutive rows and, with ``chunk``, walks it ``chunk`` rows at a time, so that
+    the temporaries of one call stay in cache.
     """
     run(lambda rows: _walk(body, rows, chunk), split(n, parts_for(n, elements)))
 
@@ -158,8 +251,8 @@ def sum_over_batch(
     """The sum of ``body(s)`` over slices s covering range(n), computed like ``over_batch``.
 
     Each thread adds up its own slices in order and the per-thread totals are added in order,
-    so the result depends on the thread count and ``chunk`` but not on timing. ``body`` must
-    return a fresh, writable array: the others are added into the first one in place.
+    so the result depends on how many slices there are and on ``chunk``, but not on timing.
+    ``body`` must return a fresh, writable array: the others are added into the first one.
     """
     parts = split(n, parts_for(n, elements))
     totals: list[np.ndarray | None] = [None] * len(parts)
@@ -177,6 +270,37 @@ def sum_over_batch(
     for value in totals[1:]:
         total += value
     return total
+
+
+#: What one more GEMM slice costs, in multiply-adds (about 50 microseconds of one core's GEMM).
+THREAD_COST_MULTIPLY_ADDS = 1 << 21
+#: Output columns a GEMM slice needs at least (narrower ones pack their operands for little).
+MIN_COLUMNS_PER_PART = 16
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` for 2-D operands, its output columns split over the thread budget.
+
+    Each slice is a single-threaded BLAS call, so the BLAS's own threads never run (and never
+    spin afterwards, stealing cores from the next pass, however the BLAS was set up). A GEMM too
+    small to split runs on one thread. Each output column comes from one BLAS call over the
+    whole reduction; the BLAS may still block that reduction differently for another slice
+    width, so results can differ by rounding (not at all for sums of small integers).
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), np.result_type(a, b))
+    parts = (
+        1
+        if getattr(_inside, "active", False)
+        else min(budget(), n // MIN_COLUMNS_PER_PART, m * n * k // THREAD_COST_MULTIPLY_ADDS)
+    )
+    if parts <= 1:
+        with single_threaded_blas():
+            return _profile.matmul(a, b, out=out)
+    run(lambda s: _profile.matmul(a, b[:, s], out=out[:, s]), split(n, parts))
+    return out
 
 
 def _chunks(rows: slice, chunk: int | None) -> list[slice]:

@@ -199,16 +199,16 @@ class Dense(Layer):
         self.add_parameter("biases", (self.units,), zeros)
 
     def forward_impl(self, inputs):
-        outputs = inputs @ self.weights.T
+        outputs = threads.matmul(inputs, self.weights.T)
         outputs += self.biases
         return outputs
 
     def backward_impl(self, grad_outputs):
         self.backward_parameters_impl(grad_outputs)
-        return grad_outputs @ self.weights
+        return threads.matmul(grad_outputs, self.weights)
 
     def backward_parameters_impl(self, grad_outputs):
-        np.matmul(grad_outputs.T, self.forward_inputs, out=self.weights_grad)
+        threads.matmul(grad_outputs.T, self.forward_inputs, out=self.weights_grad)
         np.add.reduce(grad_outputs, axis=0, out=self.biases_grad)
 
 
@@ -284,7 +284,8 @@ class BatchNorm(Layer):
 
     Training: mu, var = mean and biased variance over (n, h, w); xhat = (x - mu) / sqrt(var + eps);
     y = gamma * xhat + beta; running_mean <- m * running_mean + (1 - m) * mu (same for var).
-    Inference: the running statistics replace mu and var and are left unchanged.
+    Inference: the running statistics replace mu and var and are left unchanged. Training on
+    one value per channel (n * h * w = 1) is a ``ValueError``, as in torch.
 
     Parameters ``gamma`` (ones) and ``beta`` (zeros); state ``running_mean`` (zeros) and
     ``running_var`` (ones), saved with the model but not trained. The forward caches ``xhat``
@@ -320,6 +321,13 @@ class BatchNorm(Layer):
             scale, shift = _per_channel(self.gamma * self.inv_std), _per_channel(self.beta)
             return _batched(_affine, outputs, scale, shift, out=outputs)
         count = inputs.size // inputs.shape[1]
+        if count == 1:
+            # The batch statistics of one value are the value itself: the output would be beta
+            # whatever the input, with zero gradient. torch refuses this too.
+            raise ValueError(
+                f"BatchNorm in training mode needs more than one value per channel, got inputs "
+                f"of shape {inputs.shape} (n * h * w = 1); use a larger batch, or inference mode"
+            )
         mean = _channel_sum(inputs) / count
         xhat = _batched(np.subtract, inputs, _per_channel(mean), out=np.empty_like(inputs))
         var = _channel_dot(xhat, xhat) / count  # biased: divided by the count, not count - 1

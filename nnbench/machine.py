@@ -18,7 +18,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-import kernels
+from nnbench import runtime
 
 # Environment variables that change how fast the same code runs here; recorded with every result.
 _PERFORMANCE_ENV = (
@@ -129,8 +129,7 @@ def machine_info() -> dict[str, object]:
         "threads": thread_info(),
         "versions": library_versions(),
         "environment": {name: os.environ.get(name) for name in _PERFORMANCE_ENV},
-        # Libraries loaded before ``kernels`` set its thread variables: they run without them.
-        "thread_settings_missed_by": list(kernels.LOADED_BEFORE_THREAD_SETTINGS),
+        "runtime": runtime.settings(),
         "source": source_revision(),
     }
 

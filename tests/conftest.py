@@ -3,16 +3,12 @@ directory, and the benchmark options (here so they work from the repository root
 
 from __future__ import annotations
 
-import kernels  # noqa: F401  (before numpy and torch: it sets how their idle threads wait)
-
-# isort: split
 import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 
 def pytest_addoption(parser):
@@ -40,6 +36,8 @@ def torch_single_thread():
     threads on a busy 2-core machine, waking the pool costs 10-50 ms per call (measured here)
     against microseconds on one thread. The previous setting is restored afterwards.
     """
+    import torch  # here, not at collection: nothing loads torch before it is needed
+
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

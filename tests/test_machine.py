@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from threadpoolctl import threadpool_info
 
 from nnbench import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def threadpool_blas_count() -> int:
+    return len([p for p in threadpool_info() if p["internal_api"] == "openblas"])
 
 
 def _blas_threads() -> set[int]:
@@ -74,3 +82,64 @@ def test_source_revision_is_dirty_for_code_changes_not_for_results(tmp_path):
     # asked from a folder inside the checkout (say an installed copy), the same answer
     (tmp_path / "reports" / "result.json").write_text("{}\n")
     assert machine.source_revision(tmp_path / "reports")["dirty"] is True
+
+
+# --- nnbench.runtime -----------------------------------------------------------------------
+
+SPIN_PROBE = """
+import resource, sys, time
+import numpy as np  # loaded first, before nnbench: OpenBLAS starts with its default spin
+from threadpoolctl import threadpool_limits
+
+def idle_cpu_seconds():
+    a = np.ones((512, 512), np.float32)
+    with threadpool_limits(2):
+        for _ in range(3):
+            a @ a
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        time.sleep(0.3)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+from nnbench import runtime
+spun = idle_cpu_seconds()
+settings = runtime.configure()
+print(round(spun, 3), round(idle_cpu_seconds(), 3), settings["openblas_thread_timeout"])
+"""
+
+
+def test_configure_stops_openblas_spinning_even_when_numpy_was_loaded_first():
+    """After a threaded GEMM, OpenBLAS's idle threads spin (about 0.1 s of CPU while the process
+    sleeps); after ``configure`` they sleep at once, though numpy was imported first."""
+    import resource  # noqa: F401  (Unix only; skip elsewhere)
+
+    if threadpool_blas_count() < 1 or machine.cpu_count() < 2:
+        pytest.skip("needs OpenBLAS and two cores")
+    run = subprocess.run(
+        [sys.executable, "-c", SPIN_PROBE], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    spun, after, applied = run.stdout.split(" ", 2)
+    assert "openblas" in applied, applied
+    assert float(spun) > 0.03, run.stdout  # the default: a thread spins for ~0.1 s
+    assert float(after) < 0.3 * float(spun), run.stdout
+
+
+def test_configure_is_recorded_and_idempotent(monkeypatch):
+    from nnbench import runtime
+
+    monkeypatch.setattr(runtime, "_SETTINGS", {"configured": False})
+    monkeypatch.setattr(machine, "tune_allocator", lambda: True)
+    monkeypatch.setattr(runtime, "_retime_openblas", lambda: "16 for a test BLAS")
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    with pytest.MonkeyPatch.context() as loaded:
+        loaded.setitem(sys.modules, "torch", object())  # torch already loaded: too late
+        first = runtime.configure()
+    assert first == {
+        "configured": True,
+        "allocator": "glibc: mmap and trim thresholds raised",
+        "openblas_thread_timeout": "16 for a test BLAS",
+        "gomp_spincount": "default: torch was loaded before configure()",
+    }
+    monkeypatch.setattr(runtime, "_retime_openblas", lambda: pytest.fail("configured twice"))
+    assert runtime.configure() == first
+    assert machine.machine_info()["runtime"] == first

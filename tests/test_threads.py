@@ -47,7 +47,7 @@ def test_budget_follows_the_blas_limit():
 @pytest.fixture
 def two_threads(monkeypatch):
     """Split every call in two, whatever its size and the number of cores."""
-    monkeypatch.setattr(threads, "MIN_PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
     monkeypatch.setattr(threads, "budget", lambda: 2)
 
 
@@ -131,7 +131,7 @@ def test_overlapping_split_calls_restore_the_blas_limit(two_threads, monkeypatch
     one A had set, and restored it last.)
     """
     blas = _FakeBlas(2)
-    monkeypatch.setattr(threads, "_BLAS", [blas])
+    monkeypatch.setattr(threads, "_blas_controllers", [blas])
     a_inside, b_entered, a_left = threading.Event(), threading.Event(), threading.Event()
     limits_inside = []
 
@@ -161,7 +161,7 @@ def test_overlapping_split_calls_restore_the_blas_limit(two_threads, monkeypatch
 
 
 def _split_in_child(queue) -> None:
-    threads.MIN_PARALLEL_ELEMENTS = 0  # the child has its own copy of the module
+    threads.THREAD_COST_ELEMENTS = 1e-9  # the child has its own copy of the module
     seen = []
     threads.run(lambda s: seen.append(s), [slice(0, 1), slice(1, 2)])
     queue.put(sorted((s.start, s.stop) for s in seen))
@@ -185,34 +185,59 @@ def test_split_calls_work_in_a_forked_child(two_threads):
     assert queue.get(timeout=5) == [(0, 1), (1, 2)]
 
 
-def test_thread_settings_are_in_place_before_numpy_and_torch_load():
-    """``import nnbench`` sets OpenBLAS's and libgomp's spin before either library is loaded;
-    a value the user set is kept."""
-    spy = """
-import os, sys
-seen = {}
-class Spy:
-    def find_spec(self, name, path=None, target=None):
-        if name in ("numpy", "torch") and name not in seen:
-            seen[name] = (os.environ.get("OPENBLAS_THREAD_TIMEOUT"), os.environ.get("GOMP_SPINCOUNT"))
-sys.meta_path.insert(0, Spy())
+def test_importing_changes_nothing_outside_nnbench():
+    """``import nnbench`` (and ``kernels``) sets no environment variable, loads neither torch
+    nor scipy (backends load theirs on first use) and starts no thread."""
+    probe = """
+import os, sys, threading
+before = dict(os.environ)
 import nnbench, kernels
-print(seen["numpy"], seen["torch"])
+from nnbench import runtime
+print(dict(os.environ) == before, "torch" in sys.modules, "scipy" in sys.modules,
+      threading.active_count(), runtime.settings())
 """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT")
-    }
     run = subprocess.run(
-        [sys.executable, "-c", spy], capture_output=True, text=True, cwd=ROOT, env=env, check=True
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
     )
-    assert run.stdout.split("\n")[0] == "('16', '10000') ('16', '10000')"
-    env["GOMP_SPINCOUNT"] = "777"
-    run = subprocess.run(
-        [sys.executable, "-c", spy], capture_output=True, text=True, cwd=ROOT, env=env, check=True
-    )
-    assert run.stdout.split("\n")[0] == "('16', '777') ('16', '777')"
+    assert run.stdout.split("\n")[0] == "True False False 1 {'configured': False}", run.stdout
+
+
+def test_blas_threads_never_run_inside_nnbench(monkeypatch):
+    """Every BLAS call made inside nnbench's compute sees a BLAS limit of one thread: a split
+    call's slices, a call too small to split, and a large GEMM (split by ``threads.matmul``)."""
+    if not [lib for lib in threadpool_info() if lib["user_api"] == "blas"]:
+        pytest.skip("no BLAS visible to threadpoolctl")
+    seen = []
+    original = threads._profile.matmul
+
+    def spy(a, b, out=None):
+        seen.append(threads._blas()[0].num_threads)
+        return original(a, b, out=out)
+
+    monkeypatch.setattr(threads._profile, "matmul", spy)
+    monkeypatch.setattr(threads, "budget", lambda: 2)
+    with pinned_threads(2):
+        threads.over_batch(lambda s: threads._profile.matmul(np.ones((2, 2)), np.ones((2, 2))),
+                           1, 1)  # fmt: skip
+        a = np.ones((64, 512), np.float32)
+        threads.matmul(a, np.ones((512, 4096), np.float32))
+        threads.matmul(a, np.ones((512, 8), np.float32))
+    assert seen and set(seen) == {1}, seen
+
+
+def test_matmul_splits_large_gemms_and_matches_numpy(two_threads, rng):
+    a = rng.integers(-4, 5, (40, 300)).astype(np.float32)  # integer sums: exact in any order
+    b = rng.integers(-4, 5, (300, 1000)).astype(np.float32)
+    calls = []
+    run = threads.run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            threads, "run", lambda body, items: (calls.append(len(items)), run(body, items))
+        )
+        patch.setattr(threads, "THREAD_COST_MULTIPLY_ADDS", 1)
+        result = threads.matmul(a, b)
+    assert calls == [2]
+    np.testing.assert_array_equal(result, a.astype(np.float64) @ b)
 
 
 # --- engine layers split over threads ------------------------------------------------------
@@ -241,7 +266,7 @@ def test_layer_split_over_threads_equals_one_thread(name, dtype, rng, monkeypatc
     for split in (False, True):
         with monkeypatch.context() as patch:
             if split:
-                patch.setattr(threads, "MIN_PARALLEL_ELEMENTS", 0)
+                patch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
                 patch.setattr(threads, "budget", lambda: 2)
             layer = built(make(dtype), dtype)
             randomize_parameters(layer, np.random.default_rng(1))

@@ -1,0 +1,204 @@
+"""Where a backend's time goes: stage timings and a record of its GEMMs, only while profiled.
+
+Backends mark their steps with ``with _profile.stage("layout"):`` (``"gemm"``, ``"col2im"``,
+``"reduction"``, ...) and call ``_profile.matmul`` for their GEMMs. Outside ``profiled()`` both
+cost one attribute lookup and nothing is recorded: the hot path stays as it is.
+
+Inside ``profiled()`` every stage adds its seconds (summed over the threads that ran it), and
+every GEMM is recorded with its operands' shapes, strides and dtype, the thread that ran it and
+the parallel section (``kernels.threads.run``) it ran in. ``replay(record)`` then runs the same
+GEMMs on fresh operands of the same layout, section by section, each thread's GEMMs on one
+thread as before: the time of the GEMMs alone, the backend's own bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Profile", "matmul", "numbered", "profiled", "replay_plan", "stage"]
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One recorded matmul: operand (shape, strides in elements, dtype) and where it ran."""
+
+    section: int  # 0: outside any parallel section
+    thread: str
+    a: tuple
+    b: tuple
+    out: tuple | None
+
+
+@dataclass
+class Profile:
+    """What ``profiled()`` collected: seconds per stage (summed over threads) and the GEMMs."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    gemms: list[Gemm] = field(default_factory=list)
+    sections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+_active: Profile | None = None
+_local = threading.local()
+
+
+class _Null:
+    """The stage of an unprofiled call: enters and leaves without doing anything."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+_NULL = _Null()
+
+
+class _Timed:
+    __slots__ = ("name", "profile", "start")
+
+    def __init__(self, profile: Profile, name: str):
+        self.profile, self.name = profile, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        elapsed = time.perf_counter() - self.start
+        with self.profile.lock:
+            self.profile.seconds[self.name] += elapsed
+
+
+def stage(name: str):
+    """A context manager that times its body as stage ``name`` while a profile is active."""
+    profile = _active
+    return _NULL if profile is None else _Timed(profile, name)
+
+
+def _describe(array: np.ndarray) -> tuple:
+    return array.shape, tuple(s // array.itemsize for s in array.strides), array.dtype.str
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)``, recorded while a profile is active."""
+    profile = _active
+    if profile is None:
+        return np.matmul(a, b, out=out)
+    gemm = Gemm(
+        getattr(_local, "section", 0),
+        threading.current_thread().name,
+        _describe(a),
+        _describe(b),
+        None if out is None else _describe(out),
+    )
+    with profile.lock:
+        profile.gemms.append(gemm)
+    return np.matmul(a, b, out=out)
+
+
+def numbered(body):
+    """``body`` itself, or, while a profile is active, ``body`` wrapped so that the GEMMs it
+    runs are recorded as one parallel section (``kernels.threads.run`` calls this)."""
+    profile = _active
+    if profile is None:
+        return body
+    with profile.lock:
+        profile.sections += 1
+        number = profile.sections
+
+    def in_section(item):
+        previous = getattr(_local, "section", 0)
+        _local.section = number
+        try:
+            return body(item)
+        finally:
+            _local.section = previous
+
+    return in_section
+
+
+@contextlib.contextmanager
+def profiled() -> Iterator[Profile]:
+    """Collect stage seconds and GEMMs of every backend call made in the body (one at a time:
+    profiles do not nest)."""
+    global _active
+    if _active is not None:
+        raise RuntimeError("a profile is already being collected")
+    profile = Profile()
+    _active = profile
+    try:
+        yield profile
+    finally:
+        _active = None
+
+
+def _operand(spec: tuple, rng: np.random.Generator) -> np.ndarray:
+    """A fresh array with the recorded shape, strides (in elements) and dtype."""
+    shape, strides, dtype = spec
+    dtype = np.dtype(dtype)
+    if any(s == 0 for s in shape):
+        return np.empty(shape, dtype)
+    extent = 1 + sum((n - 1) * abs(s) for n, s in zip(shape, strides))
+    base = rng.standard_normal(extent).astype(dtype)
+    offset = sum((n - 1) * -s for n, s in zip(shape, strides) if s < 0)
+    return np.ndarray(
+        shape,
+        dtype,
+        buffer=base,
+        offset=offset * dtype.itemsize,
+        strides=tuple(s * dtype.itemsize for s in strides),
+    )
+
+
+def replay_plan(profile: Profile, seed: int = 0):
+    """A function that runs the recorded GEMMs alone, on operands made once, as they ran:
+    GEMMs outside a section on the calling thread (BLAS threads in force), each section's
+    GEMMs grouped by thread and run through ``kernels.threads.run``."""
+    from kernels import threads
+
+    rng = np.random.default_rng(seed)
+    steps: list[tuple[int, list[list[tuple]]]] = []  # (section, per-thread operand lists)
+    by_section: dict[int, dict[str, list[tuple]]] = {}
+    order: list[int] = []
+    for gemm in profile.gemms:
+        ops = (
+            _operand(gemm.a, rng),
+            _operand(gemm.b, rng),
+            None if gemm.out is None else _operand(gemm.out, rng),
+        )
+        if gemm.section == 0:
+            steps.append((0, [[ops]]))
+            continue
+        if gemm.section not in by_section:
+            by_section[gemm.section] = {}
+            order.append(gemm.section)
+            steps.append((gemm.section, []))
+        by_section[gemm.section].setdefault(gemm.thread, []).append(ops)
+    plan = [
+        (number, groups if number == 0 else list(by_section[number].values()))
+        for number, groups in steps
+    ]
+
+    def run_group(group: list[tuple]) -> None:
+        for a, b, out in group:
+            np.matmul(a, b, out=out)
+
+    def replay() -> None:
+        for number, groups in plan:
+            if number == 0:
+                run_group(groups[0])
+            else:
+                threads.run(run_group, groups)
+
+    return replay
