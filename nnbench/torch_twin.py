@@ -38,6 +38,35 @@ def build_twin(preset: str = "fast") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def step_function(preset: str, x: np.ndarray, y: np.ndarray, seed: int = 0):
+    """One training step of the twin on the fixed batch (x (n, 3, 32, 32), integer labels y),
+    as ``train_twin`` runs it: random flips, forward, loss, backward, an SGD step. Returns a
+    function of no arguments that runs one step and returns the loss (for step timings side by
+    side with the engine's ``train_on_batch``)."""
+    recipe = recipes.cifar10_recipe(preset)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = build_twin(preset)
+    net.train()
+    opt = torch.optim.SGD(
+        net.parameters(), lr=0.01, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yb = torch.from_numpy(_labels(y))
+
+    def step() -> float:
+        flip = torch.from_numpy(rng.random(len(xb)) < 0.5)
+        inputs = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+        loss = loss_fn(net(inputs), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
 def train_twin(
     x_train,
     y_train,

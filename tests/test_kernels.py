@@ -1,31 +1,31 @@
-"""Every convolution backend against a torch float64 autograd reference and against each other.
+"""Every convolution backend against a torch float64 autograd reference.
 
-The grid is every backend in ``kernels.available()`` x the named CASES x {float32, float64} x
-{forward, grad_inputs, grad_kernels}; a new ``kernels/backend_*.py`` joins it with no edit here.
-A backend whose ``supports`` declines a case is skipped with its reason.
+The grid is every backend in ``kernels.available()`` x ``nnbench.verify.CHECK_CASES`` x
+{float32, float64} x {forward, grad_inputs, grad_kernels}; a new ``kernels/backend_*.py`` joins
+it with no edit here. A backend whose ``supports`` declines a case is skipped with its reason.
+Operands, reference, ids and tolerances come from the verification core (``nnbench.verify``),
+the same one the benchmarks and the report use.
 
 Two kinds of inputs:
 
 * small integers in -4..4: every partial sum is an integer below 2**24, so any summation order
-  gives the exact result in float32 as in float64, and the direct backends are held to
-  equality (``np.array_equal``) with the reference and with each other. Only backends listed in
-  INEXACT get a tolerance there;
-* standard normal values: each backend within its (backend, dtype) entry of
-  ``tests/tolerances.py``, scaled by the reduction length K of the output element.
+  gives the exact result in float32 as in float64, and backends that declare ``EXACT = True``
+  are held to equality with the reference. The others get their tolerance there;
+* standard normal values: each backend within its (backend, dtype) entry of the tolerance
+  table, scaled by the reduction length K of the output element.
 
-Then: unusual memory layouts (read-only, non-contiguous, negative and zero strides), the
-front door's error messages, and the registry (discovery, unavailable backends,
-``NNBENCH_KERNEL``).
+Two backends that each agree with the same reference agree with each other within the sum of
+their bounds, so there is no separate pairwise test. Then: thread independence, unusual memory
+layouts (read-only, non-contiguous, negative and zero strides), the front door's error
+messages, and the registry (discovery, unavailable backends, ``NNBENCH_KERNEL``).
 """
 
 from __future__ import annotations
 
 import importlib
-import itertools
 import re
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,93 +34,18 @@ import pytest
 import kernels
 from kernels import _registry, threads
 from nnbench.machine import pinned_threads
+from nnbench.verify import CHECK_CASES, DTYPES, PASSES, ConvCase, compare, operands
 from reference import convolve_with_gradients
-from tests.tolerances import Tol, assert_close, tolerance
 
-#: Backends that do not promise exact sums of small integers (a module declares ``EXACT = True``
-#: to be held to equality): they do not compute the convolution as a sum of the products
-#: themselves. fft: the transform rounds every value to the working precision and spreads that
-#: error over the whole output (see ``kernels.backend_fft``); it is held to its table entry.
-INEXACT = {name for name in kernels.available() if not kernels.get(name).exact}
-
-DTYPES = ("float32", "float64")
-PASSES = ("forward", "grad_inputs", "grad_kernels")
 BACKENDS = kernels.available()
+CASES = CHECK_CASES
 
 
-@dataclass(frozen=True)
-class Case:
-    """convolve(inputs (n, d, h, w), kernels (c, d, kh, kw), padding p)."""
-
-    n: int
-    d: int
-    h: int
-    w: int
-    c: int
-    kh: int
-    kw: int
-    p: int
-
-    @property
-    def id(self) -> str:
-        k = f"{self.kh}" if self.kh == self.kw else f"{self.kh}x{self.kw}"
-        return f"k{k}p{self.p}[{self.n},{self.d},{self.h},{self.w}]"
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return self.n, self.d, self.h, self.w
-
-    @property
-    def kernel_shape(self) -> tuple[int, int, int, int]:
-        return self.c, self.d, self.kh, self.kw
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return kernels.output_shape(self.input_shape, self.kernel_shape, self.p)
-
-    def reduction(self, pass_: str) -> int:
-        """K: how many products are summed into one element of the pass's result."""
-        _, _, oh, ow = self.output_shape
-        return {
-            "forward": self.d * self.kh * self.kw,
-            "grad_inputs": self.c * self.kh * self.kw,
-            "grad_kernels": self.n * oh * ow,
-        }[pass_]
-
-
-CASES = [
-    Case(2, 3, 32, 32, c=8, kh=3, kw=3, p=1),  # 3 -> 8 channels, 3x3 'same'
-    Case(2, 3, 32, 32, c=8, kh=1, kw=1, p=0),  # 1x1
-    Case(2, 3, 32, 32, c=8, kh=5, kw=5, p=2),  # 5x5 'same'
-    Case(2, 3, 32, 32, c=8, kh=7, kw=7, p=3),  # 7x7 'same'
-    Case(1, 4, 8, 8, c=5, kh=3, kw=3, p=1),  # batch of one
-    Case(3, 1, 10, 10, c=1, kh=3, kw=3, p=1),  # one channel in and out
-    Case(2, 3, 9, 10, c=4, kh=4, kw=5, p=0),  # non-square image, non-square even kernel
-    Case(2, 3, 12, 12, c=4, kh=3, kw=3, p=0),  # p = 0: valid
-    Case(2, 3, 8, 8, c=4, kh=3, kw=3, p=2),  # p = k - 1: full
-    Case(2, 2, 6, 7, c=3, kh=3, kw=3, p=4),  # p > k - 1: the output has a zero border
-    Case(2, 3, 8, 8, c=4, kh=8, kw=8, p=0),  # kernel as large as the input: 1x1 output
-    Case(2, 3, 5, 6, c=2, kh=7, kw=4, p=2),  # kernel taller than the input
-    Case(2, 2, 16, 16, c=3, kh=11, kw=11, p=5),  # large kernel, where FFT pays off
-    # Weight gradient of a 3 -> 8 channel 3x3 'same' Conv2D on 32x32 images, batch 4 (section
-    # 5.7): convolve(flip(X)^T (d, n, 32, 32), dY^T (c, n, 32, 32), 1) -> (d, c, 3, 3).
-    Case(3, 4, 32, 32, c=8, kh=32, kw=32, p=1),
-    # Few input channels, many outputs: im2col's input gradient goes through col2im.
-    Case(2, 1, 12, 12, c=8, kh=3, kw=3, p=1),
-    Case(3, 2, 9, 11, c=12, kh=3, kw=5, p=0),
-    # More input channels than loop's GEMV threshold: its weight gradient runs as GEMMs.
-    Case(2, 6, 10, 10, c=5, kh=3, kw=3, p=1),
-]
-assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"
-
-
-def grid(backends):
-    """pytest params (backend(s), dtype, case) with ids like ``im2col-float32-k5p2[2,3,32,32]``."""
+def grid():
+    """pytest params (backend, case) with ids like ``im2col-k5p2[2,3,32,32]->8-float32``."""
     return [
-        pytest.param(
-            b, dtype, case, id=f"{b if isinstance(b, str) else '~'.join(b)}-{dtype}-{case.id}"
-        )
-        for b in backends
+        pytest.param(backend, case.with_dtype(dtype), id=f"{backend}-{case.with_dtype(dtype).id}")
+        for backend in BACKENDS
         for dtype in DTYPES
         for case in CASES
     ]
@@ -138,44 +63,33 @@ def one_thread():
         yield
 
 
-# --- the reference and the calls under test --------------------------------------------------
+# --- the calls under test --------------------------------------------------------------------
 
 
 CALLS = {
-    "forward": lambda x, k, gy, p, b: kernels.convolve(x, k, p, backend=b),
-    "grad_inputs": lambda x, k, gy, p, b: kernels.grad_inputs(gy, k, p, backend=b),
-    "grad_kernels": lambda x, k, gy, p, b: kernels.grad_kernels(x, gy, p, backend=b),
+    "forward": lambda a, b, p, backend: kernels.convolve(a, b, p, backend=backend),
+    "grad_inputs": lambda a, b, p, backend: kernels.grad_inputs(a, b, p, backend=backend),
+    "grad_kernels": lambda a, b, p, backend: kernels.grad_kernels(a, b, p, backend=backend),
 }
 
 
-def make_inputs(case: Case, dtype: str, rng: np.random.Generator, integer: bool):
-    """(inputs, kernels, grad_outputs) in ``dtype``: integers in -4..4 or standard normal."""
-    shapes = case.input_shape, case.kernel_shape, case.output_shape
-    if integer:
-        return tuple(rng.integers(-4, 5, size=s).astype(dtype) for s in shapes)
-    return tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
-
-
-def skip_unsupported(backend: str, case: Case, dtype: str) -> None:
-    impl = kernels.get(backend)
-    reason = impl.supports(case.input_shape, case.kernel_shape, case.p, np.dtype(dtype))
+def skip_unsupported(backend: str, case: ConvCase) -> None:
+    reason = case.unsupported_by(backend)
     if reason:
         pytest.skip(reason)
 
 
-def check(name, backend, actual, expected, dtype, reduction, exact) -> None:
+def check(name, backend, case, pass_, actual, expected, integer) -> None:
     """Exact equality for an exact backend on integer inputs, else its table tolerance."""
-    if exact and backend not in INEXACT:
-        assert actual.dtype == np.dtype(dtype), f"{name}: dtype {actual.dtype} != {dtype}"
-        assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-        diff = np.flatnonzero(actual != expected)
-        assert diff.size == 0, (
-            f"{name}: {diff.size} of {actual.size} elements are not exact; first at "
-            f"{np.unravel_index(diff[0], actual.shape)}: {actual.flat[diff[0]]!r} != "
-            f"{expected.flat[diff[0]]!r}"
-        )
-    else:
-        assert_close(name, actual, expected, dtype=dtype, backend=backend, reduction=reduction)
+    compare(
+        name,
+        actual,
+        expected,
+        dtype=case.dtype,
+        backend=backend,
+        reduction=case.reduction_length(pass_),
+        exact=integer and kernels.get(backend).exact,
+    ).check()
 
 
 # --- the grid --------------------------------------------------------------------------------
@@ -183,54 +97,33 @@ def check(name, backend, actual, expected, dtype, reduction, exact) -> None:
 
 @pytest.mark.parametrize("pass_", PASSES)
 @pytest.mark.parametrize("integer", [False, True], ids=["normal", "integer"])
-@pytest.mark.parametrize("backend, dtype, case", grid(BACKENDS))
-def test_against_reference(backend, dtype, case, integer, pass_, rng):
-    skip_unsupported(backend, case, dtype)
-    x, k, gy = make_inputs(case, dtype, rng, integer)
-    expected = convolve_with_gradients(x, k, gy, case.p)[pass_]
-    actual = CALLS[pass_](x, k, gy, case.p, backend)
-    check(f"{pass_} ({backend})", backend, actual, expected, dtype, case.reduction(pass_), integer)
-
-
-@pytest.mark.parametrize("pass_", PASSES)
-@pytest.mark.parametrize("pair, dtype, case", grid(itertools.combinations(BACKENDS, 2)))
-def test_backends_agree(pair, dtype, case, pass_, rng):
-    """Every pair, on both kinds of inputs: equal on integers if both are exact, else within
-    the sum of their two tolerances (each is that close to the same float64 reference)."""
-    for backend in pair:
-        skip_unsupported(backend, case, dtype)
-    first, second = pair
-    name = f"{pass_} ({first} vs {second})"
-    for integer in (True, False):
-        x, k, gy = make_inputs(case, dtype, rng, integer)
-        a, b = (CALLS[pass_](x, k, gy, case.p, backend) for backend in pair)
-        assert a.dtype == b.dtype == np.dtype(dtype), f"{name}: dtypes {a.dtype}, {b.dtype}"
-        if integer and not INEXACT.intersection(pair):
-            check(name, first, a, b, dtype, case.reduction(pass_), exact=True)
-        else:
-            ta, tb = tolerance(dtype, first), tolerance(dtype, second)
-            tol = Tol(rtol=ta.rtol + tb.rtol, atol=ta.atol + tb.atol)
-            assert_close(name, a, b, dtype=dtype, reduction=case.reduction(pass_), tol=tol)
+@pytest.mark.parametrize("backend, case", grid())
+def test_against_reference(backend, case, integer, pass_):
+    skip_unsupported(backend, case)
+    ops = operands(case, integer=integer)
+    actual = CALLS[pass_](*ops.arguments(pass_), case.padding, backend)
+    ops.assert_unchanged(f"{pass_} ({backend})")
+    check(f"{pass_} ({backend})", backend, case, pass_, actual, ops.reference(pass_), integer)
 
 
 #: Cases for the thread checks: every case with a batch to split.
-THREAD_CASES = [case for case in CASES if case.n >= 2]
+THREAD_CASES = [case for case in CASES if case.input_shape[0] >= 2]
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=lambda case: case.id)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_thread_count_does_not_change_results(backend, case, rng, monkeypatch):
+def test_thread_count_does_not_change_results(backend, case, monkeypatch):
     """Split over 2 threads in one-image chunks, every pass gives the single-thread result.
 
-    Forced: any size is split (``MIN_PARALLEL_ELEMENTS`` 0), 2 threads whatever the cores, and
+    Forced: any size is split (``THREAD_COST_ELEMENTS`` 1e-9), 2 threads whatever the cores, and
     a backend's ``CHUNK_BYTES`` at 1 byte, so that every image is its own chunk (a thread with
     a batch of 2 walks two) and a weight gradient is a sum of per-image parts. Integer inputs
     make every order of summation exact.
     """
-    skip_unsupported(backend, case, "float32")
-    x, k, gy = make_inputs(case, "float32", rng, integer=True)
-    single = {p: CALLS[p](x, k, gy, case.p, backend) for p in PASSES}
-    monkeypatch.setattr(threads, "MIN_PARALLEL_ELEMENTS", 0)
+    skip_unsupported(backend, case)
+    ops = operands(case, integer=True)
+    single = {p: CALLS[p](*ops.arguments(p), case.padding, backend) for p in PASSES}
+    monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
     monkeypatch.setattr(threads, "budget", lambda: 2)
     module = kernels.get(backend).module
     if hasattr(module, "CHUNK_BYTES"):
@@ -241,17 +134,41 @@ def test_thread_count_does_not_change_results(backend, case, rng, monkeypatch):
         threads, "run", lambda body, items: (split_calls.append(len(items)), run(body, items))
     )
     for pass_ in PASSES:
-        check(
-            f"{pass_} ({backend}, 2 threads, chunked)",
-            backend,
-            CALLS[pass_](x, k, gy, case.p, backend),
-            single[pass_],
-            "float32",
-            case.reduction(pass_),
-            exact=True,
-        )
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, backend)
+        compare(
+            f"{pass_} ({backend}, 2 threads, chunked)", actual, single[pass_], exact=True
+        ).check()
     if hasattr(module, "threads") and case == CASES[0]:  # 3x3 'same': every pass splits
         assert split_calls.count(2) >= len(PASSES), f"{backend} split only {split_calls}"
+
+
+#: The path each backend takes when there are more cores than slices worth cutting.
+BLAS_THREADED_PATHS = {"im2col": "_correlate_batch", "loop": "_correlate_over_offsets_blas"}
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=lambda case: case.id)
+@pytest.mark.parametrize("backend", sorted(BLAS_THREADED_PATHS))
+def test_more_cores_than_slices_gives_the_same_result(backend, case, monkeypatch):
+    """With more cores than slices worth cutting, im2col and loop run their GEMMs over the
+    whole batch on the BLAS's threads, the copies around them in slices: the same result as
+    the chunked path, exactly on integer inputs."""
+    if backend not in BACKENDS:
+        pytest.skip(f"{backend} is not available")
+    ops = operands(case, integer=True)
+    single = {p: CALLS[p](*ops.arguments(p), case.padding, backend) for p in PASSES}
+    module = kernels.get(backend).module
+    name = BLAS_THREADED_PATHS[backend]
+    ran = []
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: (ran.append(1), original(*a)))
+    monkeypatch.setattr(threads, "budget", lambda: 4)
+    monkeypatch.setattr(threads, "parts_for", lambda n, elements: min(2, n))
+    for pass_ in ("forward", "grad_inputs"):
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, backend)
+        compare(f"{pass_} ({backend}, BLAS-threaded GEMMs)", actual, single[pass_],
+                exact=True).check()  # fmt: skip
+    if case == CASES[0]:
+        assert ran  # the path under test ran
 
 
 # --- memory layouts --------------------------------------------------------------------------
@@ -292,34 +209,32 @@ LAYOUTS = {
     "negative-strides": _negative_strides,
     "broadcast": _broadcast,
 }
-LAYOUT_CASE = Case(3, 2, 7, 9, c=3, kh=3, kw=2, p=1)
+LAYOUT_CASE = ConvCase((3, 2, 7, 9), (3, 2, 3, 2), 1)
 
 
 @pytest.mark.parametrize("pass_", PASSES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_memory_layouts(backend, dtype, layout, pass_, rng):
+def test_memory_layouts(backend, dtype, layout, pass_):
     """Every argument in an unusual layout: same result as for contiguous copies, and the
     arguments are left untouched."""
-    case = LAYOUT_CASE
-    skip_unsupported(backend, case, dtype)
-    plain = make_inputs(case, dtype, rng, integer=True)
-    args = tuple(LAYOUTS[layout](a) for a in plain)
-    values = tuple(np.array(a) for a in args)  # what the views hold, contiguous
-    expected = convolve_with_gradients(*values, case.p)[pass_]
-    actual = CALLS[pass_](*args, case.p, backend)
-    check(
-        f"{pass_} ({backend}, {layout})",
-        backend,
-        actual,
-        expected,
-        dtype,
-        case.reduction(pass_),
-        exact=True,
-    )
-    for name, arg, before in zip(("inputs", "kernels", "grad_outputs"), args, values):
-        assert np.array_equal(arg, before), f"{backend} modified its argument {name}"
+    case = LAYOUT_CASE.with_dtype(dtype)
+    skip_unsupported(backend, case)
+    ops = operands(case, integer=True)
+    laid_out = {
+        name: LAYOUTS[layout](getattr(ops, name)) for name in ("x", "kernels", "grad_outputs")
+    }
+    values = {name: np.array(a) for name, a in laid_out.items()}  # what the views hold
+    expected = convolve_with_gradients(
+        values["x"], values["kernels"], values["grad_outputs"], case.padding
+    )[pass_]
+    names = {"forward": ("x", "kernels"), "grad_inputs": ("grad_outputs", "kernels")}
+    names = names.get(pass_, ("x", "grad_outputs"))
+    actual = CALLS[pass_](*(laid_out[name] for name in names), case.padding, backend)
+    check(f"{pass_} ({backend}, {layout})", backend, case, pass_, actual, expected, True)
+    for name in names:
+        assert np.array_equal(laid_out[name], values[name]), f"{backend} modified {name}"
 
 
 # --- the front door: bad input ---------------------------------------------------------------
@@ -601,7 +516,7 @@ def test_backend_whose_import_fails_is_unavailable_with_its_reason(extra_backend
         kernels.convolve(_x(), _k(), backend="broken")
 
 
-def test_adding_a_backend_file_is_enough(extra_backend_dir, rng):
+def test_adding_a_backend_file_is_enough(extra_backend_dir):
     """A fifth backend with only a forward gets both gradients from the generic backward."""
     _write_module(
         extra_backend_dir,
@@ -614,19 +529,11 @@ def test_adding_a_backend_file_is_enough(extra_backend_dir, rng):
     assert "scratch" in found and "scratch" not in missing
     scratch = found["scratch"]
     assert not scratch.specialised_backward
-    case = CASES[0]
-    x, k, gy = make_inputs(case, "float64", rng, integer=True)
-    expected = convolve_with_gradients(x, k, gy, case.p)
+    case = CASES[0].with_dtype("float64")
+    ops = operands(case, integer=True)
     for pass_ in PASSES:
-        check(
-            pass_,
-            "scratch",
-            CALLS[pass_](x, k, gy, case.p, scratch),
-            expected[pass_],
-            "float64",
-            case.reduction(pass_),
-            exact=True,
-        )
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, scratch)
+        compare(pass_, actual, ops.reference(pass_), dtype=case.dtype, exact=True).check()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -654,19 +561,12 @@ def test_default_backend_without_environment_variable(monkeypatch):
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[9], CASES[11]], ids=lambda c: c.id)
-def test_fft_falls_back_to_numpy_fft(case, monkeypatch, rng):
+def test_fft_falls_back_to_numpy_fft(case, monkeypatch):
     """Where scipy is missing, backend_fft runs on numpy.fft (single-threaded)."""
     if "fft" not in BACKENDS:
         pytest.skip("the fft backend is not available")
     monkeypatch.setattr(kernels.get("fft").module, "_scipy_fft", None)
-    x, k, gy = make_inputs(case, "float32", rng, integer=False)
-    expected = convolve_with_gradients(x, k, gy, case.p)
+    ops = operands(case)
     for pass_ in PASSES:
-        assert_close(
-            pass_,
-            CALLS[pass_](x, k, gy, case.p, "fft"),
-            expected[pass_],
-            dtype="float32",
-            backend="fft",
-            reduction=case.reduction(pass_),
-        )
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "fft")
+        check(pass_, "fft", case, pass_, actual, ops.reference(pass_), integer=False)

@@ -23,7 +23,7 @@ import os
 
 import pytest
 
-from nnbench import bench, machine
+from nnbench import bench, machine, runtime
 
 LOAD_AT_START = pytest.StashKey[list]()
 
@@ -33,6 +33,8 @@ BUDGET_ENV = "NNBENCH_BENCH_BUDGET"
 #: 3.7 min on an idle 2-core machine (2.7 min at 1 s), and about twice as long with other jobs on
 #: the cores: well under the 15-minute limit, with up to MAX_ROUNDS rounds for the fast calls.
 DEFAULT_BUDGET = 1.5
+#: Rounds of the GEMM-bound replay at most (it runs after the benchmark's own rounds).
+BOUND_ROUNDS = 15
 
 
 def _setting(config, option: str, env: str, convert, default):
@@ -53,6 +55,13 @@ def _load_average() -> list[float] | None:
         return None
 
 
+def pytest_configure(config):
+    """The runtime tuning the CLIs make (``nnbench.runtime.configure``), before anything loads
+    torch, when benchmarks run: recorded in every run's machine info. Unit tests run untuned."""
+    if config.getoption("benchmark_only", default=False):
+        runtime.configure()
+
+
 def requested_threads(config) -> int | None:
     """The thread count asked for (None: all cores)."""
     threads = _setting(config, "--bench-threads", THREADS_ENV, int, None)
@@ -65,7 +74,6 @@ def requested_threads(config) -> int | None:
 def bench_threads(request) -> int:
     """Pins BLAS and torch to the requested threads for every benchmark; the count in force."""
     request.config.stash[LOAD_AT_START] = _load_average()
-    machine.tune_allocator()  # as in the accuracy runs: reuse freed heap, no page-fault storms
     with machine.pinned_threads(requested_threads(request.config)) as threads:
         yield threads
 
@@ -80,34 +88,40 @@ def bench_budget(request) -> float:
 
 @pytest.fixture
 def measure(benchmark, bench_threads, bench_budget):
-    """Time one call the nnbench way and attach its ``extra_info``.
+    """Time one call the nnbench way (``nnbench.bench.runner``) and attach its ``extra_info``.
 
-    ``measure(fn, check, group=..., backend=..., pass_=..., case=None, **info)``: one untimed
-    call sizes the rounds, ``benchmark.pedantic`` times ``fn`` (one call per round), then the
-    last result is checked against the torch reference and one more untimed call measures the
-    peak memory. A failed check fails the test and keeps its timing out of the saved run.
-    ``info`` goes to ``bench.extra_info`` (flops, suite, label, shapes for non-case records).
+    ``measure(call, group=..., backend=..., pass_=..., case=None, threads=None, profile=False,
+    **info)``: one untimed call sizes the rounds, ``benchmark.pedantic`` times ``call.fn`` (one
+    call per round, after one warm-up round), then the last result is checked against the
+    float64 reference and one more untimed call measures the peak memory. With ``profile``, the
+    call is also run once under ``kernels._profile`` (seconds per stage) and the GEMMs it ran
+    are replayed alone (``gemm_bound_s``). A failed verdict is saved with the timings (the
+    report marks the backend FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
     """
 
-    def run(fn, check, *, group: str, backend: str, pass_: str, case=None, **info):
+    def run(call, *, group, backend, pass_, case=None, threads=None, profile=False, **info):
         benchmark.group = group
-        rounds = bench.choose_rounds(bench.time_call(fn), bench_budget)
-        result = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
-        try:
-            error = check(result)
-        except Exception:
-            benchmark.has_error = True  # a wrong result has no business in the saved timings
-            raise
+        rounds = bench.choose_rounds(bench.time_call(call.fn), bench_budget)
+        result = benchmark.pedantic(call.fn, rounds=rounds, warmup_rounds=1, iterations=1)
+        verdict = bench.worst_verdict(call.check(result))
         del result
-        memory = bench.peak_memory_bytes(fn)
+        memory = bench.peak_memory_bytes(call.fn)
+        more = {}
+        if profile:
+            stages, gemm_calls, replay = bench.profile_call(call.fn)
+            more = {"breakdown_s": stages, "gemm_calls": gemm_calls, "gemm_bound_s": None}
+            if replay is not None:
+                more["gemm_bound_s"] = bench.median_seconds(replay, min(rounds, BOUND_ROUNDS))
         benchmark.extra_info.update(
             bench.extra_info(
                 backend,
                 pass_,
                 case,
-                threads=bench_threads,
+                threads=bench_threads if threads is None else threads,
                 peak_memory=memory,
-                max_abs_error=error,
+                memory_method=bench.memory_method(),
+                verdict=verdict,
+                **more,
                 **info,
             )
         )
@@ -115,6 +129,8 @@ def measure(benchmark, bench_threads, bench_budget):
         # Other processes on the same cores distort timings; this says when they were there.
         load = _load_average()
         benchmark.extra_info["load_average_1min"] = load[0] if load else None
+        if verdict is not None and not verdict.passed:
+            pytest.fail(verdict.message(), pytrace=False)
 
     return run
 

@@ -1,9 +1,12 @@
 """``kernels.convolve`` and both gradients: every available backend x every pass x every case.
 
-Ids read ``<backend>-<pass>-<case id>`` (``im2col-forward-k3p1[128,16,16,16]->32``); each
-(case, pass) is one group, so a shape's backends sit side by side in the table. A backend whose
-``supports`` declines a case is skipped with its reason. Every backend of a group gets the same
-operands (seeded from the case id).
+Ids read ``<backend>-<pass>-<case id>`` (``im2col-forward-k3p1[128,16,16,16]->32-float32``);
+each (case, pass) is one group, so a shape's backends sit side by side in the table. A backend
+whose ``supports`` declines a case is skipped with its reason. Every backend of a group gets the
+same operands (seeded from the case id). Every record carries where the backend's time went
+(``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``); ``auto`` records which
+backend it ran (``auto_choice``). The quick set (``-m
+quick``: the report's) is the recipe layers and two kernel sizes.
 """
 
 from __future__ import annotations
@@ -14,20 +17,33 @@ import kernels
 from nnbench import bench
 
 CASES = {case.id: case for case in bench.all_cases()}
+#: Every backend, and ``auto`` (its first call in a benchmark plans; the rounds reuse the plan).
+BACKENDS = [*kernels.available(), "auto"]
+QUICK = {case.id for case in bench.quick_cases()}
 
 
 def _params():
     for case in CASES.values():
+        marks = [pytest.mark.quick] if case.id in QUICK else []
         for pass_ in bench.PASSES:
-            for backend in kernels.available():
-                yield pytest.param(backend, pass_, case.id, id=f"{backend}-{pass_}-{case.id}")
+            for backend in BACKENDS:
+                yield pytest.param(
+                    backend, pass_, case.id, id=f"{backend}-{pass_}-{case.id}", marks=marks
+                )
 
 
 @pytest.mark.parametrize(("backend", "pass_", "case_id"), list(_params()))
 def test_convolve(measure, backend, pass_, case_id):
     case = CASES[case_id]
-    reason = bench.unsupported_reason(backend, case)
-    if reason:
-        pytest.skip(f"{backend} does not support {case.id}: {reason}")
-    fn, check = bench.make_call(backend, case, pass_, bench.case_seed(case))
-    measure(fn, check, group=f"{case.id} {pass_}", backend=backend, pass_=pass_, case=case)
+    try:
+        call = bench.make_call(backend, case, pass_)
+    except bench.Unsupported as exc:
+        pytest.skip(f"{backend} does not support {case.id}: {exc}")
+    more = {}
+    if backend == "auto":
+        from nnbench import auto
+
+        plan = auto.plan(pass_, case.input_shape, case.kernel_shape, case.padding, case.dtype)
+        more = {"auto_choice": plan.backend, "auto_seconds": plan.seconds}
+    measure(call, group=f"{case.id} {pass_}", backend=backend, pass_=pass_, case=case,
+            profile=backend != "auto", **more)  # fmt: skip

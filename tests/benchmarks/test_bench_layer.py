@@ -22,16 +22,9 @@ def _params():
 @pytest.mark.parametrize(("backend", "case_id"), list(_params()))
 def test_conv2d_layer(measure, backend, case_id):
     case = CASES[case_id]
-    reason = bench.unsupported_reason(backend, case)
-    if reason:
-        pytest.skip(f"{backend} does not support {case.id}: {reason}")
-    call = bench.layer_call(backend, case, bench.case_seed(case))
-    measure(
-        call,
-        call.check,
-        group=f"{case.id} layer",
-        backend=backend,
-        pass_="layer",
-        case=case,
-        flops=call.flops,
-    )
+    try:
+        call = bench.layer_call(backend, case)
+    except bench.Unsupported as exc:
+        pytest.skip(f"{backend} does not support {case.id}: {exc}")
+    measure(call, group=f"{case.id} layer", backend=backend, pass_="layer", case=case,
+            flops=call.flops)  # fmt: skip

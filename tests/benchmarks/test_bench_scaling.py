@@ -1,0 +1,53 @@
+"""How each backend scales with threads: the recipe layers at 1, 2, 4, ... threads up to the cores.
+
+``pytest --benchmark-only -k scaling``. Every backend x pass x recipe layer is timed at each
+thread count of ``bench.thread_ladder`` (BLAS, torch and the engine's pool pinned together for
+that test), beside the bare numpy GEMM of the layer's im2col shape at the same threads (backend
+``gemm``): the reference line a numpy backend's speed-up is measured against. Records carry
+``suite = "scaling"`` and the thread count; groups read ``scaling <case id> <pass>``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import kernels
+from nnbench import bench, machine
+
+CASES = {case.id: case for case in bench.recipe_cases()}
+LADDER = bench.thread_ladder(machine.cpu_count())
+
+
+def _params():
+    for case in CASES.values():
+        for threads in LADDER:
+            yield pytest.param("gemm", "forward", case.id, threads,
+                               id=f"scaling-gemm-{case.id}-t{threads}")  # fmt: skip
+            for pass_ in bench.PASSES:
+                for backend in kernels.available():
+                    yield pytest.param(
+                        backend, pass_, case.id, threads,
+                        id=f"scaling-{backend}-{pass_}-{case.id}-t{threads}",
+                    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("backend", "pass_", "case_id", "threads"), list(_params()))
+def test_scaling(measure, backend, pass_, case_id, threads):
+    case = CASES[case_id]
+    with machine.pinned_threads(threads):
+        if backend == "gemm":
+            call = bench.gemm_reference_call(case)
+        else:
+            try:
+                call = bench.make_call(backend, case, pass_)
+            except bench.Unsupported as exc:
+                pytest.skip(f"{backend} does not support {case.id}: {exc}")
+        measure(
+            call,
+            group=f"scaling {case.id} {pass_}",
+            backend=backend,
+            pass_=pass_,
+            case=case,
+            threads=threads,
+            suite="scaling",
+        )
