@@ -14,7 +14,8 @@ Quick use::
     history = model.fit(x_train, y_train, batch_size=128, epochs=5)
 """
 
-import kernels  # noqa: F401  (first: it sets OpenBLAS's and libgomp's spin before they load)
+import kernels
+from nnbench import auto
 from nnbench._checks import CallOrderError
 from nnbench.base import Layer, Loss, Optimizer
 from nnbench.layers import (
@@ -33,6 +34,8 @@ from nnbench.model import History, Model, NonFiniteLossError
 from nnbench.optimizers import SGD, SGDMomentum
 
 __version__ = "0.1.0"
+
+kernels.register(auto.BACKEND)  # backend="auto" (nnbench.auto): measured choice per call
 
 __all__ = [
     "SGD",

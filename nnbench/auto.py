@@ -1,0 +1,324 @@
+"""``backend="auto"``: the fastest verified backend for each call, chosen by measuring.
+
+``kernels.convolve(..., backend="auto")`` (and ``grad_inputs``, ``grad_kernels``,
+``Conv2D(kernel="auto")``, ``Model(kernel="auto")``, ``NNBENCH_KERNEL=auto``, ``python -m
+nnbench.accuracy --kernel auto``) runs, for each (pass, shapes, padding, dtype, threads), the
+backend that ``plan`` chose for that key:
+
+1. the candidates are the available backends whose ``supports`` accepts the case;
+2. each candidate is verified on a small case of the same kernel, padding, channels and dtype
+   against the float64 reference, through the verification core (``nnbench.verify``: same
+   operands, tolerance table and compare as the tests); one that fails is never chosen;
+3. each verified candidate is timed on operands of the exact shapes (one warm-up call, then the
+   median of ``REPEATS`` calls, under the thread limits in force) and the fastest wins.
+
+Later calls with the same key reuse the choice. Choices persist in a small JSON file in the user
+cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library
+versions and written atomically. A cache that is corrupt, of another schema or from another
+machine or versions is ignored with a warning, and a cached choice is verified again in each
+process before it is used. ``plan(...)`` shows what auto would use and the times behind it.
+
+``auto`` lives in nnbench (it uses the verification core) and registers itself with
+``kernels`` when nnbench is imported; ``kernels`` alone does not offer it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+import kernels
+from kernels import threads
+from nnbench._io import atomic_write_json
+from nnbench.verify import PASSES, ConvCase, Verdict, compare, operands
+
+__all__ = ["CACHE_ENV", "NAME", "REPEATS", "Plan", "cache_path", "forget", "plan"]
+
+NAME = "auto"
+CACHE_ENV = "NNBENCH_AUTO_CACHE"
+SCHEMA = "nnbench.auto/1"
+#: Timed calls per candidate (after one warm-up call); their median decides.
+REPEATS = 3
+#: A candidate slower than this many times the best so far is not timed further.
+GIVE_UP_FACTOR = 4.0
+#: Largest image side of the small case a candidate is verified on.
+CHECK_SIDE = 10
+
+_lock = threading.RLock()
+_plans: dict[str, Plan] = {}
+_verdicts: dict[tuple[str, str, str], object] = {}
+_loaded: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What auto runs for one key: ``backend`` and the median seconds of every candidate timed
+    (None: not timed, it was far slower than the best). ``failed`` maps backends that failed
+    verification to why; ``source`` says whether the choice was measured now or cached."""
+
+    key: str
+    backend: str
+    seconds: dict[str, float | None]
+    failed: dict[str, str] = field(default_factory=dict)
+    source: str = "measured"
+
+    def as_dict(self) -> dict:
+        return {"backend": self.backend, "seconds": self.seconds, "failed": self.failed}
+
+
+def cache_path() -> Path:
+    """The JSON file of persisted choices: ``$NNBENCH_AUTO_CACHE``, else the user cache."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("nnbench")) / "auto-plans.json"
+
+
+def forget() -> None:
+    """Drop the choices and verdicts held in this process (the cache file stays)."""
+    with _lock:
+        _plans.clear()
+        _verdicts.clear()
+        _loaded.clear()
+
+
+def _fingerprint() -> dict:
+    """What a cached choice is only valid for: this machine and these libraries."""
+    from threadpoolctl import threadpool_info
+
+    from nnbench.machine import cpu_count, cpu_model
+
+    versions = {}
+    for name in ("nnbench", "numpy", "scipy", "torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    numpy_dir = str(Path(np.__file__).parent.parent)  # numpy's own BLAS, always loaded
+    blas = sorted(
+        f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture')}"
+        for pool in threadpool_info()
+        if pool.get("user_api") == "blas" and str(pool.get("filepath", "")).startswith(numpy_dir)
+    )
+    return {
+        "cpu_model": cpu_model(),
+        "cores": cpu_count(),
+        "machine": platform.machine(),
+        "versions": versions,
+        "blas": blas,
+    }
+
+
+def key_for(pass_: str, input_shape, kernel_shape, padding: int, dtype) -> str:
+    """``forward k3p1[128,16,16,16]->32-float32 t2``: pass, case id and thread budget."""
+    case = ConvCase(input_shape, kernel_shape, padding, np.dtype(dtype).name)
+    return f"{pass_} {case.id} t{threads.budget()}"
+
+
+def _cached() -> dict:
+    """The persisted choices for this machine (read once); {} with a warning if unusable."""
+    if "plans" in _loaded:
+        return _loaded["plans"]
+    path, plans = cache_path(), {}
+    if path.exists():
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(payload, dict) or payload.get("schema") != SCHEMA:
+                raise ValueError(f"schema is not {SCHEMA!r}")
+            if payload.get("machine") != _fingerprint():
+                warnings.warn(
+                    f"ignoring the auto-plan cache {path}: it was made on another machine or "
+                    "with other library versions; backends will be timed again",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            elif not isinstance(payload.get("plans"), dict):
+                raise ValueError("'plans' is not an object")
+            else:
+                plans = payload["plans"]
+        except (OSError, ValueError) as exc:
+            warnings.warn(
+                f"ignoring the auto-plan cache {path}: it is not a valid cache ({exc}); "
+                "backends will be timed again",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    _loaded["plans"] = plans
+    return plans
+
+
+def _persist(key: str, chosen: Plan) -> None:
+    plans = dict(_cached())
+    plans[key] = chosen.as_dict()
+    _loaded["plans"] = plans
+    try:
+        payload = {"schema": SCHEMA, "machine": _fingerprint(), "plans": plans}
+        atomic_write_json(cache_path(), payload)
+    except OSError as exc:  # a read-only cache folder costs a re-timing, nothing else
+        warnings.warn(f"could not save the auto-plan cache: {exc}", RuntimeWarning, stacklevel=4)
+
+
+def _check_case(case: ConvCase) -> ConvCase:
+    """A small case of the same kernel, padding, channels and dtype (fast to verify)."""
+    n, d, h, w = case.input_shape
+    _, _, kh, kw = case.kernel_shape
+    p = case.padding
+    side_h = max(min(h, CHECK_SIDE), kh - 2 * p, 1)
+    side_w = max(min(w, CHECK_SIDE), kw - 2 * p, 1)
+    return ConvCase((min(n, 2), d, side_h, side_w), case.kernel_shape, p, case.dtype)
+
+
+def _verify(backend: str, pass_: str, case: ConvCase):
+    """The verdict of ``backend`` on ``pass_`` of a small version of ``case`` (cached)."""
+    small = _check_case(case)
+    key = (backend, pass_, small.id)
+    if key not in _verdicts:
+        ops = operands(small)
+        try:
+            result = _CALLS[pass_](*ops.arguments(pass_), small.padding, backend=backend)
+            verdict = compare(
+                f"{backend} {pass_} {small.id}",
+                result,
+                ops.reference(pass_),
+                dtype=small.dtype,
+                backend=backend,
+                reduction=small.reduction_length(pass_),
+            )
+        except Exception as exc:  # noqa: BLE001 - a backend that raises fails its check
+            verdict = Verdict(
+                f"{backend} {pass_} {small.id}", False, math.inf, math.inf, 0.0, False,
+                problem=f"raised {type(exc).__name__}: {exc}",
+            )  # fmt: skip
+        _verdicts[key] = verdict
+    return _verdicts[key]
+
+
+_CALLS = {
+    "forward": kernels.convolve,
+    "grad_inputs": kernels.grad_inputs,
+    "grad_kernels": kernels.grad_kernels,
+}
+
+
+def _median_seconds(fn, repeats: int, give_up: float) -> float:
+    start = time.perf_counter()
+    fn()  # warm-up: plans, thread pools, scratch buffers
+    if time.perf_counter() - start > give_up:
+        return time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -> Plan:
+    """The backend auto runs for this call, and the times behind the choice (measured on first
+    use of the key, then reused). ``ValueError`` if no backend supports the case or none passes
+    verification."""
+    if pass_ not in PASSES:
+        raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
+    key = key_for(pass_, input_shape, kernel_shape, padding, dtype)
+    with _lock:
+        if key in _plans:
+            return _plans[key]
+        case = ConvCase(input_shape, kernel_shape, padding, np.dtype(dtype).name)
+        stored = _cached().get(key)
+        if isinstance(stored, dict) and stored.get("backend") in kernels.available():
+            name = stored["backend"]
+            if not case.unsupported_by(name) and _verify(name, pass_, case).passed:
+                seconds = stored.get("seconds") if isinstance(stored.get("seconds"), dict) else {}
+                _plans[key] = Plan(key, name, seconds, {}, source="cache")
+                return _plans[key]
+        _plans[key] = _measure(key, pass_, case)
+        _persist(key, _plans[key])
+        return _plans[key]
+
+
+def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
+    candidates = [name for name in kernels.available() if not case.unsupported_by(name)]
+    if not candidates:
+        raise ValueError(f"no backend supports {case.id}")
+    failed = {}
+    for name in candidates:
+        verdict = _verify(name, pass_, case)
+        if not verdict.passed:
+            failed[name] = verdict.message()
+    verified = [name for name in candidates if name not in failed]
+    if not verified:
+        raise ValueError(
+            f"auto: no backend passed verification for {pass_} {case.id}: "
+            + "; ".join(f"{name}: {why}" for name, why in failed.items())
+        )
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(case.dtype)
+    arrays = {
+        "forward": (case.input_shape, case.kernel_shape),
+        "grad_inputs": (case.output_shape, case.kernel_shape),
+        "grad_kernels": (case.input_shape, case.output_shape),
+    }[pass_]
+    first, second = (rng.standard_normal(shape).astype(dtype) for shape in arrays)
+    seconds: dict[str, float | None] = {}
+    best = float("inf")
+    for name in verified:
+        impl = kernels.get(name)
+        call = getattr(impl, pass_ if pass_ != "forward" else "convolve")
+        taken = _median_seconds(
+            lambda call=call: call(first, second, case.padding), REPEATS, GIVE_UP_FACTOR * best
+        )
+        seconds[name] = taken
+        best = min(best, taken)
+    chosen = min(seconds, key=seconds.get)
+    return Plan(key, chosen, seconds, failed)
+
+
+def _dispatch(pass_: str):
+    def call(a: np.ndarray, b: np.ndarray, padding: int) -> np.ndarray:
+        if pass_ == "forward":
+            shapes = a.shape, b.shape
+        elif pass_ == "grad_inputs":
+            n, _, oh, ow = a.shape
+            _, d, kh, kw = b.shape
+            shapes = (n, d, oh + kh - 1 - 2 * padding, ow + kw - 1 - 2 * padding), b.shape
+        else:
+            n, d, h, w = a.shape
+            _, c, oh, ow = b.shape
+            shapes = a.shape, (c, d, h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding)
+        chosen = kernels.get(plan(pass_, *shapes, padding, a.dtype).backend)
+        method = chosen.convolve if pass_ == "forward" else getattr(chosen, pass_)
+        return method(a, b, padding)  # already validated by the front door
+
+    return call
+
+
+def _supports(input_shape, kernel_shape, padding, dtype) -> str | None:
+    case = ConvCase(input_shape, kernel_shape, padding, np.dtype(dtype).name)
+    if any(not case.unsupported_by(name) for name in kernels.available()):
+        return None
+    return "no available backend supports this case"
+
+
+BACKEND = kernels.Backend(
+    name=NAME,
+    convolve=_dispatch("forward"),
+    grad_inputs=_dispatch("grad_inputs"),
+    grad_kernels=_dispatch("grad_kernels"),
+    supports=_supports,
+    specialised_backward=True,
+    exact=False,
+    module=None,
+)

@@ -1,0 +1,133 @@
+"""``backend="auto"`` (nnbench.auto): measured choice of the fastest verified backend."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernels
+from nnbench import Conv2D, auto
+from nnbench.machine import pinned_threads
+from nnbench.verify import ConvCase, compare, operands
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE = ConvCase((4, 3, 9, 9), (5, 3, 3, 3), 1)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Each test plans from scratch, with its own cache file."""
+    monkeypatch.setenv(auto.CACHE_ENV, str(tmp_path / "plans.json"))
+    auto.forget()
+    with pinned_threads(1):
+        yield tmp_path / "plans.json"
+    auto.forget()
+
+
+@pytest.mark.parametrize("pass_", ["forward", "grad_inputs", "grad_kernels"])
+def test_auto_computes_the_convolution_with_a_verified_backend(pass_):
+    ops = operands(CASE)
+    call = {"forward": kernels.convolve, "grad_inputs": kernels.grad_inputs,
+            "grad_kernels": kernels.grad_kernels}[pass_]  # fmt: skip
+    result = call(*ops.arguments(pass_), CASE.padding, backend="auto")
+    chosen = auto.plan(pass_, CASE.input_shape, CASE.kernel_shape, CASE.padding)
+    assert chosen.backend in kernels.available() and chosen.source == "measured"
+    assert chosen.backend == min(chosen.seconds, key=chosen.seconds.get)
+    compare(pass_, result, ops.reference(pass_), dtype="float32", backend=chosen.backend,
+            reduction=CASE.reduction_length(pass_)).check()  # fmt: skip
+
+
+def test_a_choice_is_reused_and_persisted(private_cache):
+    first = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1) is first
+    saved = json.loads(private_cache.read_text())
+    assert saved["schema"] == auto.SCHEMA and saved["plans"][first.key]["backend"] == first.backend
+    auto.forget()  # a new process, in effect
+    again = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert again.source == "cache" and again.backend == first.backend
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [("{not json", "not a valid cache"), ('{"schema": "other/9"}', "not a valid cache")],
+    ids=["corrupt", "foreign-schema"],
+)
+def test_an_unusable_cache_is_ignored_with_a_warning(private_cache, content, reason):
+    private_cache.write_text(content)
+    with pytest.warns(RuntimeWarning, match=reason):
+        chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert chosen.source == "measured"
+
+
+def test_a_cache_from_another_machine_is_not_trusted(private_cache):
+    auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    saved = json.loads(private_cache.read_text())
+    key = next(iter(saved["plans"]))
+    saved["machine"]["cpu_model"] = "some other CPU"
+    saved["plans"][key]["backend"] = "loop"
+    private_cache.write_text(json.dumps(saved))
+    auto.forget()
+    with pytest.warns(RuntimeWarning, match="another machine"):
+        chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert chosen.source == "measured"
+
+
+@pytest.fixture
+def wrong_fast_backend(tmp_path, monkeypatch):
+    """A backend that answers at once, and wrongly (zeros): found like any backend file."""
+    (tmp_path / "backend_fastwrong.py").write_text(
+        textwrap.dedent("""
+        import numpy as np
+        def convolve(inputs, kernels, padding):
+            n, _, h, w = inputs.shape
+            c, _, kh, kw = kernels.shape
+            return np.zeros((n, c, h - kh + 1 + 2 * padding, w - kw + 1 + 2 * padding),
+                            inputs.dtype)
+    """)
+    )
+    importlib.invalidate_caches()
+    monkeypatch.setattr(kernels, "__path__", [*kernels.__path__, str(tmp_path)])
+    found, _ = kernels._registry.discover()
+    monkeypatch.setattr(kernels, "_BACKENDS", found)
+    yield
+    sys.modules.pop("kernels.backend_fastwrong", None)
+
+
+def test_auto_never_picks_a_backend_that_fails_verification(wrong_fast_backend):
+    chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert "fastwrong" in chosen.failed and "FAILED" in chosen.failed["fastwrong"]
+    assert chosen.backend != "fastwrong" and "fastwrong" not in chosen.seconds
+
+
+def test_a_cached_choice_that_now_fails_is_planned_again(private_cache, wrong_fast_backend):
+    key = auto.key_for("forward", CASE.input_shape, CASE.kernel_shape, 1, "float32")
+    auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    saved = json.loads(private_cache.read_text())
+    saved["plans"][key]["backend"] = "fastwrong"
+    private_cache.write_text(json.dumps(saved))
+    auto.forget()
+    chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert chosen.backend != "fastwrong" and chosen.source == "measured"
+
+
+def test_conv2d_and_environment_variable_accept_auto(monkeypatch, rng):
+    layer = Conv2D(4, 3, input_shape=(3, 8, 8), kernel="auto")
+    layer.build(None)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert layer.forward(x).shape == (2, 4, 8, 8) and layer.backend.name == "auto"
+    monkeypatch.setenv(kernels.ENV_VAR, "auto")
+    assert kernels.resolve(None) is auto.BACKEND
+
+
+def test_auto_needs_nnbench():
+    probe = "import kernels\ntry:\n    kernels.get('auto')\nexcept ValueError as e:\n    print(e)"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=ROOT, check=True)  # fmt: skip
+    assert "provided by nnbench.auto" in run.stdout
