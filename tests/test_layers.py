@@ -271,6 +271,30 @@ def test_batchnorm_running_statistics_follow_the_assignment_formula(rng):
     np.testing.assert_allclose(layer.running_var, var, rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "dtype, shape, refused",
+    grid(
+        "batchnorm",
+        [((1, 2, 1, 1), True), ((2, 2, 1, 1), False), ((1, 2, 1, 2), False)],
+        lambda c: c[0],
+        lambda c: "one-value" if c[1] else "two-values",
+    ),
+)
+def test_batchnorm_needs_two_values_per_channel_to_train(dtype, shape, refused, rng):
+    """One value per channel normalises to 0 whatever it is (output beta, zero gradients):
+    training on it is an error, as in torch; inference uses the running statistics."""
+    layer = built(BatchNorm(input_shape=shape[1:]), dtype)
+    x = normal(rng, shape, dtype)
+    if refused:
+        message = r"more than one value per channel, got inputs of shape \(1, 2, 1, 1\)"
+        with pytest.raises(ValueError, match=message):
+            layer.forward(x)
+    else:
+        assert np.isfinite(layer.forward(x)).all()
+    layer.is_training = False
+    assert np.isfinite(layer.forward(x)).all()
+
+
 # --- Flatten, Dropout, RandomFlip -----------------------------------------------------------
 
 FLATTEN_SHAPES = [(2, 3, 4, 5), (1, 1, 1, 1), (3, 7)]
