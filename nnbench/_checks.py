@@ -131,6 +131,17 @@ def finite(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} must be finite, found {bad} NaN or infinite values")
 
 
+def random_source(value, name: str = "rng"):
+    """``value`` if it can draw random numbers like numpy's global generator (a
+    ``numpy.random.Generator`` or ``RandomState``); None stays None (the global one)."""
+    if value is None or isinstance(value, (np.random.Generator, np.random.RandomState)):
+        return value
+    raise TypeError(
+        f"{name} must be a numpy.random.Generator (or RandomState), or None for numpy's "
+        f"global generator, got {type(value).__name__}"
+    )
+
+
 def backend(name, argument: str):
     """The convolution backend ``name`` (None: ``$NNBENCH_KERNEL``, then the default)."""
     try:

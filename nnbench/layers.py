@@ -44,10 +44,17 @@ __all__ = [
 # --- initializers ---------------------------------------------------------------------------
 
 
-def he_normal(fan_in: int) -> Initializer:
-    """N(0, sqrt(2 / fan_in)) from numpy's global generator (seed it with ``np.random.seed``)."""
+def he_normal(fan_in: int, rng=None) -> Initializer:
+    """N(0, sqrt(2 / fan_in)) from ``rng``, by default numpy's global generator (seed it with
+    ``np.random.seed``)."""
     std = math.sqrt(2.0 / fan_in)
-    return lambda shape: np.random.normal(0.0, std, size=shape)
+    return lambda shape: _random(rng).normal(0.0, std, size=shape)
+
+
+def _random(rng):
+    """Where a layer draws from: its own generator, else numpy's global one (``np.random``),
+    which the assignment's Dropout contract and its tests rely on."""
+    return np.random if rng is None else rng
 
 
 def zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -187,15 +194,16 @@ class Dense(Layer):
     input_rank = 1
     input_axes = "(d,)"
 
-    def __init__(self, units: int, input_shape=None):
+    def __init__(self, units: int, input_shape=None, rng=None):
         super().__init__(input_shape)
         self.units = _checks.positive_int(units, "units")
+        self.rng = _checks.random_source(rng)
 
     def build(self, *args, **kwargs):
         super().build(*args, **kwargs)
         (fan_in,) = self.input_shape
         self.output_shape = (self.units,)
-        self.add_parameter("weights", (self.units, fan_in), he_normal(fan_in))
+        self.add_parameter("weights", (self.units, fan_in), he_normal(fan_in, self.rng))
         self.add_parameter("biases", (self.units,), zeros)
 
     def forward_impl(self, inputs):
@@ -226,8 +234,11 @@ class Conv2D(Layer):
     input_rank = 3
     input_axes = "(d, h, w)"
 
-    def __init__(self, output_channels: int, kernel_size: int = 3, input_shape=None, kernel=None):
+    def __init__(
+        self, output_channels: int, kernel_size: int = 3, input_shape=None, kernel=None, rng=None
+    ):
         super().__init__(input_shape)
+        self.rng = _checks.random_source(rng)
         self.output_channels = _checks.positive_int(output_channels, "output_channels")
         self.kernel_size = _checks.positive_int(kernel_size, "kernel_size")
         if self.kernel_size % 2 == 0:
@@ -252,7 +263,7 @@ class Conv2D(Layer):
         d, h, w = self.input_shape
         c, k = self.output_channels, self.kernel_size
         self.output_shape = (c, h, w)
-        self.add_parameter("kernels", (c, d, k, k), he_normal(d * k * k))
+        self.add_parameter("kernels", (c, d, k, k), he_normal(d * k * k, self.rng))
         self.add_parameter("biases", (c,), zeros)
 
     def forward_impl(self, inputs):
@@ -529,22 +540,24 @@ class Flatten(Layer):
 
 class Dropout(Layer):
     """Training: y = M * x with M = [u > p], u from ONE ``np.random.uniform(size=x.shape)``
-    call, no rescaling; inference: y = (1 - p) * x (section 4.1.5).
+    call, no rescaling; inference: y = (1 - p) * x (section 4.1.5). ``rng``: draw from this
+    generator instead of numpy's global one (same single ``uniform`` call).
 
     Caches the boolean ``mask`` (training forward) or None (inference forward); the backward
     follows whichever the last forward used.
     """
 
-    def __init__(self, p: float = 0.5, input_shape=None):
+    def __init__(self, p: float = 0.5, input_shape=None, rng=None):
         super().__init__(input_shape)
         self.p = _checks.real_in_range(p, "p", 0.0, 1.0)
+        self.rng = _checks.random_source(rng)
         self.mask: np.ndarray | None = None
 
     def forward_impl(self, inputs):
         if not self.is_training:
             self.mask = None
             return inputs * (1 - self.p)
-        self.mask = np.random.uniform(size=inputs.shape) > self.p
+        self.mask = _random(self.rng).uniform(size=inputs.shape) > self.p
         return inputs * self.mask
 
     def backward_impl(self, grad_outputs):
@@ -555,8 +568,8 @@ class Dropout(Layer):
 
 class RandomFlip(Layer):
     """Data augmentation: while training, mirror each image of (n, d, h, w) left-right with
-    probability ``probability`` (drawn with one ``np.random.uniform(size=n)`` call); identity
-    at inference.
+    probability ``probability`` (drawn with one ``np.random.uniform(size=n)`` call, or from
+    ``rng``); identity at inference.
 
     Caches ``flipped`` (n,) bool (None after an inference forward); the backward mirrors the
     gradient of the flipped images back.
@@ -565,18 +578,19 @@ class RandomFlip(Layer):
     input_rank = 3
     input_axes = "(d, h, w)"
 
-    def __init__(self, probability: float = 0.5, input_shape=None):
+    def __init__(self, probability: float = 0.5, input_shape=None, rng=None):
         super().__init__(input_shape)
         self.probability = _checks.real_in_range(
             probability, "probability", 0.0, 1.0, high_inclusive=True
         )
+        self.rng = _checks.random_source(rng)
         self.flipped: np.ndarray | None = None
 
     def forward_impl(self, inputs):
         if not self.is_training:
             self.flipped = None
             return inputs
-        self.flipped = np.random.uniform(size=inputs.shape[0]) < self.probability
+        self.flipped = _random(self.rng).uniform(size=inputs.shape[0]) < self.probability
         return self._mirror(inputs)
 
     def backward_impl(self, grad_outputs):

@@ -85,9 +85,11 @@ class Model:
     ``kernels.resolve`` (``$NNBENCH_KERNEL``, then the default). ``dtype`` (float32 or
     float64) is the dtype of every parameter, activation and gradient. ``optimizer`` is any
     object with ``get_parameter_updater(parameter_shape)`` (see ``nnbench.base.Optimizer``).
+    ``rng`` (a ``numpy.random.Generator``) shuffles the batches; by default numpy's global
+    generator does. Layers that draw random numbers take their own ``rng`` the same way.
     """
 
-    def __init__(self, loss: Loss, optimizer: Optimizer, kernel=None, dtype=np.float32):
+    def __init__(self, loss: Loss, optimizer: Optimizer, kernel=None, dtype=np.float32, rng=None):
         if not isinstance(loss, Loss):
             raise TypeError(f"loss must be an nnbench Loss, got {type(loss).__name__}")
         _checks.optimizer(optimizer, "optimizer")
@@ -99,6 +101,7 @@ class Model:
         self.optimizer = optimizer
         self.kernel = kernel
         self.dtype = _checks.float_dtype(dtype)
+        self.rng = _checks.random_source(rng)
         self.layers: list[Layer] = []
 
     # --- building ---------------------------------------------------------------------------
@@ -179,7 +182,8 @@ class Model:
         """Mini-batch training; returns a ``History`` with one record per epoch.
 
         ``y_train`` is one-hot rows (n, classes) or integer class labels (n,) in
-        [0, classes). Batches are drawn from a fresh ``np.random.permutation`` each epoch
+        [0, classes). Batches are drawn from a fresh ``permutation`` of the model's ``rng``
+        (numpy's global generator unless ``Model(rng=...)`` gave one) each epoch
         when ``shuffle``. ``lr_schedule`` maps training progress (step index / total steps,
         in [0, 1)) to the learning rate, set as ``optimizer.lr`` before each step.
         ``time_budget`` (seconds): training stops after the step during which the budget ran
@@ -248,7 +252,7 @@ class Model:
         self._set_training(True)
         n = len(x)
         steps = math.ceil(n / batch_size)
-        order = np.random.permutation(n) if shuffle else None
+        order = (np.random if self.rng is None else self.rng).permutation(n) if shuffle else None
         loss_sum, correct, seen, stopped = 0.0, 0, 0, False
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="step", disable=not verbose)
         try:

@@ -74,9 +74,17 @@ def check_gradients(layer, x: np.ndarray, rng) -> None:
         assert_close(f"{name}_grad", analytic[f"{name}_grad"], numeric, tol=TOL)
 
 
-def constant_uniform(monkeypatch, value: np.ndarray) -> None:
-    """``np.random.uniform`` returns ``value`` at every call (the mask stays fixed)."""
-    monkeypatch.setattr(np.random, "uniform", lambda low=0.0, high=1.0, size=None: value)
+class ConstantUniform(np.random.Generator):
+    """A generator whose ``uniform`` returns ``value`` at every call: a layer given it as its
+    ``rng`` keeps one mask through the many forwards of a finite-difference check."""
+
+    def __init__(self, value: np.ndarray):
+        super().__init__(np.random.PCG64(0))
+        self.value = value
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        assert size is not None and np.shape(self.value) == tuple(np.atleast_1d(size))
+        return self.value
 
 
 # (id, layer factory, input shape, needs random parameters)
@@ -129,17 +137,16 @@ def test_batchnorm_inference_gradients(rng):
     check_gradients(layer, rng.standard_normal((3, 2, 2, 3)), rng)
 
 
-def test_dropout_gradients(rng, monkeypatch):
+def test_dropout_gradients(rng):
     shape = (3, 5)
-    constant_uniform(monkeypatch, rng.uniform(size=shape))
-    check_gradients(
-        built(Dropout(0.4, input_shape=(5,)), np.float64), rng.standard_normal(shape), rng
-    )
+    fixed = ConstantUniform(rng.uniform(size=shape))
+    layer = built(Dropout(0.4, input_shape=(5,), rng=fixed), np.float64)
+    check_gradients(layer, rng.standard_normal(shape), rng)
 
 
-def test_random_flip_gradients(rng, monkeypatch):
-    constant_uniform(monkeypatch, np.array([0.1, 0.9, 0.3]))
-    layer = built(RandomFlip(input_shape=(2, 2, 3)), np.float64)
+def test_random_flip_gradients(rng):
+    fixed = ConstantUniform(np.array([0.1, 0.9, 0.3]))
+    layer = built(RandomFlip(input_shape=(2, 2, 3), rng=fixed), np.float64)
     check_gradients(layer, rng.standard_normal((3, 2, 2, 3)), rng)
 
 

@@ -472,3 +472,41 @@ def test_dense_initialisation():
     assert layer.weights.shape == (300, 200) and layer.weights.dtype == np.float32
     np.testing.assert_allclose(layer.weights.std(), np.sqrt(2 / 200), rtol=0.02)
     np.testing.assert_array_equal(layer.biases, 0)
+
+
+# --- explicit generators --------------------------------------------------------------------
+
+
+def test_random_layers_draw_from_their_own_generator_and_leave_the_global_one_alone(rng):
+    """With ``rng=`` a layer draws exactly what that generator gives, one ``uniform`` call per
+    forward as the assignment's contract says, and numpy's global state is untouched."""
+    np.random.seed(11)
+    before = np.random.get_state()[1].copy()
+    x = normal(rng, (6, 2, 3, 4), np.float32)
+    dropout = built(Dropout(0.3, input_shape=(2, 3, 4), rng=np.random.default_rng(5)), np.float32)
+    flip = built(RandomFlip(input_shape=(2, 3, 4), rng=np.random.default_rng(6)), np.float32)
+    dropout.forward(x)
+    flip.forward(x)
+    np.testing.assert_array_equal(
+        dropout.mask, np.random.default_rng(5).uniform(size=x.shape) > 0.3
+    )
+    np.testing.assert_array_equal(flip.flipped, np.random.default_rng(6).uniform(size=6) < 0.5)
+    assert np.array_equal(np.random.get_state()[1], before)
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: Dense(4, input_shape=(6,), rng=rng),
+    lambda rng: Conv2D(3, 3, input_shape=(2, 5, 5), kernel="im2col", rng=rng),
+], ids=["dense", "conv2d"])  # fmt: skip
+def test_initial_weights_come_from_the_given_generator(make):
+    first = built(make(np.random.default_rng(3)), np.float64)
+    np.random.seed(0)  # the global generator plays no part
+    second = built(make(np.random.default_rng(3)), np.float64)
+    for name in first.parameter_names:
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+
+
+@pytest.mark.parametrize("bad", ["seed", 42, np.random])
+def test_a_generator_must_be_a_generator(bad):
+    with pytest.raises(TypeError, match=r"rng must be a numpy.random.Generator \(or RandomState\)"):
+        Dropout(0.5, rng=bad)

@@ -543,3 +543,22 @@ def test_environment_variable_picks_the_backend_when_nothing_else_does(monkeypat
     monkeypatch.setenv(kernels.ENV_VAR, "no-such-backend")
     with pytest.raises(ValueError, match=r"unknown backend 'no-such-backend'"):
         model.add(Conv2D(2, 3))
+
+
+def test_a_model_with_generators_trains_the_same_whatever_the_global_state(rng):
+    """Initial weights, dropout masks and batch order all come from the given generators:
+    numpy's global generator, reseeded in between, changes nothing."""
+    x, y = blobs(rng, 200)
+
+    def train(global_seed: int) -> np.ndarray:
+        np.random.seed(global_seed)
+        model = Model(CrossEntropy(), SGD(0.1), rng=np.random.default_rng(1))
+        model.add(Dense(8, input_shape=(x.shape[1],), rng=np.random.default_rng(2)))
+        model.add(ReLU())
+        model.add(Dropout(0.2, rng=np.random.default_rng(3)))
+        model.add(Dense(3, rng=np.random.default_rng(4)))
+        model.add(Softmax())
+        model.fit(x, y, batch_size=32, epochs=2, verbose=False)
+        return np.concatenate([v.ravel() for v in model.parameters().values()])
+
+    np.testing.assert_array_equal(train(0), train(12345))
