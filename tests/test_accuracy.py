@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import kernels
 from nnbench import Conv2D, accuracy, recipes, torch_twin
 from tests.data_fixtures import dataset_root
 
@@ -65,17 +66,23 @@ def test_time_to_accuracy_ignores_epochs_without_validation():
 
 
 @pytest.mark.parametrize(
-    ("kernel", "preset", "expected"),
+    ("dataset", "kernel", "expected"),
     [
-        ("loop", "fast", [(0.70, 3600.0)]),
-        ("torch", "fast", [(0.70, 3600.0), (0.70, 180.0)]),
-        ("im2col", "fast", [(0.70, 3600.0), (0.70, 300.0)]),
-        ("torch", "best", [(0.70, 3600.0), (0.70, 180.0), (0.80, 900.0)]),
+        ("mnist", "none", [(0.98, 60.0, "fastest")]),
+        ("cifar10", "loop", [(0.70, 180.0, "fastest"), (0.80, 900.0, "fastest")]),
+        ("cifar10", "im2col", [(0.70, 180.0, "fastest"), (0.80, 900.0, "fastest"),
+                               (0.70, 300.0, "im2col")]),
     ],
-)
-def test_cifar10_targets_follow_the_issue(kernel, preset, expected):
-    got = [(t["accuracy"], t["seconds"]) for t in accuracy.targets_for("cifar10", kernel, preset)]
-    assert got == expected
+)  # fmt: skip
+def test_a_run_records_the_policy_targets_it_is_judged_for(dataset, kernel, expected):
+    """Targets come from nnbench.policy only; a run is a candidate for every "fastest" target
+    and judged for its own kernel's; ``met`` is this run's own result."""
+    reached = {"0.7": 200.0, "0.8": None, "0.98": 30.0}
+    got = accuracy.targets_for(dataset, kernel, "fast", reached)
+    assert [(t["accuracy"], t["seconds"], t["scope"]) for t in got] == expected
+    met = {(t["accuracy"], t["seconds"]): t["met"] for t in got}
+    assert met.get((0.70, 180.0)) in (False, None) and met.get((0.70, 300.0), True)
+    assert all(t["name"] for t in got)
 
 
 @pytest.fixture
@@ -205,3 +212,16 @@ def test_torch_twin_has_the_recipe_architecture(preset):
     assert [c.out_channels for c in convs] == [
         layer.kernels.shape[0] for layer in engine.layers if isinstance(layer, Conv2D)
     ]
+
+
+def test_kernel_auto_is_accepted_and_all_means_the_real_backends(tmp_path):
+    args = accuracy.parse_args(["--kernel", "auto", "--out", str(tmp_path)])
+    assert args.kernels == ["auto"]
+    assert accuracy.parse_args(["--out", str(tmp_path)]).kernels == kernels.available()
+
+
+def test_the_overhead_ratio_is_a_ratio_of_medians_of_interleaved_steps():
+    measured = accuracy.step_overhead("fast", rounds=2)
+    assert measured["step_rounds"] == 2
+    assert measured["step_engine_ms"] > 0 and measured["step_twin_ms"] > 0
+    assert measured["ratio"] == measured["step_engine_ms"] / measured["step_twin_ms"]

@@ -35,6 +35,7 @@ __all__ = [
     "StepModel",
     "TimedCall",
     "Unsupported",
+    "cifar10_step_model",
     "gemm_reference_call",
     "layer_call",
     "make_call",
@@ -184,7 +185,8 @@ class StepModel:
     twin: str | None = None
 
 
-def _cifar10_step_model(preset: str) -> StepModel:
+def cifar10_step_model(preset: str) -> StepModel:
+    """The CIFAR-10 recipe ``preset`` as a ``StepModel`` (its plain-torch twin included)."""
     from nnbench import recipes
     from nnbench.bench.cases import recipe_cases
 
@@ -214,7 +216,7 @@ def _mnist_step_model() -> StepModel:
 
 #: The models whose training step is benchmarked, by name (built lazily: recipes import the engine).
 STEP_MODELS: dict[str, Callable[[], StepModel]] = {
-    "cifar10-fast": functools.partial(_cifar10_step_model, "fast"),
+    "cifar10-fast": functools.partial(cifar10_step_model, "fast"),
     "mnist": _mnist_step_model,
 }
 
