@@ -37,6 +37,7 @@ from kernels._registry import Backend, discover
 __all__ = [
     "DEFAULT_BACKEND",
     "ENV_VAR",
+    "PASS_FUNCTIONS",
     "Backend",
     "available",
     "convolve",
@@ -220,6 +221,10 @@ def grad_kernels(
         )
     impl = _resolve_for(backend, inputs.shape, (c, d, kh, kw), padding, inputs.dtype)
     return impl.grad_kernels(inputs, grad_outputs, padding)
+
+
+#: The public function of each pass, by name.
+PASS_FUNCTIONS = {"forward": convolve, "grad_inputs": grad_inputs, "grad_kernels": grad_kernels}
 
 
 # --- validation (the front door; backends assume all of this holds) -------------------------

@@ -120,7 +120,7 @@ def bordered(
     if buffer.nbytes > MAX_CACHED_BYTES:  # a fresh array every time
         _zero_border(buffer, rows, cols, h_axis)
         return buffer
-    geometry = (buffer.__array_interface__["data"][0], shape, buffer.dtype.str, rows, cols)
+    geometry = (buffer.__array_interface__["data"][0], shape, buffer.dtype.str, rows, cols, h_axis)
     if promised != geometry:  # new, resized, or last prepared for another geometry
         _zero_border(buffer, rows, cols, h_axis)
     _local.pool[key + _BORDER] = geometry

@@ -34,6 +34,7 @@ class Gemm:
     a: tuple
     b: tuple
     out: tuple | None
+    blas_threads: int = 0  # the BLAS limit in force when it ran (0: unknown)
 
 
 @dataclass
@@ -95,12 +96,16 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     profile = _active
     if profile is None:
         return np.matmul(a, b, out=out)
+    from kernels import threads
+
+    libs = threads._blas()
     gemm = Gemm(
         getattr(_local, "section", 0),
         threading.current_thread().name,
         _describe(a),
         _describe(b),
         None if out is None else _describe(out),
+        libs[0].num_threads if libs else 0,
     )
     with profile.lock:
         profile.gemms.append(gemm)
@@ -163,14 +168,15 @@ def _operand(spec: tuple, rng: np.random.Generator) -> np.ndarray:
 
 def replay_plan(profile: Profile, seed: int = 0):
     """A function that runs the recorded GEMMs alone, on operands made once, as they ran:
-    GEMMs outside a section on the calling thread (BLAS threads in force), each section's
-    GEMMs grouped by thread and run through ``kernels.threads.run``."""
+    GEMMs outside a section on the calling thread, with the BLAS on one thread if it ran so
+    (else on the threads in force), each section's GEMMs grouped by thread and run through
+    ``kernels.threads.run`` (which holds the BLAS at one thread, as it did)."""
     from kernels import threads
 
     rng = np.random.default_rng(seed)
     steps: list[tuple[int, list[list[tuple]]]] = []  # (section, per-thread operand lists)
     by_section: dict[int, dict[str, list[tuple]]] = {}
-    order: list[int] = []
+    held: set[int] = set()  # steps outside sections that ran with the BLAS on one thread
     for gemm in profile.gemms:
         ops = (
             _operand(gemm.a, rng),
@@ -178,27 +184,31 @@ def replay_plan(profile: Profile, seed: int = 0):
             None if gemm.out is None else _operand(gemm.out, rng),
         )
         if gemm.section == 0:
+            if gemm.blas_threads == 1:
+                held.add(len(steps))
             steps.append((0, [[ops]]))
             continue
         if gemm.section not in by_section:
             by_section[gemm.section] = {}
-            order.append(gemm.section)
             steps.append((gemm.section, []))
         by_section[gemm.section].setdefault(gemm.thread, []).append(ops)
     plan = [
-        (number, groups if number == 0 else list(by_section[number].values()))
-        for number, groups in steps
+        (number, groups if number == 0 else list(by_section[number].values()), index in held)
+        for index, (number, groups) in enumerate(steps)
     ]
 
     def run_group(group: list[tuple]) -> None:
         for a, b, out in group:
-            np.matmul(a, b, out=out)
+            matmul(a, b, out=out)  # recorded too when the replay itself is profiled
 
     def replay() -> None:
-        for number, groups in plan:
-            if number == 0:
-                run_group(groups[0])
-            else:
+        for number, groups, one_thread in plan:
+            if number != 0:
                 threads.run(run_group, groups)
+            elif one_thread:
+                with threads.single_threaded_blas():
+                    run_group(groups[0])
+            else:
+                run_group(groups[0])
 
     return replay

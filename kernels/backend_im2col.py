@@ -21,7 +21,7 @@ slice walks its images a chunk of about ``CHUNK_BYTES`` of column matrix at a ti
 steps on its own thread with a single-threaded BLAS, so the chunk stays in that core's caches.
 When there are more cores than slices worth cutting (Python threads take turns on the GIL, so a
 slice costs some serial time), steps 1-2 and 4 run as slices over the whole batch (up to
-``BATCH_BYTES`` of column matrix) and step 3 is one GEMM on the BLAS's own threads, which scale
+``threads.WHOLE_BATCH_BYTES`` of column matrix) and step 3 is one GEMM on the BLAS's own threads, which scale
 without the GIL. The weight gradient always adds per-slice (c, K) products
 (``threads.sum_over_batch``): one GEMM per chunk whose reduction the BLAS could not split
 across its threads; its rounding depends on how the batch was split, and integer inputs still
@@ -69,9 +69,6 @@ EXACT = True
 #: Bytes of column matrix per chunk of images in a slice: large enough that a chunk's few numpy
 #: calls are a small part of its time, small enough to stay in a core's caches.
 CHUNK_BYTES = 2 * 2**20
-#: Bytes of column matrix per GEMM when the GEMM runs on the BLAS's threads (the larger, the
-#: better they are used), bounded so that memory stays bounded.
-BATCH_BYTES = 64 * 2**20
 #: Cost of one element of col2im (a GEMM output, then kh*kw strided adds) in column copies.
 COL2IM_COST = 4
 
@@ -186,22 +183,22 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     weights = _weights(taps, channels_first)
     result = np.empty((n, c, oh, ow), x.dtype)
     per_image = d * kh * kw * oh * ow
-    if threads.parts_for(n, n * per_image) >= threads.budget():
-        # The pool alone keeps every core busy: each slice walks its images a cache-sized
-        # chunk at a time, padding, unfolding, multiplying and placing it (one BLAS thread).
-        chunk = threads.rows_per_chunk(per_image, x.dtype, CHUNK_BYTES)
-
-        def part(s: slice) -> None:
-            _correlate_columns(x[s], weights, (kh, kw), (ph, pw), channels_first, result[s])
-
-        threads.over_batch(part, n, n * per_image, chunk)
+    batch = threads.whole_batch(n, n * per_image, per_image, x.dtype)
+    if batch is not None:
+        # More cores than slices worth cutting: the GEMM goes to the BLAS's own threads, which
+        # scale without the GIL, and the slices only build the column matrix and place results.
+        for lo in range(0, n, batch):
+            rows = slice(lo, min(lo + batch, n))
+            _correlate_batch(x[rows], weights, (kh, kw), (ph, pw), channels_first, result[rows])
         return result
-    # More cores than slices worth cutting: the GEMM goes to the BLAS's own threads, which
-    # scale without the GIL, and the slices only build the column matrix and place the result.
-    batch = threads.rows_per_chunk(per_image, x.dtype, BATCH_BYTES)
-    for lo in range(0, n, batch):
-        rows = slice(lo, min(lo + batch, n))
-        _correlate_batch(x[rows], weights, (kh, kw), (ph, pw), channels_first, result[rows])
+    # The pool alone keeps every core busy: each slice walks its images a cache-sized chunk at
+    # a time, padding, unfolding, multiplying and placing it (one BLAS thread).
+    chunk = threads.rows_per_chunk(per_image, x.dtype, CHUNK_BYTES)
+
+    def part(s: slice) -> None:
+        _correlate_columns(x[s], weights, (kh, kw), (ph, pw), channels_first, result[s])
+
+    threads.over_batch(part, n, n * per_image, chunk)
     return result
 
 

@@ -68,8 +68,6 @@ EXACT = True
 
 #: Bytes on the padded grid (image, outputs) per chunk of images in the offset loops.
 CHUNK_BYTES = 4 * 2**20
-#: ... per batch of images when the loops' GEMMs run on the BLAS's threads (bounded memory).
-BATCH_BYTES = 64 * 2**20
 #: Up to this many input channels, the weight gradient runs one GEMV per channel and offset.
 GEMV_CHANNELS = 4
 
@@ -102,7 +100,8 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
         return _grad_kernels_over_positions(inputs, grad_outputs, padding, kh, kw)
 
 
-#: Python and call overhead of one loop step (about 5 us), in multiply-adds of GEMM work.
+#: Python and call overhead of one loop step, counted as the multiply-adds of GEMM work that
+#: take as long.
 _STEP_OVERHEAD = 250_000
 
 
@@ -148,9 +147,8 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     weights = _offset_weights(taps)
     # image, outputs, a kernel row's products and their sum, on the padded grid
     grid = (d + (kw + 2) * c) * hp * wp
-    if threads.parts_for(n, n * grid) < threads.budget():
-        # More cores than slices worth cutting: the GEMMs on the BLAS's own threads.
-        batch = threads.rows_per_chunk(grid, x.dtype, BATCH_BYTES)
+    batch = threads.whole_batch(n, n * grid, grid, x.dtype)
+    if batch is not None:  # more cores than slices worth cutting: GEMMs on the BLAS's threads
         for lo in range(0, n, batch):
             rows = slice(lo, min(lo + batch, n))
             _correlate_over_offsets_blas(x[rows], weights, ph, pw, result[rows])

@@ -54,12 +54,13 @@ grad_outputs and its result the 3x3 taps), so F(2x2, 3x3) does not apply; it is 
 
 Precision: the products are no longer those of a direct sum. Each carries the rounding of
 B^T d B and of G g G^T, and A^T M A adds terms that partly cancel, so the error is larger than
-that of a direct sum of the same K = 9 d products (up to about twice im2col's, measured),
-relative to the size of the inputs; unlike the FFT's it stays within a tile. The matrices hold only 0, +-1 and +-1/2, so on small
-integers every intermediate is a multiple of 1/4 and exact: the tests' integer inputs come out
-exact. ``EXACT`` is still False, as that promise is not kept for every small-integer input: the
-quarter steps and the larger transformed values use up range that a direct sum keeps.
-``tests/tolerances.py`` gives the measured worst case against a float64 reference.
+that of a direct sum of the same K = 9 d products, relative to the size of the inputs; unlike
+the FFT's it stays within a tile. The matrices hold only 0, +-1 and +-1/2, so on small integers
+every intermediate is a multiple of 1/4 and exact: the tests' integer inputs come out exact.
+``EXACT`` is still False, as that promise is not kept for every small-integer input: the quarter
+steps and the larger transformed values use up range that a direct sum keeps. The tolerance
+table (``nnbench.verify.tolerances``) gives the measured worst case against a float64
+reference.
 
 F(4x4, 3x3) (36 products per 16 outputs, 4x fewer GEMM flops than direct) is not offered. Its
 transforms hold 1/6, 1/12, 1/24 and coefficients up to 8, whose rounding is amplified

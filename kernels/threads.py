@@ -10,22 +10,22 @@ How many threads: the BLAS thread limit in force, at most the cores. That is the
 torch's) controls, so one setting pins numpy's BLAS, torch and this pool alike.
 
 How many slices: waking a pool thread, and the Python between its numpy calls (which holds the
-GIL, so the threads take turns there), costs each slice tens of microseconds that the other
-slices wait for in turn. With W the time of the whole work and s that serial cost per slice, P
+GIL, so the threads take turns there), costs each slice some time that the other slices wait
+for in turn. With W the time of the whole work and s that serial cost per slice, P
 slices take about W / P + P * s, least at P = sqrt(W / s). ``parts_for`` cuts a call that way,
 counting W in elements and s as ``THREAD_COST_ELEMENTS`` elements' worth of work: small work
-stays inline or on a few threads, and more cores never cut a call finer than it is worth (on
-16 cores a recipe layer's copies were slower on 16 Python threads than on 4, while its GEMM on
-the BLAS's own threads, which need no GIL, kept scaling). Callers pass the elements their work
-touches (a backend: its column matrix or padded grid, not just its inputs).
+stays inline or on a few threads, and more cores never cut a call finer than it is worth: Python
+threads stop paying off long before the cores run out, while the BLAS's own threads, which need
+no GIL, keep scaling (the report's scaling section shows both). Callers pass the elements their
+work touches (a backend: its column matrix or padded grid, not just its inputs).
 
 While slices run, the BLAS is held at one thread (and restored afterwards): k slices then keep k
-cores busy rather than k times the BLAS threads. A call with one slice holds it too, and a GEMM
-too large for one thread goes through ``matmul``, which splits its output columns over the
-pool: the BLAS's own threads never run inside nnbench. They would otherwise keep spinning after
-each call (OpenBLAS for about 0.1 s unless ``OPENBLAS_THREAD_TIMEOUT`` was set before numpy was
-loaded) and take the cores the next pass needs; this way nothing depends on how, or in which
-order, numpy was loaded. The hold is process-wide: while it is held, other threads' BLAS calls
+cores busy rather than k times the BLAS threads. A call with one slice holds it too, and the
+engine's GEMMs go through ``matmul``, which splits their output columns over the pool. The one
+place the BLAS's own threads run is a backend's large GEMM when there are more cores than
+slices worth cutting (``whole_batch``): after it, idle OpenBLAS threads keep spinning for a
+while unless ``nnbench.runtime.configure()`` shortened that, whatever the order in which numpy
+was loaded. The hold is process-wide: while it is held, other threads' BLAS calls
 run on one thread too. A call made from inside a slice, or while another thread is using the
 pool, runs its slices one after the other on the calling thread. After ``os.fork`` the child
 starts a pool of its own.
@@ -50,8 +50,8 @@ try:  # the cores this process may run on (affinity, cpusets), not all of the ma
 except AttributeError:  # not Linux
     CORES = os.cpu_count() or 1
 
-#: What one more slice costs (waking its thread, its Python under the GIL), in elements of
-#: work: about 50 microseconds of copying. See the module docstring for how it is used.
+#: What one more slice costs (waking its thread, its Python under the GIL), counted as the
+#: elements of copying that take as long. See the module docstring for how it is used.
 THREAD_COST_ELEMENTS = 1 << 16
 
 _inside = threading.local()
@@ -179,8 +179,14 @@ class _Pool:
             _inline(body, items[0])
         except BaseException as exc:  # noqa: BLE001 - raised once every slice is done
             errors.append(exc)
-        for worker in workers:  # every slice finishes before anything is raised
-            worker.done.acquire()
+        pending = list(workers)
+        while pending:  # every slice finishes before anything is raised, even a Ctrl-C:
+            try:  # a worker's release left unconsumed would end a later call too early
+                pending[0].done.acquire()
+            except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt while waiting
+                errors.append(exc)
+                continue
+            worker = pending.pop(0)
             if worker.error is not None:
                 errors.append(worker.error)
                 worker.error = None
@@ -193,9 +199,13 @@ _POOL = _Pool()
 
 def _after_fork_in_child() -> None:
     # The parent's pool threads do not exist in the child: their locks would wait forever.
+    # A hold on the BLAS taken by a parent thread would never be released here: undo it.
     global _POOL, _blas_lock, _blas_holders
     _POOL = _Pool()
     _blas_lock = threading.Lock()
+    if _blas_holders:
+        for lib, threads in zip(_blas(), _blas_saved):
+            lib.set_num_threads(threads)
     _blas_holders = 0
 
 
@@ -272,7 +282,7 @@ def sum_over_batch(
     return total
 
 
-#: What one more GEMM slice costs, in multiply-adds (about 50 microseconds of one core's GEMM).
+#: What one more GEMM slice costs, counted as the multiply-adds one core does in that time.
 THREAD_COST_MULTIPLY_ADDS = 1 << 21
 #: Output columns a GEMM slice needs at least (narrower ones pack their operands for little).
 MIN_COLUMNS_PER_PART = 16
@@ -281,8 +291,8 @@ MIN_COLUMNS_PER_PART = 16
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``a @ b`` for 2-D operands, its output columns split over the thread budget.
 
-    Each slice is a single-threaded BLAS call, so the BLAS's own threads never run (and never
-    spin afterwards, stealing cores from the next pass, however the BLAS was set up). A GEMM too
+    Each slice is a single-threaded BLAS call, so the BLAS's own threads do not run (nor spin
+    afterwards, stealing cores from the next pass, however the BLAS was set up). A GEMM too
     small to split runs on one thread. Each output column comes from one BLAS call over the
     whole reduction; the BLAS may still block that reduction differently for another slice
     width, so results can differ by rounding (not at all for sums of small integers).
@@ -301,6 +311,20 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
             return _profile.matmul(a, b, out=out)
     run(lambda s: _profile.matmul(a, b[:, s], out=out[:, s]), split(n, parts))
     return out
+
+
+#: Bytes of a backend's GEMM operand per batch when its GEMMs run on the BLAS's own threads
+#: (the larger, the better those are used; bounded so that memory stays bounded).
+WHOLE_BATCH_BYTES = 64 * 2**20
+
+
+def whole_batch(n: int, elements: int, per_row: int, dtype) -> int | None:
+    """Rows per GEMM when a backend's GEMMs should run over whole batches on the BLAS's own
+    threads (more cores than slices worth cutting: ``parts_for`` < ``budget``), at most
+    ``WHOLE_BATCH_BYTES`` of ``per_row`` values each; None when slices keep every core busy."""
+    if parts_for(n, elements) >= budget():
+        return None
+    return rows_per_chunk(per_row, dtype, WHOLE_BATCH_BYTES)
 
 
 def _chunks(rows: slice, chunk: int | None) -> list[slice]:

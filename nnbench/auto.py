@@ -6,17 +6,23 @@ nnbench.accuracy --kernel auto``) runs, for each (pass, shapes, padding, dtype, 
 backend that ``plan`` chose for that key:
 
 1. the candidates are the available backends whose ``supports`` accepts the case;
-2. each candidate is verified on a small case of the same kernel, padding, channels and dtype
-   against the float64 reference, through the verification core (``nnbench.verify``: same
-   operands, tolerance table and compare as the tests); one that fails is never chosen;
-3. each verified candidate is timed on operands of the exact shapes (one warm-up call, then the
-   median of ``REPEATS`` calls, under the thread limits in force) and the fastest wins.
+2. each candidate is checked against the float64 reference through the verification core
+   (``nnbench.verify``: same operands, tolerance table and compare as the tests), first on a
+   small case of the same kernel, padding, channels and dtype, then on the exact shapes (the
+   batch splitting, chunking and layout choices of the real call); one that fails is never
+   chosen;
+3. each verified candidate is timed on those operands (the suite's protocol: one warm-up call,
+   then the median of ``REPEATS`` calls, under the thread limits in force) and the fastest wins;
+   one whose warm-up call is ``GIVE_UP_FACTOR`` times slower than the best so far is not timed
+   further (its time is None).
 
-Later calls with the same key reuse the choice. Choices persist in a small JSON file in the user
+Later calls with the same key reuse the choice (a dictionary lookup per call). Choices persist in a small JSON file in the user
 cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library
 versions and written atomically. A cache that is corrupt, of another schema or from another
 machine or versions is ignored with a warning, and a cached choice is verified again in each
-process before it is used. ``plan(...)`` shows what auto would use and the times behind it.
+process before it is used. The key is the pass, the case (shapes, padding, dtype) and the thread
+budget (``kernels.threads.budget()``, which ``nnbench.machine.pinned_threads`` sets for torch
+too). ``plan(...)`` shows what auto would use and the times behind it.
 
 ``auto`` lives in nnbench (it uses the verification core) and registers itself with
 ``kernels`` when nnbench is imported; ``kernels`` alone does not offer it.
@@ -28,9 +34,7 @@ import json
 import math
 import os
 import platform
-import statistics
 import threading
-import time
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -57,6 +61,8 @@ CHECK_SIDE = 10
 
 _lock = threading.RLock()
 _plans: dict[str, Plan] = {}
+_fast: dict[tuple, kernels.Backend] = {}  # (pass, shapes, padding, dtype, budget) -> backend
+_supported: dict[tuple, str | None] = {}
 _verdicts: dict[tuple[str, str, str], object] = {}
 _loaded: dict[str, object] = {}
 
@@ -64,8 +70,9 @@ _loaded: dict[str, object] = {}
 @dataclass(frozen=True)
 class Plan:
     """What auto runs for one key: ``backend`` and the median seconds of every candidate timed
-    (None: not timed, it was far slower than the best). ``failed`` maps backends that failed
-    verification to why; ``source`` says whether the choice was measured now or cached."""
+    (None: its warm-up call was far slower than the best, so it was not timed further).
+    ``failed`` maps backends that failed verification to why; ``source`` says whether the
+    choice was measured now or cached."""
 
     key: str
     backend: str
@@ -91,6 +98,8 @@ def forget() -> None:
     """Drop the choices and verdicts held in this process (the cache file stays)."""
     with _lock:
         _plans.clear()
+        _fast.clear()
+        _supported.clear()
         _verdicts.clear()
         _loaded.clear()
 
@@ -99,7 +108,7 @@ def _fingerprint() -> dict:
     """What a cached choice is only valid for: this machine and these libraries."""
     from threadpoolctl import threadpool_info
 
-    from nnbench.machine import cpu_count, cpu_model
+    from nnbench.machine import cpu_model
 
     versions = {}
     for name in ("nnbench", "numpy", "scipy", "torch"):
@@ -107,15 +116,17 @@ def _fingerprint() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    numpy_dir = str(Path(np.__file__).parent.parent)  # numpy's own BLAS, always loaded
+    # numpy's own BLAS (in numpy.libs/ beside the package, for the wheels), not whichever
+    # others are loaded by now (scipy's comes with the fft backend)
     blas = sorted(
         f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture')}"
         for pool in threadpool_info()
-        if pool.get("user_api") == "blas" and str(pool.get("filepath", "")).startswith(numpy_dir)
+        if pool.get("user_api") == "blas"
+        and Path(str(pool.get("filepath", ""))).parent.name.startswith("numpy")
     )
     return {
         "cpu_model": cpu_model(),
-        "cores": cpu_count(),
+        "cores": os.cpu_count(),  # the machine's, not this process's affinity
         "machine": platform.machine(),
         "versions": versions,
         "blas": blas,
@@ -143,7 +154,7 @@ def _cached() -> dict:
                     f"ignoring the auto-plan cache {path}: it was made on another machine or "
                     "with other library versions; backends will be timed again",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=2,
                 )
             elif not isinstance(payload.get("plans"), dict):
                 raise ValueError("'plans' is not an object")
@@ -154,21 +165,26 @@ def _cached() -> dict:
                 f"ignoring the auto-plan cache {path}: it is not a valid cache ({exc}); "
                 "backends will be timed again",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=2,
             )
     _loaded["plans"] = plans
     return plans
 
 
 def _persist(key: str, chosen: Plan) -> None:
-    plans = dict(_cached())
+    """Add the choice to the cache file, merged with what is there now (another process may
+    have added keys since this one read it)."""
+    _loaded.pop("plans", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # this process has already said so if it is unusable
+        plans = dict(_cached())
     plans[key] = chosen.as_dict()
     _loaded["plans"] = plans
     try:
         payload = {"schema": SCHEMA, "machine": _fingerprint(), "plans": plans}
         atomic_write_json(cache_path(), payload)
     except OSError as exc:  # a read-only cache folder costs a re-timing, nothing else
-        warnings.warn(f"could not save the auto-plan cache: {exc}", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"could not save the auto-plan cache: {exc}", RuntimeWarning, stacklevel=2)
 
 
 def _check_case(case: ConvCase) -> ConvCase:
@@ -181,49 +197,35 @@ def _check_case(case: ConvCase) -> ConvCase:
     return ConvCase((min(n, 2), d, side_h, side_w), case.kernel_shape, p, case.dtype)
 
 
-def _verify(backend: str, pass_: str, case: ConvCase):
-    """The verdict of ``backend`` on ``pass_`` of a small version of ``case`` (cached)."""
-    small = _check_case(case)
-    key = (backend, pass_, small.id)
+def _verify(backend: str, pass_: str, case: ConvCase) -> Verdict:
+    """``backend``'s verdict on ``pass_`` of ``case`` (cached per process and case)."""
+    key = (backend, pass_, case.id)
     if key not in _verdicts:
-        ops = operands(small)
+        ops = operands(case)
+        name = f"{backend} {pass_} {case.id}"
         try:
-            result = _CALLS[pass_](*ops.arguments(pass_), small.padding, backend=backend)
+            result = kernels.PASS_FUNCTIONS[pass_](
+                *ops.arguments(pass_), case.padding, backend=backend
+            )
             verdict = compare(
-                f"{backend} {pass_} {small.id}",
+                name,
                 result,
                 ops.reference(pass_),
-                dtype=small.dtype,
+                dtype=case.dtype,
                 backend=backend,
-                reduction=small.reduction_length(pass_),
+                reduction=case.reduction_length(pass_),
             )
         except Exception as exc:  # noqa: BLE001 - a backend that raises fails its check
-            verdict = Verdict(
-                f"{backend} {pass_} {small.id}", False, math.inf, math.inf, 0.0, False,
-                problem=f"raised {type(exc).__name__}: {exc}",
-            )  # fmt: skip
+            problem = f"raised {type(exc).__name__}: {exc}"
+            verdict = Verdict(name, False, math.inf, math.inf, 0.0, False, problem=problem)
         _verdicts[key] = verdict
     return _verdicts[key]
 
 
-_CALLS = {
-    "forward": kernels.convolve,
-    "grad_inputs": kernels.grad_inputs,
-    "grad_kernels": kernels.grad_kernels,
-}
-
-
-def _median_seconds(fn, repeats: int, give_up: float) -> float:
-    start = time.perf_counter()
-    fn()  # warm-up: plans, thread pools, scratch buffers
-    if time.perf_counter() - start > give_up:
-        return time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _verified(backend: str, pass_: str, case: ConvCase) -> Verdict:
+    """The small case first (cheap, and catches most mistakes), then the exact shapes."""
+    small = _verify(backend, pass_, _check_case(case))
+    return _verify(backend, pass_, case) if small.passed else small
 
 
 def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -> Plan:
@@ -240,7 +242,7 @@ def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -
         stored = _cached().get(key)
         if isinstance(stored, dict) and stored.get("backend") in kernels.available():
             name = stored["backend"]
-            if not case.unsupported_by(name) and _verify(name, pass_, case).passed:
+            if not case.unsupported_by(name) and _verified(name, pass_, case).passed:
                 seconds = stored.get("seconds") if isinstance(stored.get("seconds"), dict) else {}
                 _plans[key] = Plan(key, name, seconds, {}, source="cache")
                 return _plans[key]
@@ -250,12 +252,14 @@ def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -
 
 
 def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
+    from nnbench.bench.runner import median_seconds
+
     candidates = [name for name in kernels.available() if not case.unsupported_by(name)]
     if not candidates:
         raise ValueError(f"no backend supports {case.id}")
     failed = {}
     for name in candidates:
-        verdict = _verify(name, pass_, case)
+        verdict = _verified(name, pass_, case)
         if not verdict.passed:
             failed[name] = verdict.message()
     verified = [name for name in candidates if name not in failed]
@@ -264,52 +268,59 @@ def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
             f"auto: no backend passed verification for {pass_} {case.id}: "
             + "; ".join(f"{name}: {why}" for name, why in failed.items())
         )
-    rng = np.random.default_rng(0)
-    dtype = np.dtype(case.dtype)
-    arrays = {
-        "forward": (case.input_shape, case.kernel_shape),
-        "grad_inputs": (case.output_shape, case.kernel_shape),
-        "grad_kernels": (case.input_shape, case.output_shape),
-    }[pass_]
-    first, second = (rng.standard_normal(shape).astype(dtype) for shape in arrays)
+    arguments = operands(case).arguments(pass_)
     seconds: dict[str, float | None] = {}
-    best = float("inf")
+    best = math.inf
     for name in verified:
-        impl = kernels.get(name)
-        call = getattr(impl, pass_ if pass_ != "forward" else "convolve")
-        taken = _median_seconds(
-            lambda call=call: call(first, second, case.padding), REPEATS, GIVE_UP_FACTOR * best
+        call = getattr(kernels.get(name), "convolve" if pass_ == "forward" else pass_)
+        taken = median_seconds(
+            lambda call=call: call(*arguments, case.padding), REPEATS, GIVE_UP_FACTOR * best
         )
         seconds[name] = taken
-        best = min(best, taken)
-    chosen = min(seconds, key=seconds.get)
+        if taken is not None:
+            best = min(best, taken)
+    chosen = min((name for name in seconds if seconds[name] is not None), key=seconds.get)
     return Plan(key, chosen, seconds, failed)
 
 
 def _dispatch(pass_: str):
+    """The ``pass_`` function of the auto backend: the planned backend's, looked up per call by
+    (shapes, padding, dtype, budget); planning happens on the first call of a key."""
+
     def call(a: np.ndarray, b: np.ndarray, padding: int) -> np.ndarray:
-        if pass_ == "forward":
-            shapes = a.shape, b.shape
-        elif pass_ == "grad_inputs":
-            n, _, oh, ow = a.shape
-            _, d, kh, kw = b.shape
-            shapes = (n, d, oh + kh - 1 - 2 * padding, ow + kw - 1 - 2 * padding), b.shape
-        else:
-            n, d, h, w = a.shape
-            _, c, oh, ow = b.shape
-            shapes = a.shape, (c, d, h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding)
-        chosen = kernels.get(plan(pass_, *shapes, padding, a.dtype).backend)
+        fast = (pass_, a.shape, b.shape, padding, a.dtype.str, threads.budget())
+        chosen = _fast.get(fast)
+        if chosen is None:
+            x_shape, k_shape = _case_shapes(pass_, a.shape, b.shape, padding)
+            chosen = kernels.get(plan(pass_, x_shape, k_shape, padding, a.dtype).backend)
+            _fast[fast] = chosen
         method = chosen.convolve if pass_ == "forward" else getattr(chosen, pass_)
         return method(a, b, padding)  # already validated by the front door
 
     return call
 
 
+def _case_shapes(pass_: str, a_shape, b_shape, padding: int):
+    """(input shape, kernel shape) of the convolution whose ``pass_`` takes arrays of shapes
+    ``a_shape`` and ``b_shape``."""
+    if pass_ == "forward":
+        return a_shape, b_shape
+    if pass_ == "grad_inputs":
+        n, _, oh, ow = a_shape
+        _, d, kh, kw = b_shape
+        return (n, d, oh + kh - 1 - 2 * padding, ow + kw - 1 - 2 * padding), b_shape
+    n, d, h, w = a_shape
+    _, c, oh, ow = b_shape
+    return a_shape, (c, d, h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding)
+
+
 def _supports(input_shape, kernel_shape, padding, dtype) -> str | None:
-    case = ConvCase(input_shape, kernel_shape, padding, np.dtype(dtype).name)
-    if any(not case.unsupported_by(name) for name in kernels.available()):
-        return None
-    return "no available backend supports this case"
+    key = (tuple(input_shape), tuple(kernel_shape), padding, np.dtype(dtype).str)
+    if key not in _supported:
+        case = ConvCase(input_shape, kernel_shape, padding, np.dtype(dtype).name)
+        ok = any(not case.unsupported_by(name) for name in kernels.available())
+        _supported[key] = None if ok else "no available backend supports this case"
+    return _supported[key]
 
 
 BACKEND = kernels.Backend(

@@ -67,31 +67,48 @@ def configure() -> dict[str, object]:
 
 
 def _retime_openblas() -> str:
-    """Have every loaded OpenBLAS restart its threads with OPENBLAS_THREAD_TIMEOUT set."""
+    """Have every loaded OpenBLAS restart its threads with OPENBLAS_THREAD_TIMEOUT set.
+
+    Restarting stops OpenBLAS's threads: a thread in the middle of a BLAS call would wait for
+    them forever. So this is done only while no other Python thread runs (at start-up, as the
+    CLIs call it), and never for an OpenBLAS built on OpenMP (its threads are libgomp's).
+    """
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         return "not applied: threadpoolctl is missing"
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()
+              and not t.name.startswith("kernels-")]  # fmt: skip
+    if others or _pool_busy():
+        return f"not applied: other threads were running ({', '.join(others) or 'kernels pool'})"
     value = os.environ.get("OPENBLAS_THREAD_TIMEOUT") or OPENBLAS_THREAD_TIMEOUT
     done, skipped = [], []
     for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
-        dynlib = lib.dynlib
-        read_env = getattr(dynlib, "openblas_read_env", None)
-        shutdown = getattr(dynlib, "blas_thread_shutdown_", None)
-        if read_env is None or shutdown is None:
-            skipped.append(os.path.basename(lib.filepath))
+        read_env = getattr(lib.dynlib, "openblas_read_env", None)
+        shutdown = getattr(lib.dynlib, "blas_thread_shutdown_", None)
+        name = os.path.basename(lib.filepath)
+        if read_env is None or shutdown is None or lib.threading_layer != "pthreads":
+            skipped.append(name)
             continue
         previous = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
         os.environ["OPENBLAS_THREAD_TIMEOUT"] = value
         try:
             read_env()
-        finally:
+        finally:  # the environment is left as it was
             if previous is None:
                 del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+            else:
+                os.environ["OPENBLAS_THREAD_TIMEOUT"] = previous
         shutdown()  # threads restart on the next threaded call, with the new timeout
-        done.append(os.path.basename(lib.filepath))
-    text = f"{value} for {', '.join(done)}" if done else "no OpenBLAS loaded"
+        done.append(name)
+    text = f"{value} for {', '.join(done)}" if done else "no OpenBLAS with pthreads loaded"
     return text + (f"; not applicable to {', '.join(skipped)}" if skipped else "")
+
+
+def _pool_busy() -> bool:
+    from kernels import threads
+
+    return threads._POOL.busy.locked()
 
 
 def _set_gomp_spincount() -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import reference as ref
-from tests.tolerances import assert_close
+from nnbench.verify import assert_close
 
 DTYPES = (np.float32, np.float64)
 

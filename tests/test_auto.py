@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -39,7 +40,7 @@ def test_auto_computes_the_convolution_with_a_verified_backend(pass_):
     result = call(*ops.arguments(pass_), CASE.padding, backend="auto")
     chosen = auto.plan(pass_, CASE.input_shape, CASE.kernel_shape, CASE.padding)
     assert chosen.backend in kernels.available() and chosen.source == "measured"
-    assert chosen.backend == min(chosen.seconds, key=chosen.seconds.get)
+    assert chosen.seconds[chosen.backend] is not None
     compare(pass_, result, ops.reference(pass_), dtype="float32", backend=chosen.backend,
             reduction=CASE.reduction_length(pass_)).check()  # fmt: skip
 
@@ -77,6 +78,69 @@ def test_a_cache_from_another_machine_is_not_trusted(private_cache):
     with pytest.warns(RuntimeWarning, match="another machine"):
         chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert chosen.source == "measured"
+
+
+def _add_backend(tmp_path, monkeypatch, name: str, source: str) -> None:
+    (tmp_path / f"backend_{name}.py").write_text(textwrap.dedent(source))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(kernels, "__path__", [*kernels.__path__, str(tmp_path)])
+    found, _ = kernels._registry.discover()
+    monkeypatch.setattr(kernels, "_BACKENDS", found)
+
+
+def test_a_slow_correct_backend_is_timed_and_not_chosen(tmp_path, monkeypatch):
+    _add_backend(
+        tmp_path,
+        monkeypatch,
+        "sleepy",
+        """
+        import time
+        from kernels.backend_im2col import convolve as fast
+        def convolve(inputs, kernels, padding):
+            time.sleep(0.05)
+            return fast(inputs, kernels, padding)
+    """,
+    )
+    chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert chosen.backend != "sleepy" and "sleepy" not in chosen.failed
+    assert "sleepy" in chosen.seconds  # a candidate: verified, then timed or given up on
+    sys.modules.pop("kernels.backend_sleepy", None)
+
+
+def test_a_backend_wrong_only_on_large_batches_is_caught_on_the_exact_shapes(tmp_path, monkeypatch):
+    """The small check case has a batch of 2; this backend is right there and wrong beyond."""
+    _add_backend(
+        tmp_path,
+        monkeypatch,
+        "bigwrong",
+        """
+        from kernels.backend_im2col import convolve as right
+        def convolve(inputs, kernels, padding):
+            result = right(inputs, kernels, padding)
+            result[2:] = 0
+            return result
+    """,
+    )
+    big = ConvCase((4, 3, 9, 9), (5, 3, 3, 3), 1)
+    chosen = auto.plan("forward", big.input_shape, big.kernel_shape, 1)
+    assert "bigwrong" in chosen.failed and chosen.backend != "bigwrong"
+    sys.modules.pop("kernels.backend_bigwrong", None)
+
+
+def test_the_cache_is_reused_by_a_new_process(private_cache):
+    probe = textwrap.dedent(f"""
+        import warnings
+        warnings.simplefilter("error")
+        import nnbench
+        from nnbench import auto
+        from nnbench.machine import pinned_threads
+        with pinned_threads(1):
+            print(auto.plan("forward", {CASE.input_shape}, {CASE.kernel_shape}, 1).source)
+    """)
+    env = {**os.environ, auto.CACHE_ENV: str(private_cache)}
+    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           cwd=ROOT, env=env, check=True).stdout.split() for _ in range(2)]  # fmt: skip
+    assert runs == [["measured"], ["cache"]]
 
 
 @pytest.fixture

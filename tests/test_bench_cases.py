@@ -234,6 +234,30 @@ def test_profile_records_stages_and_replays_the_same_gemms(backend):
     assert bench.median_seconds(replay, 2) > 0
 
 
+@pytest.mark.parametrize("backend", ["im2col", "loop", "winograd"])
+@pytest.mark.parametrize("pass_", bench.PASSES)
+def test_the_replay_runs_the_gemms_that_ran_as_they_ran(backend, pass_):
+    """Same shapes, strides, BLAS thread limit and grouping into parallel sections."""
+    if backend not in kernels.available() or SMALL.unsupported_by(backend):
+        pytest.skip(f"{backend} does not run here")
+    from kernels import _profile
+
+    call = bench.make_call(backend, SMALL, pass_)
+    with _profile.profiled() as ran:
+        call.fn()
+    replay = _profile.replay_plan(ran)
+    with _profile.profiled() as replayed:
+        replay()
+
+    def signature(profile):
+        sections = sorted({g.section for g in profile.gemms})
+        return sorted(
+            (sections.index(g.section), g.a, g.b, g.out, g.blas_threads) for g in profile.gemms
+        )
+
+    assert ran.gemms and signature(replayed) == signature(ran)
+
+
 def test_profile_of_torch_records_no_gemm():
     call = bench.make_call("torch", SMALL, "forward")
     stages, gemm_calls, replay = bench.profile_call(call.fn)

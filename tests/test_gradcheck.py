@@ -24,12 +24,12 @@ from nnbench import (
     Softmax,
     softmax_cross_entropy,
 )
+from nnbench.verify import assert_close, tolerance
 from tests.engine_helpers import (
     built,
     case_id,
     randomize_parameters,
 )
-from tests.tolerances import assert_close, tolerance
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

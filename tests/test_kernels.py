@@ -171,6 +171,23 @@ def test_more_cores_than_slices_gives_the_same_result(backend, case, monkeypatch
         assert ran  # the path under test ran
 
 
+@pytest.mark.parametrize("backend", ["im2col", "loop"])
+def test_scratch_shared_by_the_two_layouts_never_keeps_a_stale_border(backend):
+    """Channels-first (d, n, Hp, Wp) and channels-last (n, Hp, Wp, d) padded buffers share a
+    key and, when d = n = Hp = Wp, a shape: a border zeroed for one layout is not zero for the
+    other. A 1x1 call then a 3x3 call (or two weight gradients) must both be right."""
+    if backend not in BACKENDS:
+        pytest.skip(f"{backend} is not available")
+    kernels.release_scratch()
+    for case in (ConvCase((6, 6, 4, 4), (6, 6, 1, 1), 1), ConvCase((6, 6, 4, 4), (6, 6, 3, 3), 1),
+                 ConvCase((6, 6, 4, 4), (6, 6, 5, 5), 1)):  # fmt: skip
+        ops = operands(case.with_dtype("float64"), integer=True)
+        for pass_ in PASSES:
+            actual = CALLS[pass_](*ops.arguments(pass_), case.padding, backend)
+            check(f"{pass_} ({backend}) {case.id}", backend, case.with_dtype("float64"), pass_,
+                  actual, ops.reference(pass_), integer=True)  # fmt: skip
+
+
 # --- memory layouts --------------------------------------------------------------------------
 
 

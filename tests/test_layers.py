@@ -1,5 +1,5 @@
 """Every layer against the torch reference: forward, input gradient and each parameter gradient,
-on a grid of shapes, in float64 (tight) and float32 (the table in tests/tolerances.py).
+on a grid of shapes, in float64 (tight) and float32 (the table in nnbench/verify/tolerances.py).
 
 Conv2D runs on every backend in ``kernels.available()``: a new ``kernels/backend_*.py`` joins
 this grid with no edit here; a backend whose ``supports`` declines a case is skipped with its
@@ -28,6 +28,7 @@ from nnbench import (
     softmax_cross_entropy,
 )
 from nnbench.losses import EPS
+from nnbench.verify import assert_close
 from tests.engine_helpers import (
     DTYPES,
     built,
@@ -38,7 +39,6 @@ from tests.engine_helpers import (
     normal,
     randomize_parameters,
 )
-from tests.tolerances import assert_close
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -143,3 +144,30 @@ def test_configure_is_recorded_and_idempotent(monkeypatch):
     monkeypatch.setattr(runtime, "_retime_openblas", lambda: pytest.fail("configured twice"))
     assert runtime.configure() == first
     assert machine.machine_info()["runtime"] == first
+
+
+def test_configure_does_not_restart_openblas_while_other_threads_run(monkeypatch):
+    """Restarting OpenBLAS's threads would hang a thread in the middle of a BLAS call."""
+    import threading
+
+    from nnbench import runtime
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, name="user-thread")
+    other.start()
+    try:
+        assert runtime._retime_openblas() == "not applied: other threads were running (user-thread)"
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_configure_leaves_the_environment_as_it_was(monkeypatch):
+    from nnbench import runtime
+
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "")
+    runtime._retime_openblas()
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == ""
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT")
+    runtime._retime_openblas()
+    assert "OPENBLAS_THREAD_TIMEOUT" not in os.environ

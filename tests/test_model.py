@@ -31,8 +31,8 @@ from nnbench import (
     SGDMomentum,
     Softmax,
 )
+from nnbench.verify import assert_close
 from tests.engine_helpers import DTYPES
-from tests.tolerances import assert_close
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

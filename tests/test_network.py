@@ -28,13 +28,13 @@ from nnbench import (
     Softmax,
 )
 from nnbench.losses import EPS
+from nnbench.verify import assert_close
 from tests.engine_helpers import (
     DTYPES,
     case_id,
     fixed_uniform,
     normal,
 )
-from tests.tolerances import assert_close
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -20,8 +20,8 @@ from threadpoolctl import threadpool_info
 from kernels import threads
 from nnbench import BatchNorm, Conv2D, Pooling2D, RandomFlip, ReLU
 from nnbench.machine import pinned_threads
+from nnbench.verify import assert_close
 from tests.engine_helpers import built, normal, randomize_parameters
-from tests.tolerances import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,6 +183,62 @@ def test_split_calls_work_in_a_forked_child(two_threads):
         pytest.fail("the forked child hung in a split call")
     assert child.exitcode == 0
     assert queue.get(timeout=5) == [(0, 1), (1, 2)]
+
+
+class _InterruptOnce:
+    """A worker's done lock whose first wait is interrupted (as by Ctrl-C)."""
+
+    def __init__(self, lock):
+        self.lock, self.interrupted = lock, False
+
+    def acquire(self, *args):
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return self.lock.acquire(*args)
+
+    def release(self):
+        self.lock.release()
+
+
+def test_an_interrupted_wait_still_waits_for_every_slice(two_threads):
+    """A Ctrl-C while the caller waits must not leave a worker's 'done' behind: the next call
+    would take it and return while its own slice was still running."""
+    threads.run(lambda item: None, [0, 1])  # the pool has its worker now
+    worker = threads._POOL.workers[0]
+    real = worker.done
+    worker.done = _InterruptOnce(real)
+    finished = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            threads.run(lambda i: (time.sleep(0.05 * i), finished.append(i)), [0, 1])
+        assert sorted(finished) == [0, 1]  # it returned only once the worker's slice was done
+    finally:
+        worker.done = real
+    done = [0, 0]
+    threads.run(lambda i: (time.sleep(0.05 * i), done.__setitem__(i, 1)), [0, 1])
+    assert done == [1, 1]
+
+
+def _budget_in_child(queue) -> None:
+    queue.put(threads.budget())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_during_a_blas_hold_gives_the_child_its_limit_back(monkeypatch):
+    blas = _FakeBlas(2)
+    monkeypatch.setattr(threads, "_blas_controllers", [blas])
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with threads.single_threaded_blas():  # another thread's split call, in effect
+        child = context.Process(target=_budget_in_child, args=(queue,))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child.start()
+        child.join(timeout=60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == min(2, threads.CORES)
+    assert blas.num_threads == 2
 
 
 def test_importing_changes_nothing_outside_nnbench():

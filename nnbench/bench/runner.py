@@ -39,10 +39,16 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def median_seconds(fn: Callable[[], object], rounds: int) -> float:
+def median_seconds(
+    fn: Callable[[], object], rounds: int, give_up: float | None = None
+) -> float | None:
     """The median of ``rounds`` timed calls of ``fn`` after one warm-up call (the suite's
-    protocol, for numbers measured beside a benchmark: the GEMM bound)."""
-    fn()
+    protocol, for numbers measured beside a benchmark: the GEMM bound, auto's candidates).
+    With ``give_up``: None, without timed calls, if the warm-up call took longer than that."""
+    if give_up is not None and time_call(fn) > give_up:
+        return None
+    if give_up is None:
+        fn()
     return statistics.median(time_call(fn) for _ in range(max(1, rounds)))
 
 
@@ -164,7 +170,8 @@ def run_suite(
     suite's ``--bench-threads`` and ``--bench-budget``. ``progress(done, total, test_id)`` is
     called after each test. Returns pytest's exit code (1 when a test failed: a wrong result is
     still saved, with its failed verdict). The suite is the repository's ``tests/benchmarks``;
-    ``FileNotFoundError`` where this installation has none.
+    ``FileNotFoundError`` where this installation has none. Like every benchmark run, it applies
+    ``nnbench.runtime.configure()`` (the CLIs' tuning) to this process.
     """
     import pytest
 
