@@ -67,9 +67,8 @@ def one_thread():
 
 
 CALLS = {
-    "forward": lambda a, b, p, backend: kernels.convolve(a, b, p, backend=backend),
-    "grad_inputs": lambda a, b, p, backend: kernels.grad_inputs(a, b, p, backend=backend),
-    "grad_kernels": lambda a, b, p, backend: kernels.grad_kernels(a, b, p, backend=backend),
+    pass_: lambda a, b, p, backend, call=call: call(a, b, p, backend=backend)
+    for pass_, call in kernels.PASS_FUNCTIONS.items()
 }
 
 

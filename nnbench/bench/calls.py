@@ -66,13 +66,6 @@ class TimedCall:
         return self.fn()
 
 
-_PASS_CALLS = {
-    "forward": kernels.convolve,
-    "grad_inputs": kernels.grad_inputs,
-    "grad_kernels": kernels.grad_kernels,
-}
-
-
 def make_call(backend: str, case: ConvCase, pass_: str) -> TimedCall:
     """One ``pass_`` of ``case`` through the public ``kernels`` function on ``backend``.
 
@@ -86,7 +79,9 @@ def make_call(backend: str, case: ConvCase, pass_: str) -> TimedCall:
     if reason:
         raise Unsupported(reason)
     ops = operands(case)
-    fn = functools.partial(_PASS_CALLS[pass_], *ops.arguments(pass_), case.padding, backend=impl)
+    fn = functools.partial(
+        kernels.PASS_FUNCTIONS[pass_], *ops.arguments(pass_), case.padding, backend=impl
+    )
     name = f"{backend} {pass_} {case.id}"
 
     def check(result) -> Verdict:
