@@ -1,121 +1,310 @@
-"""``python -m nnbench.report``: rendered from result files the suite itself produces.
+"""``python -m nnbench.report``: rendered from result files shaped like the suite's.
 
-Benchmark records come from ``nnbench.bench.run_quick`` on tiny cases, written as a
-pytest-benchmark JSON file; the accuracy record from ``python -m nnbench.accuracy --smoke``
-on the shared MNIST copy (skipped with a reason when there is none). Checked: the numbers in
-the tables are the inputs' numbers (GFLOP/s = flops / median, % of the SGEMM peak), the PNGs
-are images, the stamp is there, partial inputs say what is missing and how to produce it, and
-a bad input names the file and leaves the previous report untouched.
+Benchmark records are built here, small and synthetic, in the suite's record schema (stats with
+quartiles, ``extra_info`` with verdict, breakdown, GEMM bound, auto's choice, the overhead
+ratio), so every derived number can be checked against its inputs; one small end-to-end quick
+run goes through the real suite (``nnbench.bench.run_suite``). The accuracy record comes from
+``python -m nnbench.accuracy --smoke`` on the shared MNIST copy (skipped with a reason when
+there is none). Checked: the numbers in the tables are the inputs' numbers, every target of
+``nnbench.policy`` gets a verdict per machine and thread count, a wrong backend fails (exit 1,
+the report written in full), the figures show what was measured (spread, bracketed crossovers,
+reference lines inside their axes, one colour per backend, plain log ticks, legends outside the
+axes), partial inputs say what is missing, and a bad input names the file and leaves the
+previous report untouched.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import matplotlib.colors
 import matplotlib.image
+import numpy as np
 import pytest
+from matplotlib.container import BarContainer
 
 import kernels
-from nnbench import bench
+from kernels import _registry, backend_im2col
+from nnbench import bench, policy
 from nnbench.machine import machine_info
-from nnbench.report import ResultFileError, build, load, plots, render, tables, verify
-from nnbench.report.__main__ import main
+from nnbench.report import (
+    ResultFileError,
+    build,
+    load,
+    metrics,
+    plots,
+    provenance,
+    render,
+    tables,
+    verify,
+)
+from nnbench.report.__main__ import ProgressBar, main
+from nnbench.verify import CHECK_CASES
 from tests.conftest import shared_data_dir
 from tests.data_fixtures import dataset_root
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
-
-#: Tiny cases: a "recipe" layer and a two-point kernel-size sweep, milliseconds each.
-TINY_CASES = [
-    bench.Case("recipe", "tiny/conv1", (2, 3, 8, 8), (4, 3, 3, 3), 1),
-    bench.Case("kernel_size", "k3/c4", (2, 4, 8, 8), (4, 4, 3, 3), 1),
-    bench.Case("kernel_size", "k5/c4", (2, 4, 8, 8), (4, 4, 5, 5), 2),
-]
-#: Two verification shapes suffice to exercise the report; verify's own grid is tested below.
-TINY_VERIFY = (verify.CASES[0], verify.CASES[1])
-QUICK = {"cases": TINY_CASES[:1], "repeats": 2, "sgemm_n": 128}
+#: Two verification shapes suffice to exercise the report; the full grid is checked once.
+SMALL_VERIFY = CHECK_CASES[:2]
+LAYERS = {  # label -> (input shape, kernel shape), a small stand-in for the recipe
+    "fast/conv1": ([8, 3, 16, 16], [4, 3, 3, 3]),
+    "fast/conv2": ([8, 4, 8, 8], [8, 4, 3, 3]),
+    "fast/conv3": ([8, 8, 4, 4], [16, 8, 3, 3]),
+}
+PASSES = ("forward", "grad_inputs", "grad_kernels")
 
 
-def tiny_records() -> list[dict]:
-    """The recipe case in all three passes (+ SGEMM), the sweep forward only: ~20 records."""
-    records = bench.run_quick(**QUICK)
-    sweep = bench.run_quick(cases=TINY_CASES[1:], repeats=2, sgemm_n=64, passes=("forward",))
-    return records + [r for r in sweep if r["extra_info"]["pass"] != "sgemm"]
+# --- synthetic records -----------------------------------------------------------------------
 
 
-def _benchmark_file(path: Path, records: list[dict]) -> Path:
-    payload = {
-        # As tests/benchmarks/conftest.py records it: pytest-benchmark's own description,
-        # with nnbench's machine_info() under "nnbench".
+def _record(
+    backend,
+    pass_,
+    suite,
+    label,
+    median,
+    *,
+    kernel=None,
+    input_shape=None,
+    flops=1e9,
+    threads=2,
+    spread=0.05,
+    passed=True,
+    **extra,
+) -> dict:
+    """A benchmark entry shaped like tests/benchmarks' (quartiles ``spread`` around the
+    median)."""
+    name = f"test[{suite}-{backend}-{pass_}-{label}-t{threads}]"
+    verdict = {
+        "name": f"{backend} {pass_} {label}",
+        "passed": passed,
+        "max_abs_error": 1e-7 if passed else 3e-3,
+        "max_rel_error": 1e-8 if passed else 1e-3,
+        "bound": 1e-5,
+        "exact": False,
+        "worst": None if passed else [0, 1, 2, 3],
+        "actual": None,
+        "expected": None,
+        "problem": None,
+    }
+    return {
+        "name": name,
+        "fullname": f"tests/benchmarks/x.py::{name}",
+        "stats": {
+            "median": median,
+            "min": median * 0.9,
+            "q1": median * (1 - spread / 2),
+            "q3": median * (1 + spread / 2),
+            "rounds": 5,
+        },
+        "extra_info": {
+            "backend": backend,
+            "pass": pass_,
+            "suite": suite,
+            "label": label,
+            "case_id": f"{label}-id",
+            "input_shape": input_shape,
+            "kernel_shape": kernel,
+            "padding": 1,
+            "dtype": "float32",
+            "flops": flops,
+            "threads": threads,
+            "peak_memory_bytes": 2**20,
+            "memory_method": "rss-hwm",
+            "max_abs_error": verdict["max_abs_error"],
+            "verdict": verdict,
+            **extra,
+        },
+    }
+
+
+#: Median seconds of each backend on every recipe pass (torch fastest, as usual).
+RECIPE_SPEED = {"torch": 1e-3, "im2col": 2e-3, "loop": 4e-3, "fft": 8e-3, "winograd": 3e-3}
+
+
+def recipe_records(threads=2, scale=1.0, **changes) -> list[dict]:
+    """Every backend x pass x layer, with GEMM bound and breakdown for the numpy backends, and
+    auto (running torch)."""
+    records = []
+    for label, (x, k) in LAYERS.items():
+        for pass_ in PASSES:
+            for backend, median in RECIPE_SPEED.items():
+                more = {}
+                if backend != "torch":
+                    more = {
+                        "gemm_bound_s": median * scale / 2,
+                        "breakdown_s": {"layout": 0.3, "gemm": 0.5, "reduction": 0.2},
+                        "gemm_calls": 1,
+                    }
+                records.append(
+                    _record(
+                        backend,
+                        pass_,
+                        "recipe",
+                        label,
+                        median * scale,
+                        kernel=k,
+                        input_shape=x,
+                        threads=threads,
+                        **more,
+                    )
+                )
+            records.append(
+                _record(
+                    "auto",
+                    pass_,
+                    "recipe",
+                    label,
+                    1.1e-3 * scale,
+                    kernel=k,
+                    input_shape=x,
+                    threads=threads,
+                    auto_choice="torch",
+                )
+            )
+    for record in records:
+        for key, value in changes.items():
+            record["extra_info"][key] = value
+    return records
+
+
+def sgemm_record(threads=2, median=0.05) -> dict:
+    return _record(
+        "numpy",
+        "sgemm",
+        "sgemm",
+        "2048^3",
+        median,
+        kernel=[2048, 2048],
+        input_shape=[2048, 2048],
+        flops=2 * 2048**3,
+        threads=threads,
+    )
+
+
+def overhead_record(threads=2, engine=0.012, twin=0.010) -> dict:
+    return _record(
+        "torch",
+        "overhead",
+        "overhead",
+        "cifar10-fast",
+        engine,
+        threads=threads,
+        input_shape=[128, 3, 32, 32],
+        twin_median_s=twin,
+        ratio=engine / twin,
+    )
+
+
+def sweep_records(sizes=(3, 7), fft=(9.0, 5.0), im2col=(4.0, 20.0), threads=2) -> list[dict]:
+    """A kernel-size sweep: fft and im2col medians (ms) at each k."""
+    records = []
+    for k, f, i in zip(sizes, fft, im2col):
+        for backend, ms in (("fft", f), ("im2col", i)):
+            records.append(
+                _record(
+                    backend,
+                    "forward",
+                    "kernel_size",
+                    f"k{k}/c32",
+                    ms / 1e3,
+                    kernel=[32, 32, k, k],
+                    input_shape=[32, 32, 32, 32],
+                    threads=threads,
+                )
+            )
+    return records
+
+
+def scaling_records(ladder=(1, 2, 4)) -> list[dict]:
+    """im2col doubles its speed per doubling of threads up to 2 then stays; the GEMM doubles
+    every time."""
+    records = []
+    for label, (x, k) in list(LAYERS.items())[:2]:
+        for t in ladder:
+            records.append(
+                _record(
+                    "gemm",
+                    "forward",
+                    "scaling",
+                    label,
+                    8e-3 / t,
+                    kernel=k,
+                    input_shape=x,
+                    threads=t,
+                )
+            )
+            for pass_ in PASSES:
+                records.append(
+                    _record(
+                        "im2col",
+                        pass_,
+                        "scaling",
+                        label,
+                        8e-3 / min(t, 2),
+                        kernel=k,
+                        input_shape=x,
+                        threads=t,
+                    )
+                )
+    return records
+
+
+def machine(
+    cpu="Small Xeon", cores=2, threads=2, arch="Haswell", commit=None, dirty=False, note=None
+) -> dict:
+    """nnbench's machine_info(), with the parts a column is made of replaced."""
+    info = machine_info()
+    info.update(
+        cpu_model=cpu,
+        cores=cores,
+        threads={
+            "blas": [
+                {
+                    "library": "openblas",
+                    "version": "0.3.30",
+                    "threads": threads,
+                    "architecture": arch,
+                }
+            ],
+            "torch_threads": threads,
+        },
+        source={"commit": commit or provenance.head(), "dirty": dirty}
+        | ({"note": note} if note else {}),
+    )
+    return info
+
+
+def write_run(path: Path, records: list[dict], nnbench: dict | None = None, **payload) -> Path:
+    """A pytest-benchmark JSON file as tests/benchmarks/conftest.py records it: pytest-benchmark's
+    own description, with nnbench's machine_info() under "nnbench"."""
+    data = {
         "machine_info": {
             "cpu": {"brand_raw": "py-cpuinfo's name", "count": 99},
-            "nnbench": machine_info(),
+            "nnbench": nnbench or machine(),
         },
-        "commit_info": {"id": "0123456789abcdef", "dirty": True},
+        "commit_info": {"id": provenance.head() or "0123456789abcdef", "dirty": False},
         "benchmarks": records,
         "datetime": "2026-11-27T00:00:00.000000",
         "version": "5.2.3",
+        **payload,
     }
-    path.write_text(json.dumps(payload), encoding="utf-8")
+    path.write_text(json.dumps(data), encoding="utf-8")
     return path
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("report")
-
-
-@pytest.fixture(scope="module")
-def bench_file(workdir) -> Path:
-    return _benchmark_file(workdir / "0001_tiny.json", tiny_records())
-
-
-@pytest.fixture(scope="module")
-def accuracy_dir(workdir) -> Path:
-    data = shared_data_dir()
-    if data is None:
-        pytest.skip("no MNIST copy for `python -m nnbench.accuracy --smoke` (set NNBENCH_DATA)")
-    dataset_root(data, "mnist")
-    out = workdir / "results"
-    env = {**os.environ, "NNBENCH_DATA": str(data)}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nnbench.accuracy",
-            "--smoke",
-            "--dataset",
-            "mnist",
-            "--quiet",
-            "--threads",
-            "1",
-            "--out",
-            str(out),
-        ],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    files = list(out.glob("accuracy-*.json"))
-    assert files, f"nnbench.accuracy wrote nothing:\n{done.stdout}\n{done.stderr}"
-    return out
-
-
-@pytest.fixture(scope="module")
-def full_report(workdir, bench_file, accuracy_dir) -> Path:
-    out = workdir / "out"
-    build([bench_file, accuracy_dir], out, verify_cases=TINY_VERIFY)
-    return out
+def frame_of(*files: Path):
+    return tables.benchmark_frame([load.load_file(f) for f in files])
 
 
 def _table_rows(text: str, first_header: str) -> list[dict[str, str]]:
@@ -135,48 +324,119 @@ def _table_rows(text: str, first_header: str) -> list[dict[str, str]]:
     raise AssertionError(f"no table headed {first_header!r}")
 
 
+def _section(text: str, title: str) -> str:
+    return text.split(f"{title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("report")
+
+
+@pytest.fixture(scope="module")
+def bench_file(workdir) -> Path:
+    records = (
+        recipe_records()
+        + [sgemm_record(), overhead_record()]
+        + sweep_records(sizes=(1, 3, 5), fft=(9.0, 8.0, 7.0), im2col=(1.0, 6.0, 15.0))
+        + scaling_records()
+        + [_record("torch", "step", "step", "cifar10-fast", 0.5, flops=2e9)]
+    )
+    return write_run(workdir / "0001_synthetic.json", records)
+
+
+@pytest.fixture(scope="module")
+def accuracy_dir(workdir) -> Path:
+    data = shared_data_dir()
+    if data is None:
+        pytest.skip("no MNIST copy for `python -m nnbench.accuracy --smoke` (set NNBENCH_DATA)")
+    dataset_root(data, "mnist")
+    out = workdir / "results"
+    env = {**os.environ, "NNBENCH_DATA": str(data)}
+    command = [
+        sys.executable,
+        "-m",
+        "nnbench.accuracy",
+        "--smoke",
+        "--dataset",
+        "mnist",
+        "--quiet",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    files = list(out.glob("accuracy-*.json"))
+    assert files, f"nnbench.accuracy wrote nothing:\n{done.stdout}\n{done.stderr}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_report(workdir, bench_file, accuracy_dir) -> Path:
+    out = workdir / "out"
+    result = build([bench_file, accuracy_dir], out, verify_cases=SMALL_VERIFY)
+    assert not result.failures, result.failures
+    return out
+
+
+@pytest.fixture
+def offby(monkeypatch):
+    """A planted wrong backend: im2col's result 0.1% too large, registered as ``offby``."""
+
+    def convolve(inputs, kernels_, padding):
+        return backend_im2col.convolve(inputs, kernels_, padding) * inputs.dtype.type(1.001)
+
+    module = SimpleNamespace(convolve=convolve)
+    monkeypatch.setitem(kernels._BACKENDS, "offby", _registry.load(module, "offby"))
+    return "offby"
+
+
 # --- the full report ------------------------------------------------------------------------
 
 
 def test_tables_carry_the_input_numbers(full_report, bench_file):
     text = (full_report / "REPORT.md").read_text(encoding="utf-8")
     records = json.loads(bench_file.read_text())["benchmarks"]
-    sgemm = [r for r in records if r["extra_info"]["pass"] == "sgemm"]
-    assert len(sgemm) == 1
-    peak = sgemm[0]["extra_info"]["flops"] / sgemm[0]["stats"]["median"] / 1e9
-    assert f"Measured SGEMM peak: {tables.sig(peak)} GFLOP/s" in text
-    assert f"- Measured SGEMM peak: **{tables.sig(peak)} GFLOP/s**." in text  # at a glance
+    (sgemm,) = [r for r in records if r["extra_info"]["pass"] == "sgemm"]
+    peak = sgemm["extra_info"]["flops"] / sgemm["stats"]["median"] / 1e9
+    assert f"{tables.sig(peak)} GFLOP/s" in _section(text, "## At a glance")
 
-    rows = _table_rows(text, "case")  # the recipe suite's long table comes first
+    frame = frame_of(bench_file)
+    column = "Small Xeon 2c · 2 thr"
+    assert column in tables.column_order(frame)  # with the scaling group's 1 and 4 threads
+    rows = _table_rows(_section(text, "### Conv layers of the CIFAR-10 recipe"), "case")
     recipe = [r for r in records if r["extra_info"]["suite"] == "recipe"]
     assert len(rows) == len(recipe) > 0
     for record in recipe:
         info = record["extra_info"]
-        (row,) = [r for r in rows if (r["pass"], r["backend"]) == (info["pass"], info["backend"])]
-        gflops = info["flops"] / record["stats"]["median"] / 1e9
-        assert row["case"] == info["label"]
-        assert row["GFLOP/s"] == tables.sig(gflops)
-        assert row["median (ms)"] == tables.sig(record["stats"]["median"] * 1e3)
-        assert row["% of SGEMM peak"] == f"{100 * gflops / peak:,.1f}"
-        assert row["peak memory (MiB)"] == f"{info['peak_memory_bytes'] / 2**20:,.1f}"
-
-    # ... and the DataFrame behind it holds the exact values.
-    frame = tables.benchmark_frame([load.load_file(bench_file)])
-    for record in recipe:
-        info = record["extra_info"]
+        (row,) = [
+            r
+            for r in rows
+            if (r["case"], r["pass"], r["backend"].split()[0])
+            == (info["label"], info["pass"], info["backend"])
+        ]
+        torch = RECIPE_SPEED["torch"]
+        expected = tables.sig(record["stats"]["median"] * 1e3)
+        if info["backend"] != "torch":
+            expected += f" · {torch / record['stats']['median']:.2f}×"
+        assert row[column] == expected
+        # ... and the DataFrame behind it holds the exact values.
         match = frame[
-            (frame["pass"] == info["pass"])
+            (frame["label"] == info["label"])
+            & (frame["pass"] == info["pass"])
             & (frame["backend"] == info["backend"])
             & (frame["suite"] == "recipe")
         ]
-        assert match["gflops"].item() == info["flops"] / record["stats"]["median"] / 1e9
-        if "torch" in kernels.available():
-            torch_median = next(
-                r["stats"]["median"]
-                for r in recipe
-                if r["extra_info"]["backend"] == "torch" and r["extra_info"]["pass"] == info["pass"]
-            )
-            assert match["vs_torch"].item() == torch_median / record["stats"]["median"]
+        gflops = info["flops"] / record["stats"]["median"] / 1e9
+        assert match["gflops"].item() == gflops
+        assert match["pct_peak"].item() == pytest.approx(100 * gflops / peak)
+        assert match["vs_torch"].item() == pytest.approx(torch / record["stats"]["median"])
 
 
 def test_stamp_names_machine_versions_and_runs(full_report, bench_file, accuracy_dir):
@@ -187,13 +447,12 @@ def test_stamp_names_machine_versions_and_runs(full_report, bench_file, accuracy
     assert "**Threads**" in text and "torch: " in text
     for name, version in info["versions"].items():
         assert f"{name} {version}" in text
-    runs = {r["id"]: r for r in _table_rows(text, "kind")}
-    assert runs[bench_file.name]["date"] == "2026-11-27T00:00:00.000000"
-    assert runs[bench_file.name]["commit"] == "0123456789 (dirty)"
+    runs = {r["file"]: r for r in _table_rows(text, "kind")}
+    assert runs[bench_file.name]["date"] == "2026-11-27T00:00:00"
     # nnbench's description wins over pytest-benchmark's own (py-cpuinfo) one.
-    assert runs[bench_file.name]["CPU"] == info["cpu_model"]
-    assert runs[bench_file.name]["cores"] == str(info["cores"])
-    assert runs[bench_file.name]["threads"].startswith("BLAS: ")
+    assert runs[bench_file.name]["machine"] == "Small Xeon, 2 cores"
+    assert runs[bench_file.name]["BLAS kernels"] == "OpenBLAS 0.3.30 (Haswell kernels)"
+    assert runs[bench_file.name]["shown as"].startswith("Small Xeon 2c · ")
     for path in accuracy_dir.glob("accuracy-*.json"):
         assert path.name in runs
 
@@ -201,7 +460,13 @@ def test_stamp_names_machine_versions_and_runs(full_report, bench_file, accuracy
 def test_pngs_are_images(full_report):
     text = (full_report / "REPORT.md").read_text(encoding="utf-8")
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
-    expected = {"throughput.png", "kernel_sweep.png", "verification.png", "accuracy_mnist.png"}
+    expected = {
+        "throughput.png",
+        "kernel_sweep.png",
+        "scaling.png",
+        "verification.png",
+        "accuracy_mnist.png",
+    }
     assert expected <= set(linked)
     for name in linked:
         path = full_report / name
@@ -217,28 +482,548 @@ def test_accuracy_and_verification_sections(full_report, accuracy_dir):
     result = json.loads(path.read_text())
     (row,) = [r for r in _table_rows(text, "kernel") if r.get("file") == path.name]
     assert row["test accuracy (%)"] == f"{100 * result['final_test_accuracy']:.2f}"
-    assert row["smoke"] == "yes" and row["limit > 90% in ≤ 600 s"] == "n/a (smoke)"
+    assert row["smoke"] == "yes" and row[f"limit: {policy.LIMITS['mnist'].name}"] == "n/a (smoke)"
     # Only a smoke run: the report says a full run is needed, and how.
     assert "python -m nnbench.accuracy --dataset mnist" in text
     assert "python -m nnbench.accuracy --dataset cifar10" in text
 
-    checks = _table_rows(text, "backend")
-    assert {(r["backend"], r["pass"]) for r in checks} == {
-        (b, p) for b in kernels.available() for p in verify.PASSES
+    checks = _table_rows(_section(text, "## Verification"), "backend")
+    assert {(r["backend"].split()[0], r["pass"], r["dtype"]) for r in checks} == {
+        (b, p, d) for b in kernels.available() for p in PASSES for d in ("float32", "float64")
     }
     for r in checks:
-        if kernels.get(r["backend"]).exact:
-            assert r["float64 exact on integers"] == "yes", r
+        assert r["verdict"] == "PASS", r
+        exact = kernels.get(r["backend"].split()[0]).exact
+        assert r["exact on integers"] == ("yes" if exact else "not required"), r
 
 
 def test_missing_suites_are_named_with_the_command(full_report):
     text = (full_report / "REPORT.md").read_text(encoding="utf-8")
-    missing = text.split("## What is missing", 1)[1].split("\n## ", 1)[0]
+    missing = _section(text, "## What is missing")
     assert "channel sweep" in missing and "tox -e bench" in missing
     assert "pytest --benchmark-only --benchmark-autosave" in missing
 
 
-# --- partial inputs, and the quick default ---------------------------------------------------
+# --- verification: verdicts that can fail ---------------------------------------------------
+
+
+def test_verification_matrix_covers_every_backend_pass_dtype_and_case():
+    payload = verify.run()  # the full grid of the unit tests: it must pass here too
+    keys = {(c["backend"], c["pass"], c["dtype"]) for c in payload["checks"]}
+    assert keys == {
+        (b, p, d) for b in kernels.available() for p in PASSES for d in ("float32", "float64")
+    }
+    assert [c["case_id"] for c in payload["cases"]] == [c.id for c in CHECK_CASES]
+    for check in payload["checks"]:
+        assert check["passed"], check["failures"][:1]
+        declined = len(check["skipped"])
+        assert check["checked"] == 2 * (len(CHECK_CASES) - declined)  # normal and integer
+        assert check["closest"]["max_abs_error"] <= check["closest"]["bound"] or (
+            check["closest"]["bound"] == 0 and check["closest"]["max_abs_error"] == 0
+        )
+        if check["exact_required"]:
+            assert check["exact_equal"] is True, check
+    assert json.loads(json.dumps(payload)) == payload  # JSON-ready as it is
+
+
+def test_a_planted_wrong_backend_fails_the_matrix_and_the_report_exits_1(
+    offby, bench_file, tmp_path, monkeypatch, capsys
+):
+    payload = verify.run(backends=["im2col", offby], cases=SMALL_VERIFY)
+    by_backend = {(c["backend"], c["pass"], c["dtype"]): c for c in payload["checks"]}
+    assert all(c["passed"] for k, c in by_backend.items() if k[0] == "im2col")
+    failed = [c for k, c in by_backend.items() if k[0] == offby]
+    assert failed and not any(c["passed"] for c in failed)
+    first = failed[0]["failures"][0]
+    assert first["max_abs_error"] > first["bound"] > 0  # the error and the bound it broke
+    assert first["case"] == SMALL_VERIFY[0].with_dtype(failed[0]["dtype"]).id
+
+    # Through the command line: the report is written in full and exits 1.
+    monkeypatch.setattr(
+        "nnbench.report.__main__.build", functools.partial(build, verify_cases=SMALL_VERIFY)
+    )
+    out = tmp_path / "out"
+    assert main(["--results", str(bench_file), "--out", str(out)]) == 1
+    assert "offby" in capsys.readouterr().err
+    text = (out / "REPORT.md").read_text(encoding="utf-8")
+    glance = _section(text, "## At a glance")
+    assert "**FAILED**: `offby`" in glance and "verification forward float32" in glance
+    rows = _table_rows(_section(text, "## Verification"), "backend")
+    wrong = [r for r in rows if r["backend"].startswith("offby")]
+    assert wrong and all(r["verdict"] == "FAIL" and "FAILED" in r["backend"] for r in wrong)
+    assert all("max abs error" in r["worst case"] and "bound" in r["worst case"] for r in wrong)
+    assert {"throughput.png", "verification.png", "kernel_sweep.png"} <= {
+        p.name for p in out.iterdir()
+    }
+
+
+def test_a_failed_benchmark_verdict_marks_the_backend_failed_everywhere(tmp_path, capsys):
+    records = recipe_records() + [sgemm_record()]
+    for record in records:
+        if record["extra_info"]["backend"] == "loop" and record["extra_info"]["pass"] == "forward":
+            record["extra_info"]["verdict"]["passed"] = False
+            record["extra_info"]["verdict"]["max_abs_error"] = 3e-3
+    run = write_run(tmp_path / "run.json", records)
+    out = tmp_path / "out"
+    assert main(["--results", str(run), "--out", str(out), "--no-run"]) == 1
+    assert "loop: benchmark fast/conv1 forward" in capsys.readouterr().err
+    text = (out / "REPORT.md").read_text(encoding="utf-8")
+    assert "**FAILED**: `loop`" in _section(text, "## At a glance")
+    recipe = _table_rows(_section(text, "### Conv layers of the CIFAR-10 recipe"), "case")
+    loop_rows = [r for r in recipe if r["backend"].startswith("loop")]
+    assert loop_rows and all(r["backend"] == "loop FAILED" for r in loop_rows)
+    assert all(
+        r["Small Xeon 2c · 2 thr"].endswith("FAILED") for r in loop_rows if r["pass"] == "forward"
+    )
+    fastest = _table_rows(_section(text, "## At a glance"), "layer")
+    assert not any(
+        "loop" in r["Small Xeon 2c · 2 thr"] for r in fastest
+    )  # a wrong result is not fast
+
+
+# --- one timing protocol: the quick set through the suite --------------------------------------
+
+
+def test_the_quick_set_runs_through_the_suite_and_no_run_reuses_it(tmp_path, accuracy_dir):
+    out = tmp_path / "out"
+    seen = []
+    # A tiny real subset of `-m quick`: torch's forward and input gradient on one recipe layer.
+    result = build(
+        [accuracy_dir],
+        out,
+        verify_cases=SMALL_VERIFY,
+        bench_progress=lambda done, total, test_id: seen.append((done, total)),
+        quick_options={"keyword": "torch and conv1 and (forward or grad_inputs)"},
+    )
+    assert not result.failures
+    total = seen[-1][1]
+    assert seen == [(i, total) for i in range(1, total + 1)] and total >= 2
+    kept = json.loads((out / "quick-benchmark.json").read_text())
+    quick = kept["nnbench_quick"]
+    assert quick["marker"] == "quick" and quick["pytest_exit_code"] == 0
+    assert quick["tests"] == total == len(kept["benchmarks"])
+    assert all("verdict" in r["extra_info"] for r in kept["benchmarks"])
+    text = (out / "REPORT.md").read_text(encoding="utf-8")
+    note = f"{total} benchmarks in {quick['seconds']:.0f} s"  # the duration measured, no other
+    assert note in _section(text, "## What is missing")
+    assert "two minutes" not in text
+    assert (out / "verification.json").is_file()
+    assert out / "REPORT.md" == result.written[-1]
+
+    # --no-run renders from what the previous run left, computing nothing.
+    before = (out / "quick-benchmark.json").read_bytes()
+    build([accuracy_dir], out, no_run=True)
+    again = (out / "REPORT.md").read_text(encoding="utf-8")
+    assert note in again and "read from" in again
+    assert (out / "quick-benchmark.json").read_bytes() == before
+
+
+def test_a_failed_verdict_in_the_quick_run_still_renders_and_exits_1(tmp_path, monkeypatch, capsys):
+    records = recipe_records() + [sgemm_record()]
+    records[0]["extra_info"]["verdict"]["passed"] = False
+    wrong = records[0]["extra_info"]["backend"]
+
+    def fake_suite(json_path, *, marker, keyword, threads, budget, progress):
+        assert marker == "quick"
+        for i in range(len(records)):
+            progress(i + 1, len(records), f"test_{i}")
+        write_run(Path(json_path), records)
+        return 1  # pytest's code when a benchmark's check failed
+
+    monkeypatch.setattr(bench, "run_suite", fake_suite)
+    monkeypatch.setattr(
+        "nnbench.report.__main__.build", functools.partial(build, verify_cases=SMALL_VERIFY)
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    assert main(["--results", str(empty), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert f"{len(records)}/{len(records)}" in captured.err  # the progress bar's count
+    text = (out / "REPORT.md").read_text(encoding="utf-8")
+    assert f"**FAILED**: `{wrong}`" in text
+    assert "## Verification" in text and "## Accuracy" in text  # written in full
+
+
+def test_a_quick_run_that_left_no_results_is_unusable_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "run_suite", lambda *a, **k: 4)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    previous = tmp_path / "reports"
+    previous.mkdir()
+    (previous / "REPORT.md").write_text("previous report\n", encoding="utf-8")
+    assert main(["--results", str(empty), "--out", str(previous)]) == 2
+    assert "wrote no results (pytest exit code 4)" in capsys.readouterr().err
+    assert (previous / "REPORT.md").read_text(encoding="utf-8") == "previous report\n"
+
+
+def test_progress_bar_shows_count_and_time_left(capfd):
+    bar = ProgressBar()
+    for done in range(1, 5):
+        bar(done, 4, f"test_{done}")
+    bar.close()
+    err = capfd.readouterr().err
+    assert "4/4" in err and "test_4" in err
+    assert re.search(r"<\d\d:\d\d", err)  # tqdm's estimate of the time left
+
+
+# --- targets, per machine and thread count -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_machines(workdir) -> tuple[Path, Path]:
+    """A 2-core run (recipe, sweep, overhead, auto) and a 16-core one (recipe 4x faster,
+    scaling group), side by side."""
+    small = write_run(
+        workdir / "small.json",
+        recipe_records() + [sgemm_record(), overhead_record(engine=0.012, twin=0.010)],
+    )
+    big = write_run(
+        workdir / "big.json",
+        recipe_records(threads=16, scale=0.25)
+        + scaling_records(ladder=(1, 2, 4, 8, 16))
+        + [sgemm_record(threads=16, median=0.01)],
+        nnbench=machine(cpu="Big Xeon", cores=16, threads=16, arch="SkylakeX"),
+    )
+    return small, big
+
+
+def test_every_speed_target_is_judged_in_each_column(two_machines):
+    frame = frame_of(*two_machines)
+    assert metrics.target_columns(frame) == ["Small Xeon 2c · 2 thr", "Big Xeon 16c · 16 thr"]
+    judged = {(j.target.key, j.column): j for j in metrics.judge_all(frame)}
+    assert {key for key, _ in judged} == {t.key for t in policy.SPEED_TARGETS}
+    small, big = "Small Xeon 2c · 2 thr", "Big Xeon 16c · 16 thr"
+    torch, im2col = RECIPE_SPEED["torch"], RECIPE_SPEED["im2col"]
+    # ratio_to_torch: every recipe pass has the same ratio here, so the geometric mean is it.
+    assert judged[("im2col_vs_torch", small)].measured.value == pytest.approx(torch / im2col)
+    assert judged[("im2col_vs_torch", small)].verdict == "met"  # 0.5 >= 0.5
+    assert judged[("loop_vs_torch", big)].measured.value == pytest.approx(0.25)
+    assert judged[("loop_vs_torch", big)].verdict == "MISSED"
+    # distance_to_bound: the synthetic GEMMs take half the median.
+    assert judged[("im2col_bound", small)].measured.value == pytest.approx(2.0)
+    assert judged[("im2col_bound", small)].verdict == "MISSED"
+    # scaling_vs_gemm: im2col gains 2x from 1 to 16 threads, the GEMM 16x.
+    assert judged[("im2col_scaling", big)].measured.value == pytest.approx(2 / 16)
+    assert judged[("im2col_scaling", small)].verdict == "not measured"
+    assert judged[("loop_scaling", big)].verdict == "not measured"  # no loop in the group
+    # engine_overhead: the overhead record's ratio.
+    assert judged[("engine_overhead", small)].measured.value == pytest.approx(1.2)
+    assert judged[("engine_overhead", small)].verdict == "MISSED"
+    # faster_than_im2col: conv2 and conv3 measured, the channel sweep's c64 not.
+    winograd = judged[("winograd_vs_im2col", small)]
+    assert winograd.measured.value == pytest.approx(im2col / RECIPE_SPEED["winograd"])
+    assert winograd.verdict == "not measured" and "c64" in winograd.measured.detail
+    # auto_vs_fastest: auto at 1.1 ms against torch's 1 ms.
+    assert metrics.auto_vs_fastest(frame, small).value == pytest.approx(1.1)
+
+    table = metrics.speed_target_table(list(judged.values()))
+    assert list(table.columns) == ["target", small, big]
+    assert len(table) == len(policy.SPEED_TARGETS)
+    row = table[table["target"] == policy.SPEED_TARGETS[0].name].iloc[0]
+    assert row[small] == "0.50× met" and row[big] == "0.50× met"
+
+
+@pytest.fixture(scope="module")
+def two_machine_report(workdir, two_machines) -> tuple[str, Path]:
+    """The report of both machines, plus a later run in the 2-core column (its SGEMM only)."""
+    again = write_run(
+        workdir / "again.json", [sgemm_record(median=0.04)], datetime="2026-12-01T00:00:00"
+    )
+    out = workdir / "two-machines"
+    build([*two_machines, again], out, no_run=True)
+    return (out / "REPORT.md").read_text(encoding="utf-8"), again
+
+
+def test_runs_side_by_side_one_column_per_machine_and_threads(two_machine_report, two_machines):
+    text, again = two_machine_report
+    rows = _table_rows(_section(text, "### Conv layers of the CIFAR-10 recipe"), "case")
+    assert set(rows[0]) == {
+        "case",
+        "pass",
+        "backend",
+        "Small Xeon 2c · 2 thr",
+        "Big Xeon 16c · 16 thr",
+    }
+    targets = _table_rows(_section(text, "### Speed targets"), "target")
+    assert {"Small Xeon 2c · 2 thr", "Big Xeon 16c · 16 thr"} <= set(targets[0])
+    glance = _section(text, "## At a glance")
+    assert "**Mixed sources**" in glance and "2 machines" in glance
+    # The SGEMM peak says which BLAS kernels and which machine it was measured with.
+    assert "Haswell kernels" in glance and "SkylakeX kernels" in glance
+    assert "Small Xeon 2c · 2 thr: 429 GFLOP/s with OpenBLAS 0.3.30 (Haswell kernels)" in glance
+    # The later run of the same column replaced that column's SGEMM: no new column.
+    peaks = tables.sgemm_peaks(frame_of(*two_machines, again))
+    assert set(peaks) == {"Small Xeon 2c · 2 thr", "Big Xeon 16c · 16 thr"}
+    assert peaks["Small Xeon 2c · 2 thr"].gflops == pytest.approx(2 * 2048**3 / 0.04 / 1e9)
+
+
+def test_old_schema_runs_load_and_are_shown_as_old_code():
+    run = load.load_file(REPO / "reports" / "benchmarks" / "bench-default-openblas-haswell.json")
+    assert run.old_schema
+    frame = tables.benchmark_frame([run])
+    (column,) = tables.column_order(frame)
+    assert column == "AMD EPYC 2c · 2 thr · old code d5648b9"
+    assert frame["passed"].isna().all()  # no verdicts: not failures either
+    assert tables.failures(frame, None) == {}
+
+
+def test_at_a_glance_answers_from_the_data(two_machine_report):
+    glance = _section(two_machine_report[0], "## At a glance")
+    assert "No failures" in glance
+    assert "MISSED**" in glance and "`im2col_bound` (≤ 1.5×) in 2 columns, 2.00× to 2.00×" in glance
+    assert "`torch` in 18" in glance  # fastest in every (layer, pass, column)
+    fastest = _table_rows(glance, "layer")
+    assert fastest[0]["Small Xeon 2c · 2 thr"] == "torch 1.00 ms; numpy: im2col 2.00 ms"
+    assert "does not beat" not in glance
+
+
+def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_report):
+    frame = frame_of(*two_machines)
+    bound = metrics.bound_table(frame)
+    row = bound[(bound["backend"] == "im2col")].iloc[0]
+    assert row["median / GEMMs"] == pytest.approx(2.0)
+    assert (row["layout copies %"], row["GEMM %"], row["col2im / reduction %"]) == (
+        pytest.approx(30.0),
+        pytest.approx(50.0),
+        pytest.approx(20.0),
+    )
+    overhead = metrics.overhead_table(frame)
+    assert overhead.iloc[0]["engine / torch"] == pytest.approx(1.2)
+    auto = metrics.auto_choices(frame, "Small Xeon 2c · 2 thr")
+    assert set(auto["auto ran"]) == {"torch"} and set(auto["fastest single backend"]) == {"torch"}
+    text = two_machine_report[0]
+    for title in ("### Own GEMM bound", "### Engine overhead", "### auto's choices"):
+        assert title in text
+    if "winograd" in kernels.available():
+        assert "winograd (via im2col)" in text
+        assert "`winograd` grad_kernels: im2col" in _section(text, "### Routes")
+
+
+# --- scaling ------------------------------------------------------------------------------------
+
+
+def test_scaling_table_and_plot(two_machines):
+    frame = frame_of(*two_machines)
+    table = metrics.speedups(frame, "Big Xeon 16c")
+    row = table[(table["backend"] == "im2col") & (table["pass"] == "forward")].iloc[0]
+    assert row["1 thr"] == pytest.approx(8.0) and row["16 thr"] == pytest.approx(4.0)
+    assert (row["speed-up"], row["GEMM speed-up"]) == (pytest.approx(2.0), pytest.approx(16.0))
+    assert row["ratio to GEMM"] == pytest.approx(2 / 16)
+
+    fig = plots.scaling(frame, "Big Xeon 16c")
+    axes = fig.axes
+    ax = axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8", "16"]
+    reference = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(reference) == 1 and reference[0].get_color() == plots.REFERENCE["color"]
+    assert list(reference[0].get_ydata()) == pytest.approx([1, 2, 4, 8, 16])
+    low, high = ax.get_ylim()
+    assert low <= 1 and high >= 16  # the reference line lies inside the axes
+    assert all(a.get_ylim() == ax.get_ylim() for a in axes)  # one y axis for the layers
+
+
+# --- figures a reader can trust ------------------------------------------------------------------
+
+
+def test_a_crossover_is_bracketed_by_measured_sizes_and_a_short_sweep_is_partial(tmp_path):
+    # The quick set's sweep: k = 3 and 7 only. fft loses at 3 and wins at 7.
+    frame = frame_of(write_run(tmp_path / "sweep.json", sweep_records()))
+    (c,) = [c for c in tables.crossovers(frame) if c.against == "im2col"]
+    assert (c.kernel_sizes, c.below, c.at, c.partial) == ((3, 7), 3, 7, True)
+    sentence = c.sentence()
+    assert "between k = 3 and k = 7" in sentence and "partial sweep" in sentence
+    assert "at k = 7" not in sentence and "k ≤" not in sentence
+
+    fig = plots.kernel_sweep(frame, tables.crossovers(frame))
+    (ax,) = fig.axes
+    spans = [
+        p
+        for p in ax.patches
+        if p.get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(plots.SPAN_COLOR))
+    ]
+    (span,) = spans  # the span between the measured sizes, not a line at one of them
+    # axvspan draws in (data x, axes y): the span's corners in data x are its extent.
+    corners = span.get_patch_transform().transform(span.get_path().vertices)
+    xs = corners[:, 0]
+    assert (xs.min(), xs.max()) == pytest.approx((3, 7))
+    assert "partial sweep" in ax.get_title()
+    assert [int(t) for t in ax.get_xticks()] == [3, 7]
+
+    full = frame_of(
+        write_run(
+            tmp_path / "full.json",
+            sweep_records(sizes=(1, 3, 5), fft=(1.0, 2.0, 3.0), im2col=(2.0, 3.0, 4.0)),
+        )
+    )
+    (everywhere,) = [c for c in tables.crossovers(full) if c.against == "im2col"]
+    assert not everywhere.partial and everywhere.below is None
+    assert everywhere.sentence().startswith("`fft` is faster than `im2col` at every k measured")
+
+
+def test_timing_figures_show_the_interquartile_range_and_mark_wide_ones(two_machines, tmp_path):
+    records = recipe_records()
+    for record in records:  # torch on conv1 forward is noisy: IQR 40% of its median
+        info = record["extra_info"]
+        if (info["backend"], info["label"], info["pass"]) == ("torch", "fast/conv1", "forward"):
+            record["stats"]["q1"], record["stats"]["q3"] = 0.8e-3, 1.2e-3
+    frame = frame_of(write_run(tmp_path / "noisy.json", records + [sgemm_record()]))
+    data = plots.throughput_data(frame)
+    row = data[
+        (data["backend"] == "torch") & (data["label"] == "fast/conv1") & (data["pass"] == "forward")
+    ].iloc[0]
+    assert row["noisy"] and (row["gflops_low"], row["gflops_high"]) == (
+        pytest.approx(1e9 / 1.2e-3 / 1e9),
+        pytest.approx(1e9 / 0.8e-3 / 1e9),
+    )
+    fig = plots.throughput(frame, tables.sgemm_peaks(frame))
+    ax = plots.figure_axes(fig)[0]  # forward
+    torch_bars = [
+        b
+        for b in ax.patches
+        if b.get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(plots.color("torch")))
+    ]
+    assert torch_bars[0].get_hatch() == plots.NOISY_HATCH
+    assert not torch_bars[1].get_hatch()
+    whiskers = [c for c in ax.collections if c.get_segments()]
+    spans = sorted(
+        (round(seg[:, 1].min(), 6), round(seg[:, 1].max(), 6))
+        for c in whiskers
+        for seg in c.get_segments()
+    )
+    assert (round(row["gflops_low"], 6), round(row["gflops_high"], 6)) in spans
+
+    sweep = frame_of(write_run(tmp_path / "sweep.json", sweep_records()))
+    (sweep_ax,) = plots.kernel_sweep(sweep, []).axes
+    bands = [c for c in sweep_ax.collections if len(c.get_paths())]
+    assert len(bands) == 2  # one IQR band per backend
+
+    curves = metrics.scaling_curves(frame_of(*two_machines), "Big Xeon 16c")
+    one = curves[(curves["backend"] == "im2col") & (curves["threads"] == 16)].iloc[0]
+    assert one["low"] < one["speedup"] < one["high"]
+
+
+def test_limit_and_target_lines_are_neutral_inside_the_axes_and_never_annotated():
+    # The old MNIST figure's data: accuracies 95.9..98.4%, so the old y range started at 90.9
+    # and left the 90% limit line outside.
+    history = [
+        {"epoch": i + 1, "elapsed_seconds": 2.5 * (i + 1), "valid_accuracy": a}
+        for i, a in enumerate((0.959, 0.966, 0.969, 0.980, 0.983, 0.984))
+    ]
+    run = load.AccuracyRun("mnist.json", Path("mnist.json"), accuracy_payload(history=history))
+    fig = plots.accuracy_curves([run], "mnist")
+    (ax,) = fig.axes
+    limit = policy.LIMITS["mnist"]
+    low, high = ax.get_ylim()
+    assert low < 100 * limit.accuracy < high
+    left, right = ax.get_xlim()
+    assert left < limit.seconds < right
+    for target in policy.ACCURACY_TARGETS:
+        if target.dataset == "mnist":
+            assert low < 100 * target.accuracy < high and left < target.seconds < right
+    references = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(references) == 2
+    assert {line.get_color() for line in references} == {plots.REFERENCE["color"]}
+    assert len(ax.texts) == 0  # nothing written over the data
+    fig.draw_without_rendering()
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    assert not box.overlaps(ax.get_window_extent())  # the legend is outside the axes
+
+
+def test_each_backend_keeps_one_colour_and_none_is_the_reference_grey(two_machines, tmp_path):
+    frame = frame_of(*two_machines)
+    throughput = plots.throughput(frame, tables.sgemm_peaks(frame))
+    seen: dict[str, set] = {}
+    for ax in plots.figure_axes(throughput):
+        for container in ax.containers:
+            if isinstance(container, BarContainer):
+                colour = matplotlib.colors.to_hex(container.patches[0].get_facecolor())
+                seen.setdefault(container.get_label(), set()).add(colour)
+    assert seen == {b: {plots.color(b)} for b in RECIPE_SPEED}
+    scaling = plots.scaling(frame, "Big Xeon 16c")
+    lines = [line for line in scaling.axes[0].get_lines() if line.get_linestyle() == "-"]
+    assert {line.get_color() for line in lines} == {plots.color("im2col")}
+    colours = [plots.color(b) for b in ("im2col", "loop", "fft", "torch", "winograd", "auto")]
+    assert len(set(colours)) == len(colours)
+    assert plots.REFERENCE["color"] not in colours
+
+
+def test_log_axes_have_plain_tick_labels_and_compared_panels_share_y(tmp_path):
+    records = sweep_records(sizes=(1, 3, 5), fft=(40.0, 45.0, 50.0), im2col=(4.0, 30.0, 90.0))
+    for record in list(records):  # a second pass, as the suite has three
+        twin = copy.deepcopy(record)
+        twin["extra_info"]["pass"] = "grad_inputs"
+        twin["name"] = twin["fullname"] = record["name"] + "-gi"
+        records.append(twin)
+    fig = plots.kernel_sweep(frame_of(write_run(tmp_path / "s.json", records)), [])
+    fig.draw_without_rendering()
+    left, right = fig.axes
+    labels = [t.get_text() for t in left.get_yticklabels() if t.get_text()]
+    assert labels and all(re.fullmatch(r"[0-9.]+", text) for text in labels), labels
+    assert left.get_ylim() == right.get_ylim()
+
+
+def test_the_sgemm_peak_is_a_labelled_reference_line_not_a_ceiling(tmp_path):
+    records = recipe_records() + [sgemm_record(median=0.5)]  # a peak below torch's bars
+    frame = frame_of(write_run(tmp_path / "run.json", records))
+    peaks = tables.sgemm_peaks(frame)
+    (peak,) = peaks.values()
+    fig = plots.throughput(frame, peaks)
+    axes = plots.figure_axes(fig)
+    for ax in axes:
+        (line,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert line.get_ydata()[0] == pytest.approx(peak.gflops)
+        assert line.get_color() == plots.REFERENCE["color"]
+        top = max(p.get_height() for p in ax.patches)
+        assert ax.get_ylim()[1] > max(top, peak.gflops)  # bars above the line stay visible
+    (sub,) = fig.subfigs
+    title = sub._suptitle.get_text()
+    assert "Haswell kernels" in title and "Small Xeon" in title
+    assert any("not a" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_the_report_says_when_the_code_changed_since_a_run(tmp_path):
+    head = provenance.head()
+    if head is None or provenance.code_status("HEAD~1").commit is None:
+        pytest.skip("not a git checkout with history")
+    assert provenance.code_status(head).changed is False
+    unknown = provenance.code_status("f" * 40)
+    assert unknown.changed is None and "not in this repository" in unknown.text
+    assert provenance.code_status(None).changed is None
+    old = _changed_commit()
+    if old is None:
+        pytest.skip("no commit in this history whose kernels/ or nnbench/ differ from HEAD")
+    status = provenance.code_status(old, dirty=True, note="run from a copy of the tree")
+    assert status.changed is True
+    assert "code changed since this run" in status.text and old[:7] in status.text
+    assert "note recorded with the run: run from a copy of the tree" in status.text.lower()
+
+    run = write_run(
+        tmp_path / "old.json", recipe_records(), nnbench=machine(commit=old, note="a note")
+    )
+    out = tmp_path / "out"
+    build([run], out, no_run=True)
+    glance = _section((out / "REPORT.md").read_text(encoding="utf-8"), "## At a glance")
+    assert "**Code changed since these runs**" in glance
+    assert f"`old.json` ({old[:7]} → {head[:7]})" in glance
+
+
+def _changed_commit() -> str | None:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "log", "--format=%H", "-n", "20"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for commit in done.stdout.split()[1:]:
+        if provenance.code_status(commit).changed:
+            return commit
+    return None
+
+
+# --- partial inputs ------------------------------------------------------------------------------
 
 
 def test_no_results_and_no_run_says_what_is_missing(tmp_path, capsys):
@@ -255,31 +1040,42 @@ def test_no_results_and_no_run_says_what_is_missing(tmp_path, capsys):
         "python -m nnbench.accuracy --dataset all --kernel all",
     ):
         assert needle in text
+    assert "minutes" not in _section(text, "## What is missing")  # no duration it did not measure
     assert "No benchmark results" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["REPORT.md"]
 
 
-def test_fresh_clone_runs_the_quick_default_then_no_run_reuses_it(tmp_path, accuracy_dir):
+def test_step_and_layer_records_render(tmp_path, bench_file):
+    """Records only the full suite makes (layer, step) render in their own tables."""
+    extra = [
+        _record("torch", "layer", "recipe", "fast/conv1", 0.002, kernel=[4, 3, 3, 3], flops=3e6),
+        _record("numpy", "step", "step", "mnist", 0.05, flops=None),
+    ]
+    extra_file = write_run(tmp_path / "0002_extra.json", extra)
+    build([bench_file, extra_file], tmp_path / "out", no_run=True)
+    text = (tmp_path / "out" / "REPORT.md").read_text(encoding="utf-8")
+    steps = _table_rows(_section(text, "### Training steps"), "case")
+    assert {r["case"]: r["Small Xeon 2c · 2 thr"] for r in steps} == {
+        "cifar10-fast": "500",
+        "mnist": "50.0",
+    }
+    layer = _table_rows(_section(text, "### Conv2D layer, forward + backward"), "case")
+    assert layer[0]["Small Xeon 2c · 2 thr"] == "2.00"
+
+
+def test_a_stale_verification_file_is_a_note_not_an_error(tmp_path):
     out = tmp_path / "out"
-    # No saved benchmark run among the inputs: the quick embedded set is timed.
-    result = build([accuracy_dir], out, run_quick_options=QUICK, verify_cases=TINY_VERIFY)
+    out.mkdir()
+    (out / "verification.json").write_text(
+        json.dumps({"schema": "nnbench.verification/1", "checks": [], "cases": []}),
+        encoding="utf-8",
+    )
+    build([tmp_path / "out"], out, no_run=True)
     text = (out / "REPORT.md").read_text(encoding="utf-8")
-    assert "quick embedded set" in text and "tox -e bench" in text
-    quick = load.load_file(out / "quick-benchmark.json")
-    assert quick.quick
-    assert {r["extra_info"]["label"] for r in quick.records} >= {TINY_CASES[0].label}
-    assert (out / "verification.json").is_file()
-    assert out / "REPORT.md" == result.written[-1]
-
-    # --no-run renders from what the previous run left, computing nothing.
-    before = (out / "quick-benchmark.json").read_bytes()
-    build([accuracy_dir], out, no_run=True)
-    again = (out / "REPORT.md").read_text(encoding="utf-8")
-    assert "quick-benchmark.json" in again and "read from" in again
-    assert (out / "quick-benchmark.json").read_bytes() == before
+    assert "not used:" in text and "nnbench.verification/1" in text
 
 
-# --- bad inputs -----------------------------------------------------------------------------
+# --- bad inputs ------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -334,22 +1130,18 @@ def test_foreign_json_names_the_file(payload, message, previous_report, tmp_path
 def test_command_line_exit_code_and_stderr(tmp_path, previous_report):
     bad = tmp_path / "accuracy-broken.json"
     bad.write_text('{"schema": "nnbench.accuracy/1", "dataset": ', encoding="utf-8")
+    command = [
+        sys.executable,
+        "-m",
+        "nnbench.report",
+        "--results",
+        str(bad),
+        "--out",
+        str(previous_report),
+        "--no-run",
+    ]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nnbench.report",
-            "--results",
-            str(bad),
-            "--out",
-            str(previous_report),
-            "--no-run",
-        ],
-        check=False,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        command, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2
     assert f"{bad}: not valid JSON" in done.stderr
@@ -456,92 +1248,6 @@ def test_an_unwritable_out_is_a_usage_error_before_any_work(tmp_path, monkeypatc
     )
 
 
-# --- the derived numbers --------------------------------------------------------------------
-
-
-def _record(backend, pass_, suite, label, kernel, median, flops=1e9, input_shape=None, **extra):
-    """A benchmark entry shaped like tests/benchmarks' (for what the tiny run cannot make)."""
-    return {
-        "name": f"test[{backend}-{pass_}-{label}]",
-        "fullname": f"tests/benchmarks/x.py::test[{backend}-{pass_}-{label}]",
-        "stats": {"median": median, "min": median, "rounds": 3},
-        "extra_info": {
-            "backend": backend,
-            "pass": pass_,
-            "suite": suite,
-            "label": label,
-            "input_shape": input_shape or [8, 32, 32, 32],
-            "kernel_shape": kernel,
-            "padding": 0,
-            "dtype": "float32",
-            "flops": flops,
-            **extra,
-        },
-    }
-
-
-def test_fft_crossover_is_where_it_stays_faster_per_width():
-    sizes = (3, 5, 7, 9)
-    # Narrow: fft beats im2col at 5, loses at 7, wins again at 9 -> crossover 9; torch always
-    # wins. Wide (8x input channels): fft wins from 5 on, and beats everyone from 7 on.
-    narrow = {"fft": (2.0, 0.9, 1.1, 1.0), "im2col": (1.0, 1.0, 1.0, 2.0), "torch": (0.5,) * 4}
-    wide = {
-        "fft": (2.0, 0.9, 0.8, 0.7),
-        "im2col": (1.0, 1.0, 1.0, 2.0),
-        "torch": (0.5, 0.5, 0.9, 1.0),
-    }
-    records = [
-        _record(
-            name,
-            "forward",
-            "kernel_size",
-            f"k{k}/c{c}",
-            [c, c, k, k],
-            t,
-            input_shape=[8, c, 32, 32],
-        )
-        for c, series in ((32, narrow), (256, wide))
-        for name, times in series.items()
-        for k, t in zip(sizes, times)
-    ]
-    run = load.benchmark_run({"benchmarks": records}, run_id="synthetic")
-    frame = tables.benchmark_frame([run])
-    found = {c.series: c for c in tables.crossovers(frame)}
-    assert set(found) == {"8x32x32x32 → 32", "8x256x32x32 → 256"}
-    assert found["8x32x32x32 → 32"].kernel_sizes == sizes
-    assert found["8x32x32x32 → 32"].versus_im2col == 9
-    assert found["8x32x32x32 → 32"].versus_all is None
-    assert found["8x256x32x32 → 256"].versus_im2col == 5
-    assert found["8x256x32x32 → 256"].versus_all == 7
-    png = plots.kernel_sweep(frame, list(found.values()))
-    assert png[:8] == PNG_SIGNATURE
-
-
-@pytest.mark.parametrize(
-    ("suite", "series"), [("kernel_size", ["8x32x32x32 → 16"]), ("channels", [])], ids=str
-)
-def test_sweep_rows_name_each_series(suite, series):
-    """Also with no rows: pandas 3 with pyarrow once refused the empty case (``tox -e pandas30``)."""
-    records = [_record("torch", "forward", "kernel_size", "k3/c16", [16, 32, 3, 3], 1.0)]
-    frame = tables.benchmark_frame([load.benchmark_run({"benchmarks": records}, run_id="x")])
-    rows = tables.sweep_rows(frame, suite)
-    assert rows["series"].tolist() == series
-    assert rows["k"].tolist() == ([3] if series else [])
-
-
-def test_a_folder_gives_its_newest_run(tmp_path):
-    older = _benchmark_file(
-        tmp_path / "0001_a.json", [_record("torch", "forward", "recipe", "x", [1, 1, 3, 3], 1.0)]
-    )
-    newer = _benchmark_file(
-        tmp_path / "0002_b.json", [_record("torch", "forward", "recipe", "x", [1, 1, 3, 3], 2.0)]
-    )
-    os.utime(older, (1_000_000, 1_000_000))
-    inputs = load.collect([tmp_path])
-    assert [r.path for r in inputs.benchmark_runs] == [newer]
-    assert any("1 older JSON file" in note for note in inputs.notes)
-
-
 def test_quick_and_no_run_exclude_each_other(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--quick", "--no-run"])
@@ -549,102 +1255,97 @@ def test_quick_and_no_run_exclude_each_other(capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_step_and_layer_records_render(tmp_path, bench_file):
-    """Records only the full suite makes (layer, step) render in their own tables."""
-    extra = [
-        _record("torch", "layer", "recipe", "tiny/conv1", [4, 3, 3, 3], 0.002, flops=3e6),
-        _record("torch", "step", "step", "cifar10-fast", None, 0.5, flops=2e9),
-        _record("numpy", "step", "step", "mnist", None, 0.05, flops=None),
-    ]
-    extra_file = _benchmark_file(tmp_path / "0002_extra.json", extra)
-    build([bench_file, extra_file], tmp_path / "out", no_run=True)
-    text = (tmp_path / "out" / "REPORT.md").read_text(encoding="utf-8")
-    steps = _table_rows(text.split("### Training steps", 1)[1], "case")
-    assert {r["case"]: r["torch"] for r in steps}["cifar10-fast"] == "500"
-    assert {r["case"]: r["numpy"] for r in steps}["mnist"] == "50.0"
+def test_a_folder_gives_its_newest_run(tmp_path):
+    older = write_run(tmp_path / "0001_a.json", [sgemm_record()])
+    newer = write_run(tmp_path / "0002_b.json", [sgemm_record(median=0.04)])
+    os.utime(older, (1_000_000, 1_000_000))
+    inputs = load.collect([tmp_path])
+    assert [r.path for r in inputs.benchmark_runs] == [newer]
+    assert any("1 older JSON file" in note for note in inputs.notes)
 
 
-def test_targets_use_the_fastest_full_run(accuracy_dir):
-    (path,) = accuracy_dir.glob("accuracy-mnist-*.json")
-    smoke = load.load_file(path)
-    full = copy.deepcopy(smoke.data)
-    full["smoke"] = False
-    full["history"] = [
-        {"epoch": 1, "elapsed_seconds": 20.0, "valid_accuracy": 0.97},
-        {"epoch": 2, "elapsed_seconds": 40.0, "valid_accuracy": 0.981},
-    ]
-    full["time_to_accuracy"] = {"0.9": 20.0, "0.98": 40.0}
-    slow = copy.deepcopy(full)
-    slow["time_to_accuracy"] = {"0.9": 50.0, "0.98": 70.0}
+# --- accuracy targets from nnbench.policy ------------------------------------------------------
+
+
+def test_accuracy_targets_come_from_policy_and_use_the_fastest_full_run(tmp_path):
+    def run(name, times, smoke=False, kernel="none", dataset="mnist", preset="mnist"):
+        history = [
+            {"epoch": i + 1, "elapsed_seconds": t, "valid_accuracy": a}
+            for i, (t, a) in enumerate(times)
+        ]
+        data = accuracy_payload(
+            history=history,
+            smoke=smoke,
+            kernel=kernel,
+            dataset=dataset,
+            preset=preset,
+            time_to_accuracy={},
+        )
+        return load.AccuracyRun(name, tmp_path / name, data)
+
     runs = [
-        smoke,
-        load.AccuracyRun("full.json", path, full),
-        load.AccuracyRun("slow.json", path, slow),
+        run("smoke.json", [(5.0, 0.99)], smoke=True),  # fastest, but a smoke run counts nothing
+        run("full.json", [(20.0, 0.97), (40.0, 0.981)]),
+        run("slow.json", [(50.0, 0.97), (70.0, 0.981)]),
     ]
-    table = tables.target_table(runs, tables.project_targets([]))
+    table = tables.target_table(runs)
+    assert list(table["target"]) == [t.name for t in policy.ACCURACY_TARGETS]
     row = table[table["target"].str.startswith("MNIST")].iloc[0]
     assert row["best run"] == "full.json" and row["time to threshold (s)"] == 40.0
     assert row["verdict"] == "met" and row["runs"] == 2
     cifar = table[table["target"].str.startswith("CIFAR-10")]
-    assert (cifar["verdict"] == "no full run").all()
+    assert (cifar["verdict"] == "not measured").all()
+    # A kernel-scoped target is judged on that kernel's run only, not the fastest one.
+    cifar_runs = [
+        run("torch.json", [(100.0, 0.71)], kernel="torch", dataset="cifar10", preset="fast"),
+        run("im2col.json", [(400.0, 0.71)], kernel="im2col", dataset="cifar10", preset="fast"),
+    ]
+    table = tables.target_table(cifar_runs)
+    scoped = table[table["judged on"] == "the im2col run"].iloc[0]
+    assert scoped["best run"] == "im2col.json" and scoped["verdict"] == "MISSED"
+    fastest = table[table["target"] == policy.ACCURACY_TARGETS[1].name].iloc[0]
+    assert fastest["best run"] == "torch.json" and fastest["verdict"] == "met"
 
 
-def test_verification_grid_covers_every_backend_pass_and_dtype():
-    result = verify.run(cases=TINY_VERIFY)
-    keys = {(c.backend, c.pass_, c.dtype) for c in result.checks}
-    assert keys == {
-        (b, p, d) for b in kernels.available() for p in verify.PASSES for d in verify.DTYPES
-    }
-    for check in result.checks:
-        assert not check.errors, check.errors
-        assert check.cases == len(TINY_VERIFY)
-        limit = 1e-5 if check.dtype == "float32" else 1e-12
-        assert check.max_rel_error < limit, check
-        if check.exact_required:
-            assert check.exact, check
-    # The names the brief asks for are all in the fixed grid.
-    names = " ".join(c.name for c in verify.CASES)
-    for needle in (
-        "batch1",
-        "nonsquare-k4x5",
-        "p0",
-        "full-k3p2",
-        "overpad",
-        "c3to8-k3",
-        "c3to8-k5",
-        "weightgrad",
-    ):
-        assert needle in names
-
-
-def test_a_wrong_backend_in_the_quick_run_stops_the_report(monkeypatch, previous_report, capsys):
-    def wrong(**_):
-        raise AssertionError("im2col forward k3p1[2,3,8,8]->4: max abs error 3 exceeds 1e-05")
-
-    monkeypatch.setattr(bench, "run_quick", wrong)
-    empty = previous_report.parent / "empty"
-    empty.mkdir()
-    assert main(["--results", str(empty), "--out", str(previous_report)]) == 2
-    err = capsys.readouterr().err
-    assert "quick benchmark run failed" in err and "im2col forward" in err
-    _assert_untouched(previous_report)
-
-
-def test_quick_default_keeps_the_recipe_and_a_sweep_up_to_k7():
-    from nnbench.report import QUICK_MAX_KERNEL, quick_cases
-
-    cases = quick_cases()
-    assert {c.label for c in bench.recipe_cases()} <= {c.label for c in cases}
-    sweep = sorted({c.kernel_shape[2] for c in cases if c.suite == "kernel_size"})
-    assert len(sweep) >= 2 and sweep[-1] == QUICK_MAX_KERNEL
+def test_the_twin_ratio_is_labelled_by_how_it_was_measured():
+    stepped = accuracy_payload(
+        dataset="cifar10",
+        kernel="torch",
+        preset="fast",
+        torch_twin={"seconds": 30.0, "ratio": 1.1, "run_ratio": 1.3, "step_rounds": 30},
+    )
+    whole = accuracy_payload(
+        dataset="cifar10",
+        kernel="torch",
+        preset="best",
+        torch_twin={"seconds": 30.0, "ratio": 1.05},
+    )
+    table = tables.twin_table(
+        [
+            load.AccuracyRun("a.json", Path("a.json"), stepped),
+            load.AccuracyRun("b.json", Path("b.json"), whole),
+        ]
+    )
+    first, second = table.to_dict("records")
+    assert first["measured as"] == "medians of 30 interleaved steps"
+    assert first["engine / torch"] == 1.1 and first["whole training, one run each"] == 1.3
+    assert second["measured as"] == "whole training, one run each"
+    threshold = metrics.overhead_target().threshold
+    assert first[f"target ≤ {threshold:g}×"] == policy.judge(1.1, threshold, higher=False)
 
 
 def test_stamp_shows_the_settings_and_a_late_import():
-    machine = {
+    machine_ = {
         "environment": {"OPENBLAS_THREAD_TIMEOUT": "16", "OMP_NUM_THREADS": None},
         "thread_settings_missed_by": ["numpy"],
     }
-    text = render._settings_text(machine)
+    text = render._settings_text(machine_)
     assert "`OPENBLAS_THREAD_TIMEOUT=16`" in text and "OMP_NUM_THREADS" not in text
     assert "running without them: numpy" in text
     assert render._settings_text({}) == "none recorded"
+
+
+def test_numbers_are_formatted_without_exponents_above_a_thousandth():
+    assert tables.sig(1234.5) == "1,234" and tables.sig(0.01234) == "0.0123"
+    assert tables.geomean([1.0, 4.0]) == 2.0 and math.isnan(tables.geomean([]))
+    assert np.isclose(tables.geomean([0.5, 2.0, float("nan")]), 1.0)

@@ -25,9 +25,10 @@ from pathlib import Path
 ACCURACY_SCHEMAS = ("nnbench.accuracy/1",)
 #: The datasets an accuracy result may be about (the report has a section for each).
 ACCURACY_DATASETS = ("mnist", "cifar10")
-VERIFICATION_SCHEMA = "nnbench.verification/1"
-#: ``version`` of a benchmark file the report wrote from the quick embedded set.
-QUICK_VERSION = "nnbench.report quick run"
+VERIFICATION_SCHEMA = "nnbench.verification/2"
+#: Key the report adds to the pytest-benchmark JSON of a quick run it made: how it was run, how
+#: long it took and pytest's exit code (so a later ``--no-run`` can say so from the data).
+QUICK_KEY = "nnbench_quick"
 ACCURACY_GLOB = "accuracy-*.json"
 #: Files the report keeps beside REPORT.md: the quick benchmark run and the verification.
 QUICK_NAME = "quick-benchmark.json"
@@ -50,6 +51,11 @@ class ResultFileError(ReportError, ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+class StaleResultError(ResultFileError):
+    """A result the report itself wrote in an older schema: noted and left out, not fatal when
+    found in a folder."""
+
+
 @dataclass
 class BenchmarkRun:
     """One pytest-benchmark run: where it came from and its entries (``benchmarks`` list)."""
@@ -60,7 +66,12 @@ class BenchmarkRun:
     machine: dict
     commit: dict
     records: list[dict]
-    quick: bool = False
+    quick: dict | None = None  # the QUICK_KEY entry of a quick run the report made
+
+    @property
+    def old_schema(self) -> bool:
+        """Records without verdicts: written by the code before the verification core."""
+        return bool(self.records) and not any("verdict" in r["extra_info"] for r in self.records)
 
 
 @dataclass
@@ -141,7 +152,9 @@ def load_file(path: str | os.PathLike) -> BenchmarkRun | AccuracyRun | dict:
     payload = read_json(path)
     if isinstance(payload, dict) and "benchmarks" in payload:
         return benchmark_run(payload, path=path)
-    if isinstance(payload, dict) and payload.get("schema") == VERIFICATION_SCHEMA:
+    if isinstance(payload, dict) and str(payload.get("schema", "")).startswith(
+        VERIFICATION_SCHEMA.split("/")[0]
+    ):
         return verification(payload, path)
     if isinstance(payload, dict) and "schema" in payload:
         return accuracy_run(payload, path)
@@ -163,10 +176,10 @@ def _number(value: object) -> bool:
 
 
 def benchmark_run(
-    payload: dict, *, path: Path | None = None, run_id: str | None = None, quick: bool = False
+    payload: dict, *, path: Path | None = None, run_id: str | None = None
 ) -> BenchmarkRun:
-    """Validate a pytest-benchmark payload (file or ``bench.run_quick``) into a ``BenchmarkRun``."""
-    where = path if path is not None else Path(run_id or "<quick run>")
+    """Validate a pytest-benchmark payload into a ``BenchmarkRun``."""
+    where = path if path is not None else Path(run_id or "<benchmark run>")
     entries = payload.get("benchmarks")
     if not isinstance(entries, list):
         raise ResultFileError(where, "'benchmarks' is not a list: not a pytest-benchmark run")
@@ -183,13 +196,13 @@ def benchmark_run(
     machine = _machine(payload.get("machine_info"))
     commit = payload.get("commit_info")
     return BenchmarkRun(
-        run_id=run_id or (path.name if path is not None else "quick run"),
+        run_id=run_id or (path.name if path is not None else "benchmark run"),
         path=path,
         datetime=payload.get("datetime") if isinstance(payload.get("datetime"), str) else None,
         machine=machine,
         commit=commit if isinstance(commit, dict) else {},
         records=list(entries),
-        quick=quick or payload.get("version") == QUICK_VERSION,
+        quick=payload.get(QUICK_KEY) if isinstance(payload.get(QUICK_KEY), dict) else None,
     )
 
 
@@ -296,6 +309,13 @@ def _check_history(path: Path, key: str, history: object) -> None:
 
 def verification(payload: dict, path: Path) -> dict:
     """Validate a stored verification (written by the report beside REPORT.md)."""
+    if payload.get("schema") != VERIFICATION_SCHEMA:
+        raise StaleResultError(
+            path,
+            f"a verification of schema {payload.get('schema')!r}, not {VERIFICATION_SCHEMA!r}: "
+            "an older report's, without bounds; run `python -m nnbench.report` without "
+            "--no-run to compute it again",
+        )
     checks = payload.get("checks")
     if not isinstance(checks, list) or not isinstance(payload.get("cases"), list):
         raise ResultFileError(path, "a verification record needs 'checks' and 'cases' lists")
@@ -303,17 +323,12 @@ def verification(payload: dict, path: Path) -> dict:
         ok = (
             isinstance(check, dict)
             and all(isinstance(check.get(k), str) for k in ("backend", "pass", "dtype"))
-            and all(
-                _number(check.get(k)) or check.get(k) == float("inf")
-                for k in ("max_abs_error", "max_rel_error")
-            )
-            and check.get("exact") in (True, False, None)
-            and isinstance(check.get("cases"), int)
-            and all(isinstance(check.get(k), list) for k in ("skipped", "errors"))
+            and isinstance(check.get("passed"), bool)
+            and all(isinstance(check.get(k), int) for k in ("checked", "failed"))
+            and all(isinstance(check.get(k), list) for k in ("failures", "skipped"))
         )
         if not ok:
             raise ResultFileError(path, f"checks[{i}] is not a verification check")
-        check.setdefault("exact_required", False)
     return {**payload, "loaded_from": str(path)}
 
 
@@ -398,7 +413,11 @@ def _collect_dir(inputs: Inputs, directory: Path, *, accuracy: bool, benchmarks:
     for path in accuracy_files if accuracy else ():
         _add(inputs, load_file(path))
     if benchmarks and verifications:
-        _add(inputs, load_file(_newest(verifications)))
+        newest_verification = _newest(verifications)
+        try:
+            _add(inputs, load_file(newest_verification))
+        except StaleResultError as exc:  # an older report's verification: not an input error
+            inputs.notes.append(f"not used: {exc}")
     newest = _newest(others) if benchmarks else None
     if newest is not None:
         _add(inputs, load_file(newest))
@@ -418,19 +437,3 @@ def _add(inputs: Inputs, run: BenchmarkRun | AccuracyRun | dict) -> None:
             inputs.benchmark_runs.append(run)
     elif not any(r.path == run.path for r in inputs.accuracy_runs):
         inputs.accuracy_runs.append(run)
-
-
-def merged_records(runs: list[BenchmarkRun]) -> list[tuple[BenchmarkRun, dict]]:
-    """(run, entry) pairs of all runs, oldest first; a later run's entry replaces an earlier
-    entry of the same test (``fullname``), so re-running part of the suite updates it."""
-    by_test: dict[str, tuple[BenchmarkRun, dict]] = {}
-    for run in sorted(runs, key=lambda r: (r.datetime or "", r.run_id)):
-        for entry in run.records:
-            key = (
-                entry.get("fullname")
-                or entry.get("name")
-                or repr(sorted(entry["extra_info"].items()))
-            )
-            by_test.pop(key, None)
-            by_test[key] = (run, entry)
-    return list(by_test.values())

@@ -1,38 +1,33 @@
 """Assemble REPORT.md and its figures in memory, then put them in place file by file.
 
+The head of the report is written here (stamp, at a glance, runs used, what is missing,
+targets); its body, the benchmark, verification and accuracy sections, in ``sections``.
+
 ``render`` returns ``{file name: bytes}`` without touching the disk; ``publish`` writes each
 file with an atomic rename (``nnbench._io``), figures first and REPORT.md last, so a reader
 never sees a report that points at a figure not yet written, and an error anywhere before
 ``publish`` leaves the previous report untouched.
+
+Every sentence with a number in it is generated from the data; where a measurement is missing
+the report says so and how to produce it, and never states a number it did not measure.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-import kernels
 from nnbench._io import atomic_write_bytes
-from nnbench.report import plots, tables
-from nnbench.report.load import (
-    QUICK_NAME,
-    QUICK_VERSION,
-    VERIFICATION_NAME,
-    AccuracyRun,
-    BenchmarkRun,
-    Inputs,
-)
+from nnbench.report import metrics, provenance, sections, tables
+from nnbench.report.load import QUICK_NAME, VERIFICATION_NAME, AccuracyRun, BenchmarkRun, Inputs
+from nnbench.report.sections import REPORT_COMMAND, Context
 
 REPORT_NAME = "REPORT.md"
-
-BENCH_COMMANDS = "`tox -e bench` (or `pytest --benchmark-only --benchmark-autosave`)"
-REPORT_COMMAND = "`python -m nnbench.report`"
-EXPECTED_SUITES = ("recipe", "kernel_size", "channels", "batch", "step")
 
 
 @dataclass
@@ -40,8 +35,8 @@ class Material:
     """What a report is made from: the inputs found, plus what this invocation computed."""
 
     inputs: Inputs
-    verification: dict | None = None  # a verification payload (see verify.Verification)
-    quick_seconds: float | None = None  # how long the quick benchmark run took, if it ran
+    verification: dict | None = None  # a verification payload (see verify.run)
+    quick_payload: dict | None = None  # the quick run made now, to keep beside the report
     no_run: bool = False
     machine: dict = field(default_factory=dict)  # machine_info() of the machine rendering
     now: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
@@ -49,46 +44,52 @@ class Material:
 
 @dataclass
 class Rendered:
-    """Every output file of a report, in memory, and what the report says is missing."""
+    """Every output file of a report, in memory, what it says is missing, and what failed."""
 
     files: dict[str, bytes]
     missing: list[str]
+    failures: dict[str, list[str]]
 
 
 def render(material: Material) -> Rendered:
     """Every output file of the report (``{name: content}``), nothing written yet."""
+    from nnbench.report import payload_bytes
+
     inputs = material.inputs
-    files: dict[str, bytes] = {}
-    missing: list[str] = []
-    body: list[str] = []
-
     frame = tables.benchmark_frame(inputs.benchmark_runs)
-    body += _benchmark_section(inputs, frame, files, missing, material)
-    body += _verification_section(material, files, missing)
-    body += _accuracy_section(inputs.accuracy_runs, files, missing)
-
-    for run in inputs.benchmark_runs:
-        if run.quick and run.path is None:  # computed just now: keep its records beside
-            payload = {
-                "machine_info": run.machine,
-                "commit_info": run.commit,
-                "datetime": run.datetime,
-                "version": QUICK_VERSION,
-                "benchmarks": run.records,
-            }
-            files[QUICK_NAME] = _json_bytes(payload)
+    ctx = Context(
+        material=material,
+        frame=frame,
+        failures=tables.failures(frame, material.verification),
+        judged=metrics.judge_all(frame),
+    )
+    quick = material.quick_payload
+    summary = quick["nnbench_quick"] if quick is not None else {"pytest_exit_code": 0}
+    if summary["pytest_exit_code"] != 0 and tables.failed_records(frame).empty:
+        ctx.failures.setdefault("(quick run)", []).append(
+            f"pytest exited with code {summary['pytest_exit_code']} and no record says why ("
+            + ("; ".join(summary.get("pytest_summary") or []) or "no summary")
+            + "): run `pytest --benchmark-only -m quick` to see the error"
+        )
+    body = (
+        _targets_section(ctx)
+        + sections.benchmarks(ctx)
+        + sections.verification(ctx)
+        + sections.accuracy(ctx)
+    )
+    if quick is not None:
+        ctx.files[QUICK_NAME] = payload_bytes(quick)
     if material.verification is not None and not material.verification.get("loaded_from"):
-        files[VERIFICATION_NAME] = _json_bytes(material.verification)
-
-    head = _stamp(material) + _at_a_glance(frame, material) + _runs_used(material)
-    if missing or inputs.notes:
+        ctx.files[VERIFICATION_NAME] = payload_bytes(material.verification)
+    head = _stamp(material) + _at_a_glance(ctx) + _runs_used(ctx)
+    if ctx.missing or inputs.notes:
         head += ["## What is missing", ""]
-        head += [f"- {line}" for line in missing]
+        head += [f"- {line}" for line in ctx.missing]
         head += [f"- Note: {line}" for line in inputs.notes]
         head.append("")
     text = "\n".join(head + body).rstrip() + "\n"
-    files[REPORT_NAME] = text.encode("utf-8")
-    return Rendered(files=files, missing=missing)
+    ctx.files[REPORT_NAME] = text.encode("utf-8")
+    return Rendered(files=ctx.files, missing=ctx.missing, failures=ctx.failures)
 
 
 def publish(files: dict[str, bytes], out_dir: str | os.PathLike) -> list[Path]:
@@ -96,10 +97,6 @@ def publish(files: dict[str, bytes], out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     order = sorted(files, key=lambda name: (name == REPORT_NAME, name))
     return [atomic_write_bytes(out / name, files[name]) for name in order]
-
-
-def _json_bytes(payload: object) -> bytes:
-    return (json.dumps(payload, indent=2, default=str) + "\n").encode("utf-8")
 
 
 # --- stamp ----------------------------------------------------------------------------------
@@ -123,14 +120,35 @@ def _versions_text(machine: dict) -> str:
     return ", ".join(f"{name} {version}" for name, version in versions.items()) or "unknown"
 
 
+def _settings_text(machine: dict) -> str:
+    """The performance-relevant environment variables that are set, and any library that was
+    loaded before ``kernels`` set its thread variables (it ran without them)."""
+    environment = machine.get("environment") or {}
+    text = ", ".join(f"`{name}={value}`" for name, value in environment.items() if value)
+    missed = machine.get("thread_settings_missed_by") or []
+    if missed:
+        text += f" (loaded before these were set, so running without them: {', '.join(missed)})"
+    return text or "none recorded"
+
+
 def _stamp(material: Material) -> list[str]:
     m = material.machine
+    head = provenance.head()
+    source = m.get("source") or {}
+    code = (
+        f"HEAD {provenance.short_commit(head)}"
+        + (" with uncommitted changes" if source.get("dirty") else "")
+        if head
+        else "not a git checkout"
+    )
     return [
         "# nnbench report",
         "",
         f"Generated {material.now.strftime('%Y-%m-%d %H:%M:%S UTC')} by {REPORT_COMMAND}"
         + (" with `--no-run`" if material.no_run else "")
-        + ".",
+        + f" from the code at {code}.",
+        "",
+        "This machine (where the verification runs and the report was made):",
         "",
         (
             f"- **Machine**: {m.get('cpu_model', 'unknown CPU')}, {m.get('cores', '?')} cores "
@@ -143,526 +161,352 @@ def _stamp(material: Material) -> list[str]:
     ]
 
 
-def _settings_text(machine: dict) -> str:
-    """The performance-relevant environment variables that are set, and any library that was
-    loaded before ``kernels`` set its thread variables (it ran without them)."""
-    environment = machine.get("environment") or {}
-    text = ", ".join(f"`{name}={value}`" for name, value in environment.items() if value)
-    missed = machine.get("thread_settings_missed_by") or []
-    if missed:
-        text += f" (loaded before these were set, so running without them: {', '.join(missed)})"
-    return text or "none recorded"
+# --- provenance of the runs -----------------------------------------------------------------
 
 
-def _short(commit: str) -> str:
-    """A git hash shortened to 10 digits; anything else (say "unversioned") as it is."""
-    is_hash = len(commit) >= 10 and all(ch in "0123456789abcdef" for ch in commit.lower())
-    return commit[:10] if is_hash else commit
+def _run_status(run: BenchmarkRun | AccuracyRun) -> provenance.CodeStatus:
+    if isinstance(run, BenchmarkRun):
+        commit, dirty, note = provenance.recorded_source(run.machine, run.commit)
+    else:
+        commit, dirty, note = provenance.recorded_source(run.data.get("machine") or {})
+    return provenance.code_status(commit, dirty, note)
 
 
-def _commit_text(commit: str | None, dirty: bool | None) -> str:
-    return (_short(commit) + (" (dirty)" if dirty else "")) if commit else "—"
+def _columns_of(frame: pd.DataFrame, run_id: str) -> str:
+    if frame.empty:
+        return "—"
+    columns = tables.column_order(frame[frame["run"] == run_id])
+    return "; ".join(columns) or "—"
 
 
-def _source_text(machine: dict) -> str:
-    """The git revision an nnbench result recorded in its machine stamp ("—" if none)."""
-    source = machine.get("source") or {}
-    return _commit_text(source.get("commit"), source.get("dirty"))
-
-
-def _runs_used(material: Material) -> list[str]:
-    rows = []
+def _runs_used(ctx: Context) -> list[str]:
+    material = ctx.material
+    rows, statuses = [], []
+    entries = []
     for run in material.inputs.benchmark_runs:
-        machine = run.machine
-        rows.append(
-            {
-                "kind": "benchmark (quick set)" if run.quick else "benchmark",
-                "id": run.run_id,
-                "date": run.datetime or "—",
-                "CPU": machine.get("cpu_model", "—"),
-                "cores": machine.get("cores", "—"),
-                "threads": _threads_text(machine, short=True),
-                "commit": _commit_text(run.commit.get("id"), run.commit.get("dirty")),
-                "entries": len(run.records),
-            }
+        entries.append(
+            (
+                "benchmark (quick set)"
+                if run.quick
+                else "benchmark, old record schema"
+                if run.old_schema
+                else "benchmark",
+                run,
+                run.machine,
+                run.datetime,
+                len(run.records),
+            )
         )
     for run in material.inputs.accuracy_runs:
         machine = run.data.get("machine") or {}
+        kind = f"accuracy {run.dataset}" + (" (smoke)" if run.smoke else "")
+        entries.append((kind, run, machine, run.datetime, len(run.data["history"])))
+    for kind, run, machine, date, count in entries:
+        status = _run_status(run)
+        statuses.append((run.run_id, status))
         rows.append(
             {
-                "kind": f"accuracy {run.dataset}" + (" (smoke)" if run.smoke else ""),
-                "id": run.run_id,
-                "date": run.datetime or "—",
-                "CPU": machine.get("cpu_model", "—"),
-                "cores": machine.get("cores", "—"),
-                "threads": _threads_text(machine, short=True),
-                "commit": _source_text(machine),
-                "entries": len(run.data["history"]),
+                "kind": kind,
+                "file": run.run_id,
+                "shown as": _columns_of(ctx.frame, run.run_id)
+                if isinstance(run, BenchmarkRun)
+                else "—",
+                "date": (date or "—")[:19],
+                "machine": provenance.machine_label(machine),
+                "BLAS kernels": provenance.blas_kernels(machine),
+                "commit": provenance.short_commit(status.commit) or "—",
+                "code since": {True: "changed", False: "unchanged", None: "unknown"}[
+                    status.changed
+                ],
+                "entries": str(count),
             }
         )
     v = material.verification
     if v is not None:
+        machine = v.get("machine") or {}
+        status = provenance.code_status(*provenance.recorded_source(machine))
+        statuses.append((v.get("loaded_from") or VERIFICATION_NAME, status))
         rows.append(
             {
                 "kind": "verification",
-                "id": v.get("loaded_from") or f"computed now ({VERIFICATION_NAME})",
-                "date": v.get("date", "—"),
-                "CPU": (v.get("machine") or {}).get("cpu_model", "—"),
-                "cores": (v.get("machine") or {}).get("cores", "—"),
-                "threads": _threads_text(v.get("machine") or {}, short=True),
-                "commit": _source_text(v.get("machine") or {}),
-                "entries": len(v.get("checks", [])),
+                "file": v.get("loaded_from") or f"computed now ({VERIFICATION_NAME})",
+                "shown as": "—",
+                "date": str(v.get("date", "—"))[:19],
+                "machine": provenance.machine_label(machine),
+                "BLAS kernels": provenance.blas_kernels(machine),
+                "commit": provenance.short_commit(status.commit) or "—",
+                "code since": {True: "changed", False: "unchanged", None: "unknown"}[
+                    status.changed
+                ],
+                "entries": str(len(v.get("checks", []))),
             }
         )
     if not rows:
         return ["## Runs used", "", "None: no result files were found.", ""]
-    frame = pd.DataFrame(rows).astype({"cores": str, "entries": str})
-    return ["## Runs used", "", tables.markdown(frame), ""]
+    out = [
+        "## Runs used",
+        "",
+        (
+            "Each benchmark run is shown in the columns named under *shown as*: one per machine and "
+            "thread count. *Code since* compares the commit a run recorded with HEAD (`git diff "
+            f"<commit> HEAD -- {' '.join(provenance.CODE_PATHS)}`)."
+        ),
+        "",
+        tables.markdown(pd.DataFrame(rows)),
+        "",
+    ]
+    out += [
+        f"- `{name}`: {status.text}." for name, status in statuses if status.changed is not False
+    ]
+    return out + [""]
+
+
+def _provenance_warnings(ctx: Context) -> list[str]:
+    """A warning when the benchmark results come from several machines or commits, and the
+    runs (benchmark and accuracy) whose code changed since, or cannot be told."""
+    inputs = ctx.material.inputs
+    lines = []
+    machines = sorted({provenance.machine_label(r.machine) for r in inputs.benchmark_runs})
+    statuses = {run.run_id: _run_status(run) for run in inputs.benchmark_runs}
+    commits = sorted({provenance.short_commit(s.commit) or "unrecorded" for s in statuses.values()})
+    if len(machines) > 1 or len(commits) > 1:
+        lines.append(
+            "**Mixed sources**: the benchmark results shown together come from "
+            + (
+                f"{len(machines)} machines ({'; '.join(machines)})"
+                if len(machines) > 1
+                else "one machine"
+            )
+            + " and "
+            + (
+                f"{len(commits)} commits ({', '.join(commits)})"
+                if len(commits) > 1
+                else "one commit"
+            )
+            + ": compare within a column; across columns the machine, the threads or the code differ."
+        )
+    accuracy: dict[tuple, int] = {}
+    for run in inputs.accuracy_runs:
+        status = _run_status(run)
+        if status.changed is not False:
+            key = (status.changed, status.commit, status.head, status.reason)
+            accuracy[key] = accuracy.get(key, 0) + 1
+    changed = [
+        f"`{name}` ({_change(s.changed, s.commit, s.head, s.reason)})"
+        for name, s in statuses.items()
+        if s.changed is not False
+    ] + [f"{n} accuracy run(s) ({_change(*key)})" for key, n in accuracy.items()]
+    if changed:
+        lines.append(
+            "**Code changed since these runs** (or cannot be told): "
+            + "; ".join(changed)
+            + ". Their numbers describe the code they ran, not HEAD; see *Runs used*."
+        )
+    return lines
+
+
+def _change(changed: bool | None, commit: str | None, head: str | None, reason: str) -> str:
+    if changed:
+        return f"{provenance.short_commit(commit)} → {provenance.short_commit(head)}"
+    return f"cannot tell: {reason}"
 
 
 # --- summary --------------------------------------------------------------------------------
 
 
-def _at_a_glance(frame: pd.DataFrame, material: Material) -> list[str]:
-    """The headline numbers, each with the yardstick the issues set for it."""
-    lines = []
-    peak = tables.sgemm_peak(frame) if not frame.empty else None
-    if peak is not None:
-        lines.append(f"Measured SGEMM peak: **{tables.sig(peak)} GFLOP/s**.")
-    means = tables.geometric_mean_speedups(frame) if not frame.empty else {}
-    if means:
-        lines.append(
-            "Speed-up vs torch on the CIFAR-10 recipe's conv layers (geometric mean, forward + "
-            "both gradients): "
-            + ", ".join(f"`{b}` **{m:.2f}×**" for b, m in means.items() if b != "torch")
-            + " (targets: `im2col` ≥ 0.8×, `loop` ≥ 0.5×)."
-        )
-    best = tables.best_fraction_of_peak(frame) if peak is not None else None
-    if best is not None:
-        lines.append(
-            f"Best % of SGEMM peak on 3×3 layers with ≥ 32 input channels: `{best['backend']}` "
-            f"**{best['pct_peak']:.0f}%** ({best['label']}, {best['pass']}; target ≥ 70%)."
-        )
-    crossings = tables.crossovers(frame) if not frame.empty else []
-    forward = [c for c in crossings if c.pass_ == "forward" and c.has_im2col]
-    if forward:
-        lines.append(
-            "FFT overtakes im2col (forward) at "
+def _at_a_glance(ctx: Context) -> list[str]:
+    """The user's questions, answered from the data: what failed, which targets are missed,
+    which backend is fastest, where FFT overtakes, and where the numbers come from."""
+    lines = [_failure_line(ctx)]
+    lines += _target_lines(ctx)
+    lines += _fastest_lines(ctx)
+    lines += _crossover_lines(ctx)
+    lines += _peak_lines(ctx)
+    lines += _provenance_warnings(ctx)
+    out = ["## At a glance", "", *[f"- {line}" for line in lines if line], ""]
+    table = metrics.fastest(ctx.frame)
+    if not table.empty:
+        out += [
+            (
+                "Fastest backend per recipe layer and pass, in each column (median per call; where "
+                "torch is fastest, the fastest numpy backend follows):"
+            ),
+            "",
+            tables.markdown(table),
+            "",
+        ]
+    return out
+
+
+def _failure_line(ctx: Context) -> str:
+    v = ctx.material.verification
+    if ctx.failures:
+        return (
+            "**FAILED**: "
             + "; ".join(
-                f"{c.series}: "
-                + (
-                    "no k"
-                    if c.versus_im2col is None
-                    else f"**k ≤ {c.versus_im2col}** (faster at every k measured)"
-                    if c.versus_im2col == min(c.kernel_sizes)
-                    else f"**k = {c.versus_im2col}**"
-                )
-                for c in forward
+                f"`{backend}`: {len(reasons)} failed check(s), first: {reasons[0]}"
+                for backend, reasons in sorted(ctx.failures.items())
             )
-            + "."
+            + ". Its timings are marked FAILED wherever they appear; see *Verification*."
         )
-    v = material.verification
+    checked = tables.failed_records(ctx.frame)
+    with_verdicts = ctx.frame["passed"].notna().sum() if not ctx.frame.empty else 0
+    parts = []
     if v is not None:
-        checks = v["checks"]
-        bad = [
-            f"{r['backend']} {r['pass']} {r['dtype']}"
-            for r in checks
-            if r["errors"] or (r["exact"] is False and r["exact_required"])
-        ]
-        worst32 = max((r["max_rel_error"] for r in checks if r["dtype"] == "float32"), default=0)
-        worst64 = max((r["max_rel_error"] for r in checks if r["dtype"] == "float64"), default=0)
-        exact = sorted({r["backend"] for r in checks if r["exact_required"]})
-        if bad:
-            lines.append(f"Verification: **problems** in {', '.join(bad)}.")
-        else:
-            lines.append(
-                "Verification: every backend agrees with float64 torch (worst relative error "
-                f"{worst32:.1e} in float32, {worst64:.1e} in float64); "
-                f"{', '.join(exact) or 'no backend'} exact on integers, as required."
-            )
-    runs = material.inputs.accuracy_runs
-    if any(not r.smoke for r in runs):
-        kernels_ = sorted(
-            set(kernels.available()) | {r.kernel for r in runs if r.dataset == "cifar10"}
+        s = tables.verification_summary(v)
+        parts.append(
+            f"every cell of the verification matrix passed ({s['cells']} backend × pass × "
+            f"dtype cells, {s['comparisons']} comparisons with the float64 reference)"
         )
-        targets = tables.target_table(runs, tables.project_targets(kernels_))
-        met = int((targets["verdict"] == "met").sum())
-        limits = [tables.limit_met(r) for r in runs if not r.smoke]
-        lines.append(
-            f"Accuracy: project targets met **{met} of {len(targets)}**; assignment limits met "
-            f"by **{sum(limits)} of {len(limits)}** full runs."
-        )
-    if not lines:
-        return []
-    return ["## At a glance", "", *[f"- {line}" for line in lines], ""]
-
-
-# --- benchmarks -----------------------------------------------------------------------------
-
-
-def _benchmark_section(inputs, frame, files, missing, material) -> list[str]:
-    out = ["## Benchmarks", ""]
-    runs: list[BenchmarkRun] = inputs.benchmark_runs
-    if frame.empty:
-        how = (
-            f"run {BENCH_COMMANDS}, then {REPORT_COMMAND}; or {REPORT_COMMAND} without "
-            "`--no-run` for the quick embedded set (about two minutes)"
-        )
-        missing.append(
-            f"No benchmark results (looked in {', '.join(inputs.searched) or '—'}): {how}."
-        )
-        return out + ["No benchmark results: see *What is missing* above.", ""]
-
-    if any(r.quick for r in runs):
-        took = f" in {material.quick_seconds:.0f} s" if material.quick_seconds is not None else ""
-        missing.append(
-            "The benchmark numbers come from the quick embedded set (`nnbench.bench.run_quick`"
-            f"{took}), not the full suite: run {BENCH_COMMANDS} for every shape, then "
-            f"{REPORT_COMMAND}."
-        )
-    present = set(frame["suite"])
-    for suite in EXPECTED_SUITES:
-        if suite not in present:
-            missing.append(
-                f"No {tables.SUITE_TITLES[suite].lower()} (suite `{suite}`) in the benchmark "
-                f"run: run the full suite, {BENCH_COMMANDS}."
-            )
-    benchmarked = set(frame["backend"])
-    for name in kernels.available():
-        if name not in benchmarked:
-            missing.append(
-                f"Backend `{name}` is available here but has no benchmark results: re-run "
-                f"{BENCH_COMMANDS}."
-            )
-
-    peak = tables.sgemm_peak(frame)
-    sgemm = tables.sgemm_row(frame)
-    rounds = sorted(set(frame.loc[frame["pass"] != "sgemm", "rounds"]))
-    threads = sorted({str(t) for t in frame["threads"].dropna()})
-    out += [
-        (
-            "Times are the **median** over each benchmark's rounds "
-            f"({_span(rounds)} rounds). GFLOP/s = FLOPs of the call / median time, counting a "
-            "direct convolution's 2·n·c·oh·ow·d·kh·kw multiply-adds for all three passes (so for "
-            "`fft` it is the effective rate). Threads per benchmark: "
-            f"{', '.join(threads) or 'not recorded'}."
-        ),
-        "",
-    ]
-    if peak is not None:
-        out += [
-            (
-                f"**Measured SGEMM peak: {tables.sig(peak)} GFLOP/s** (numpy float32 matmul "
-                f"{sgemm['input']} @ {sgemm['kernel']}, median {tables.sig(sgemm['median_s'] * 1e3)} ms "
-                f"over {sgemm['rounds']} rounds); '% of SGEMM peak' is relative to it."
-                + (
-                    " Above 100% a call did its FLOPs faster than numpy's SGEMM does (a "
-                    "better-tuned library such as torch's oneDNN, or the FFT's effective rate)."
-                    if (frame["pct_peak"] > 100).any()
-                    else ""
-                )
-                + (
-                    " float64 rows are compared with the same float32 peak (float64 peaks at "
-                    "about half of it)."
-                    if (frame["dtype"] == "float64").any()
-                    else ""
-                )
-            ),
-            "",
-        ]
     else:
-        missing.append(
-            f"No SGEMM calibration in the benchmark run, so no '% of peak': run {BENCH_COMMANDS}."
-        )
-
-    png = plots.throughput(frame, peak)
-    if png is not None:
-        files["throughput.png"] = png
-    for suite in tables._ordered(frame["suite"], tables.SUITE_ORDER):
-        if suite in ("sgemm", "calibration"):
-            continue
-        out += _suite_section(frame, suite, files, missing)
-
-    speed = tables.pivot(frame, "vs_torch")
-    if not speed.empty and "torch" in speed.columns:
-        out += [
-            "### Speed-up relative to torch",
-            "",
-            (
-                "torch's median time / the backend's median time on the same case (> 1: faster "
-                "than torch)."
-            ),
-            "",
-            tables.markdown(
-                speed, {c: tables.fixed(2, "×") for c in speed.columns if c in benchmarked}
-            ),
-            "",
-        ]
-        means = tables.geometric_mean_speedups(frame)
-        if means:
-            out += [
-                "Geometric mean over the CIFAR-10 recipe's conv layers, forward and both "
-                "gradients: "
-                + ", ".join(f"`{b}` {m:.2f}×" for b, m in means.items())
-                + " (targets: `im2col` ≥ 0.8×, `loop` ≥ 0.5×).",
-                "",
-            ]
-    memory = tables.pivot(frame, "peak_memory_bytes")
-    if not memory.empty:
-        methods = sorted({m for m in frame["memory_method"] if m})
-        data_columns = [c for c in memory.columns if c in set(frame["backend"])]
-        memory[data_columns] = memory[data_columns] / 2**20
-        out += [
-            "### Peak memory per backend",
-            "",
-            (
-                "Extra memory one call allocated at its peak, result included, in MiB "
-                f"(method: {', '.join(methods) or 'not recorded'}; `rss-hwm` is the kernel's "
-                "resident high-water mark, which sees numpy's and torch's allocations)."
-            ),
-            "",
-            tables.markdown(memory, {c: tables.fixed(1) for c in data_columns}),
-            "",
-        ]
-    out += [
-        "### All measurements",
-        "",
-        "<details><summary>Every benchmark entry used (click to expand)</summary>",
-        "",
-        tables.markdown(tables.measurement_table(frame), tables.LAYER_FORMATS),
-        "",
-        "</details>",
-        "",
-    ]
-    return out
+        parts.append("no verification was computed (`--no-run`)")
+    if with_verdicts:
+        parts.append(f"all {with_verdicts - len(checked)} benchmark records with a check passed it")
+    return "No failures: " + "; ".join(parts) + "."
 
 
-def _span(values: list) -> str:
-    values = [int(v) for v in values]
-    if not values:
-        return "?"
-    return str(values[0]) if values[0] == values[-1] else f"{values[0]}–{values[-1]}"
-
-
-def _suite_section(frame, suite, files, missing) -> list[str]:
-    title = tables.SUITE_TITLES.get(suite, suite)
-    out = [f"### {title}", ""]
-    if suite == "recipe":
-        if "throughput.png" in files:
-            out += ["![Throughput per backend on the recipe's conv layers](throughput.png)", ""]
-        out += [
-            tables.markdown(tables.measurement_table(frame, suite), tables.LAYER_FORMATS),
-            "",
-        ]
-        return out
-    if suite == "kernel_size":
-        found = tables.crossovers(frame)
-        png = plots.kernel_sweep(frame, found)
-        if png is not None:
-            files["kernel_sweep.png"] = png
-            out += ["![Median time vs kernel size per backend](kernel_sweep.png)", ""]
-        out += _crossover_text(frame, found, missing)
-        times = tables.pivot(frame, "median_s", suite)
-        backends = [c for c in times.columns if c in set(frame["backend"])]
-        times[backends] = times[backends] * 1e3
-        out += ["Median time per call (ms):", "", tables.markdown(times), ""]
-    if suite == "step":
-        times = tables.pivot(frame, "median_s", suite)
-        backends = [c for c in times.columns if c in set(frame["backend"])]
-        times[backends] = times[backends] * 1e3
-        out += ["Median time per training step (ms):", "", tables.markdown(times), ""]
-        return out
-    gflops = tables.pivot(frame, "gflops", suite)
-    if not gflops.empty:
-        out += ["GFLOP/s:", "", tables.markdown(gflops), ""]
-    return out
-
-
-def _from_k(k: int | None, sizes: tuple[int, ...], what: str) -> str:
-    """'beats im2col from k = 7 on', '... at every k of the sweep', or '... at no k'."""
-    if k is None:
-        return f"{what.replace('beats', 'does not beat').replace('is the', 'is not the')} for good at any k"
-    if k == min(sizes):
-        return f"{what} at every k of the sweep (the crossover is at or below k = {k})"
-    return f"{what} from **k = {k}** on"
-
-
-def _crossover_text(frame, found, missing) -> list[str]:
-    if "fft" not in set(frame["backend"]):
-        missing.append(
-            "No `fft` results in the kernel-size sweep, so no FFT crossover: run "
-            f"{BENCH_COMMANDS} with the fft backend available."
-        )
-        return []
+def _target_lines(ctx: Context) -> list[str]:
     lines = []
-    for c in found:
-        ks = f"k = {', '.join(map(str, c.kernel_sizes))}"
-        if c.has_im2col:
-            vs = "`fft` " + _from_k(c.versus_im2col, c.kernel_sizes, "beats `im2col`")
-        else:
-            vs = "no `im2col` results to compare `fft` with"
-        everyone = "it " + _from_k(c.versus_all, c.kernel_sizes, "is the fastest backend")
-        lines.append(f"- {c.series}, {c.pass_} ({c.dtype}, {ks}): {vs}; {everyone}.")
-    if not lines:
+    missed = [j for j in ctx.judged if j.verdict == "MISSED"]
+    met = [j for j in ctx.judged if j.verdict == "met"]
+    unmeasured = [j for j in ctx.judged if j.verdict == "not measured"]
+    if ctx.judged:
+        columns = len({j.column for j in ctx.judged})
+        text = (
+            f"Speed targets (`nnbench.policy`), judged in each of {columns} column(s): "
+            f"**{len(met)} met, {len(missed)} MISSED**"
+            + (f", {len(unmeasured)} not measured" if unmeasured else "")
+        )
+        by_target: dict[str, list[metrics.Judged]] = {}
+        for j in missed:
+            by_target.setdefault(j.target.key, []).append(j)
+        if by_target:
+            text += ". Missed: " + "; ".join(
+                f"`{key}` ({'≥' if js[0].target.higher else '≤'} {js[0].target.threshold:g}×) "
+                + (
+                    f"in {js[0].column}: {js[0].measured.value:.2f}×"
+                    if len(js) == 1
+                    else f"in {len(js)} columns, {min(j.measured.value for j in js):.2f}× to "
+                    f"{max(j.measured.value for j in js):.2f}×"
+                )
+                for key, js in by_target.items()
+            )
+        lines.append(text + " (see *Targets*).")
+    else:
+        lines.append("Speed targets: not measured (no benchmark results).")
+    runs = ctx.material.inputs.accuracy_runs
+    if any(not r.smoke for r in runs):
+        targets = tables.target_table(runs)
+        verdicts = targets["verdict"]
+        limits = [tables.limit_met(r) for r in runs if not r.smoke]
+        missed_names = list(targets.loc[verdicts.str.startswith("MISSED"), "target"])
+        lines.append(
+            f"Accuracy targets: **{int((verdicts == 'met').sum())} of {len(targets)} met**"
+            + (f"; missed: {'; '.join(missed_names)}" if missed_names else "")
+            + f". Assignment limits met by **{sum(limits)} of {len(limits)}** full runs."
+        )
+    return lines
+
+
+def _fastest_lines(ctx: Context) -> list[str]:
+    found = metrics.winners(ctx.frame)
+    if found.empty:
         return []
+
+    def listing(counts: pd.Series) -> str:
+        return ", ".join(f"`{backend}` in {n}" for backend, n in counts.items())
+
     return [
         (
-            "FFT crossover (the smallest k from which `fft` is faster at every larger k of the "
-            "sweep):"
-        ),
-        "",
-        *lines,
-        "",
-    ]
-
-
-# --- verification ---------------------------------------------------------------------------
-
-
-def _verification_section(material: Material, files, missing) -> list[str]:
-    out = ["## Verification", ""]
-    v = material.verification
-    if v is None:
-        missing.append(
-            f"No verification: {REPORT_COMMAND} computes it (a few seconds) unless `--no-run` "
-            f"is given and no earlier `{VERIFICATION_NAME}` is in the output folder."
+            f"Fastest backend over the {len(found)} (recipe layer, pass, column) measured: "
+            f"{listing(found['fastest'].value_counts())}; fastest numpy backend: "
+            f"{listing(found['numpy'].value_counts())} (table below)."
         )
-        return out + ["Not computed (`--no-run`): see *What is missing* above.", ""]
-    rows = v["checks"]
-    cases = v.get("cases", [])
-    source = (
-        f"read from `{v['loaded_from']}` (computed {v.get('date', '?')})"
-        if v.get("loaded_from")
-        else f"computed now in {v.get('seconds', 0):.1f} s"
-    )
-    out += [
-        f"Every available backend against torch autograd in float64 on the same inputs, "
-        f"{source}, over {len(cases)} shapes: "
-        + ", ".join(
-            f"`{c['id']}` k={c['kernel_shape'][2]}x{c['kernel_shape'][3]} p={c['padding']}"
-            for c in cases
+    ]
+
+
+def _crossover_lines(ctx: Context) -> list[str]:
+    found = [
+        c for c in tables.crossovers(ctx.frame) if c.pass_ == "forward" and c.against == "im2col"
+    ]
+    return [f"Kernel-size sweep, forward, {c.series} ({c.column}): {c.sentence()}." for c in found]
+
+
+def _peak_lines(ctx: Context) -> list[str]:
+    peaks = tables.sgemm_peaks(ctx.frame) if not ctx.frame.empty else {}
+    if not peaks:
+        return []
+    return [
+        "'% of SGEMM peak' is relative to the numpy float32 SGEMM measured in the same column: "
+        + "; ".join(
+            f"{column}: {tables.sig(peak.gflops)} GFLOP/s with {peak.blas}"
+            for column, peak in peaks.items()
         )
-        + ". Max relative error of a case = max|actual − reference| / max|reference|, the worst "
-        "case shown. 'Exact on integers': with inputs in −4..4 every sum is exact, so "
-        "`loop`, `im2col` and `torch` must equal the reference bit for bit; `fft` need not.",
-        "",
+        + ". It is a reference, not a ceiling: torch and the FFT run other kernels and can pass "
+        "it."
     ]
-    for name, reason in (v.get("unavailable") or {}).items():
-        missing.append(f"Backend `{name}` is not available here, so it is not verified: {reason}")
-    png = plots.verification_heatmap(rows)
-    if png is not None:
-        files["verification.png"] = png
-        out += ["![Verification heat map](verification.png)", ""]
-    frame = tables.verification_table(rows)
-    out += [tables.markdown(frame, tables.verification_formats(frame)), ""]
-    failed = [r for r in rows if r["errors"] or (r["exact"] is False and r["exact_required"])]
-    if failed:
-        out += [
-            "**Problems**: "
-            + "; ".join(f"{r['backend']} {r['pass']} {r['dtype']}" for r in failed),
-            "",
-        ]
-    return out
 
 
-# --- accuracy -------------------------------------------------------------------------------
+# --- targets --------------------------------------------------------------------------------
 
 
-def _accuracy_section(runs: list[AccuracyRun], files, missing) -> list[str]:
-    out = ["## Accuracy", ""]
-    run_all = "`tox -e accuracy` (or `python -m nnbench.accuracy --dataset all --kernel all`)"
-    if not runs:
-        missing.append(f"No accuracy results (reports/results/accuracy-*.json): run {run_all}.")
-        return out + ["No accuracy results: see *What is missing* above.", ""]
-    cifar_kernels = sorted(
-        set(kernels.available()) | {r.kernel for r in runs if r.dataset == "cifar10"}
-    )
-    targets = tables.project_targets(cifar_kernels)
-    out += [
-        (
-            "Test accuracy is measured after every epoch (the test set serves as the validation "
-            "set); *time to X%* is the training wall-clock time at the end of the first epoch that "
-            "reached X, as recorded by `nnbench.accuracy`. The assignment's limit is checked on the "
-            "final test accuracy and train + evaluate time. Smoke runs (a small subset, for CI) "
-            "are shown but count for nothing."
-        ),
-        "",
-    ]
-    for dataset in ("mnist", "cifar10"):
-        title = tables.DATASET_TITLES[dataset]
-        limit_acc, limit_s = tables.ASSIGNMENT_LIMITS[dataset]
-        mine = [r for r in runs if r.dataset == dataset]
-        out += [
-            f"### {title}",
-            "",
-            f"Assignment limit: > {limit_acc:.0%} within {limit_s / 60:.0f} min.",
-            "",
-        ]
-        if not mine:
-            missing.append(
-                f"No {title} accuracy results: run `python -m nnbench.accuracy --dataset "
-                f"{dataset}" + (" --kernel all" if dataset == "cifar10" else "") + "`."
-            )
-            out += [f"No {title} results.", ""]
-            continue
-        full = [r for r in mine if not r.smoke]
-        if not full:
-            missing.append(
-                f"Only smoke runs for {title}: a full run (`python -m nnbench.accuracy --dataset "
-                f"{dataset}`) is needed to check the limit and the targets."
-            )
-        if dataset == "cifar10":
-            have = {r.kernel for r in full}
-            for kernel in cifar_kernels:
-                if kernel not in have:
-                    missing.append(
-                        f"No full CIFAR-10 run with kernel `{kernel}`: run `python -m "
-                        f"nnbench.accuracy --dataset cifar10 --kernel {kernel}`."
-                    )
-            if (
-                full
-                and not any(tables.time_to(r, 0.80) is not None for r in full)
-                and not any(r.data.get("preset") == "best" for r in full)
-            ):
-                missing.append(
-                    "No CIFAR-10 run reached 80%; the `best` preset is meant to: run `python -m "
-                    "nnbench.accuracy --dataset cifar10 --kernel torch --preset best`."
-                )
-        png = plots.accuracy_curves(runs, dataset, targets)
-        if png is not None:
-            name = f"accuracy_{dataset}.png"
-            files[name] = png
-            out += [f"![{title} test accuracy vs wall-clock time]({name})", ""]
-        out += [tables.markdown(tables.accuracy_table(runs, dataset), tables.ACCURACY_FORMATS), ""]
-
-    out += [
-        "### Targets",
+def _targets_section(ctx: Context) -> list[str]:
+    out = [
+        "## Targets",
         "",
         (
-            "The project's targets on this 2-core machine (issue 4), judged on full runs; the "
-            "fastest run counts."
+            "Every target of `nnbench.policy`, with the measured value and its verdict: met, "
+            "MISSED, or not measured (the run lacks what the metric needs)."
         ),
         "",
-        tables.markdown(tables.target_table(runs, targets), tables.TARGET_FORMATS),
+        "### Speed targets",
         "",
     ]
-    twin = tables.twin_table(runs)
-    out += ["### Engine vs pure torch", ""]
-    if twin.empty:
-        missing.append(
-            "No engine-vs-pure-torch comparison: run `python -m nnbench.accuracy --dataset "
-            "cifar10 --kernel torch --compare-torch`."
-        )
-        out += ["No run trained the pure-torch twin.", ""]
+    table = metrics.speed_target_table(ctx.judged)
+    if table.empty:
+        out += ["Not measured: no benchmark results.", ""]
     else:
         out += [
             (
-                "The same network and steps trained by the engine (torch kernel) and directly in "
-                f"torch, side by side in one run; target: engine ≤ {tables.TWIN_RATIO_TARGET}× "
-                "torch's time."
+                "One column per machine and thread count. Each metric is defined in "
+                "`nnbench.policy.METRICS` and computed in `nnbench.report.metrics`."
             ),
             "",
-            tables.markdown(twin, tables.TWIN_FORMATS),
+            tables.markdown(table),
             "",
         ]
+        notes = {
+            (j.column, j.target.metric, j.target.scope, j.measured.detail)
+            for j in ctx.judged
+            if math.isfinite(j.measured.value)
+        }
+        if notes:
+            out += ["<details><summary>How each value was obtained</summary>", ""]
+            out += [f"- {m}, {s} in {c}: {d}" for c, m, s, d in sorted(notes)]
+            out += ["", "</details>", ""]
+    twin = tables.twin_table(ctx.material.inputs.accuracy_runs)
+    if not twin.empty:
+        target = metrics.overhead_target()
+        out += [
+            f"Engine overhead in the accuracy runs (labelled by how each measured it; the same "
+            f"target, ≤ {target.threshold:g}×): "
+            + "; ".join(
+                f"{r['dataset']} {r['kernel']} ({r['preset']}): {r['engine / torch']:.2f}×, "
+                f"{r['measured as']} → {r[f'target ≤ {target.threshold:g}×']}"
+                for _, r in twin.iterrows()
+            )
+            + ".",
+            "",
+        ]
+    out += ["### Accuracy targets", ""]
+    runs = ctx.material.inputs.accuracy_runs
+    out += [
+        (
+            "Judged on full (non-smoke) runs; a target of the fastest kernel counts the quickest "
+            "run of any kernel."
+        ),
+        "",
+        tables.markdown(tables.target_table(runs), tables.TARGET_FORMATS),
+        "",
+    ]
     return out

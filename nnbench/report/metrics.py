@@ -1,0 +1,474 @@
+"""The speed metrics of ``nnbench.policy`` and the tables behind them, per column.
+
+A column is a machine at one thread count (``tables.benchmark_frame``). Each metric returns a
+``Measured``: the value, whether every input it needs was measured, and how it was obtained.
+
+* ``ratio_to_torch``: geometric mean over the recipe's conv passes (layers x forward,
+  grad_inputs, grad_kernels) of torch's median / the backend's median;
+* ``distance_to_bound``: geometric mean over the same passes of the backend's median / the
+  median of its own GEMMs replayed alone (``gemm_bound_s``);
+* ``scaling_vs_gemm``: geometric mean over the scaling group's (layer, pass) of the backend's
+  speed-up from 1 thread to the most threads / the bare GEMM's speed-up over the same counts;
+  judged in the column of the machine at its most threads;
+* ``engine_overhead``: the overhead benchmark's engine median / plain-torch twin median;
+* ``faster_than_im2col``: im2col's median / the backend's on the forward pass of the recipe's
+  conv2 and conv3 and the channel sweep's c64 layer, the smallest of the three;
+* ``auto_vs_fastest``: the largest, over the benchmarked (case, pass), of auto's median / the
+  fastest single backend's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from nnbench import policy
+from nnbench.report import tables
+from nnbench.report.tables import CONV_PASSES, NOT_ALGORITHMS, geomean, sig
+
+#: The layers the ``faster_than_im2col`` target names: (suite, label ending).
+WINOGRAD_LAYERS = (("recipe", "conv2"), ("recipe", "conv3"), ("channels", "c64"))
+
+
+@dataclass(frozen=True)
+class Measured:
+    value: float  # NaN: not measured
+    complete: bool  # every input the metric needs was there
+    detail: str  # how it was obtained, or what is missing
+
+    @property
+    def measured(self) -> bool:
+        return self.complete and math.isfinite(self.value)
+
+
+def _missing(detail: str) -> Measured:
+    return Measured(math.nan, False, detail)
+
+
+def _recipe(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    return frame[
+        (frame["column"] == column) & (frame["suite"] == "recipe") & frame["pass"].isin(CONV_PASSES)
+    ]
+
+
+def ratio_to_torch(frame: pd.DataFrame, column: str, backend: str) -> Measured:
+    rows = _recipe(frame, column)
+    needed = len(rows[["label", "pass"]].drop_duplicates())
+    mine = rows[(rows["backend"] == backend) & rows["vs_torch"].notna()]
+    if mine.empty:
+        return _missing(f"no recipe records of {backend} beside torch")
+    return Measured(
+        geomean(mine["vs_torch"]),
+        len(mine) == needed,
+        f"geometric mean over {len(mine)} of {needed} recipe passes",
+    )
+
+
+def distance_to_bound(frame: pd.DataFrame, column: str, backend: str) -> Measured:
+    rows = _recipe(frame, column)
+    mine = rows[rows["backend"] == backend]
+    bound = mine[mine["gemm_bound_s"].notna() & (mine["gemm_bound_s"] > 0)]
+    if bound.empty:
+        return _missing(f"no GEMM bound recorded for {backend} (an older run)")
+    return Measured(
+        geomean(bound["median_s"] / bound["gemm_bound_s"]),
+        len(bound) == len(mine),
+        f"geometric mean over {len(bound)} recipe passes",
+    )
+
+
+def scaling_top(frame: pd.DataFrame) -> dict[str, str]:
+    """Machine -> the column (its most threads) its scaling group is judged in."""
+    rows = frame[frame["suite"] == "scaling"]
+    return {
+        machine: group.loc[group["threads"].astype(float).idxmax(), "column"]
+        for machine, group in rows.groupby("machine", sort=False)
+    }
+
+
+def speedups(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
+    """Per (layer, pass, backend) of ``machine``'s scaling group: the median at each thread
+    count, the speed-up from the fewest to the most threads, the bare GEMM's speed-up over the
+    same counts on the same layer, and the ratio of the two."""
+    rows = frame[(frame["suite"] == "scaling") & (frame["machine"] == machine)]
+    if rows.empty:
+        return pd.DataFrame()
+    gemm = {}
+    for label, group in rows[rows["backend"] == "gemm"].groupby("label", sort=False):
+        gemm[label] = _speedup(group)
+    table = []
+    for (label, pass_, backend), group in rows.groupby(["label", "pass", "backend"], sort=False):
+        low, high, speedup = _speedup(group)
+        reference = gemm.get(label, (None, None, math.nan))[2]
+        line = {"layer": label, "pass": pass_, "backend": backend}
+        for _, r in group.sort_values("threads").iterrows():
+            line[f"{int(r['threads'])} thr"] = r["median_ms"]
+        line.update(
+            {
+                "threads": f"{low}→{high}",
+                "speed-up": speedup,
+                "GEMM speed-up": reference,
+                "ratio to GEMM": speedup / reference if backend != "gemm" else math.nan,
+            }
+        )
+        table.append(line)
+    frame_ = pd.DataFrame(table)
+    backends = tables.backend_order(frame_["backend"])
+    labels = list(dict.fromkeys(rows["label"]))
+    keys = frame_.apply(
+        lambda r: (
+            labels.index(r["layer"]),
+            tables.PASS_ORDER.index(r["pass"]),
+            backends.index(r["backend"]),
+        ),
+        axis=1,
+    )
+    return frame_.loc[keys.sort_values().index].reset_index(drop=True)
+
+
+def _speedup(group: pd.DataFrame) -> tuple[int, int, float]:
+    ordered = group.sort_values("threads")
+    first, last = ordered.iloc[0], ordered.iloc[-1]
+    return int(first["threads"]), int(last["threads"]), first["median_s"] / last["median_s"]
+
+
+def scaling_vs_gemm(frame: pd.DataFrame, column: str, backend: str) -> Measured:
+    machines = [m for m, top in scaling_top(frame).items() if top == column]
+    if not machines:
+        return _missing("no scaling group judged in this column")
+    table = speedups(frame, machines[0])
+    mine = table[(table["backend"] == backend) & table["ratio to GEMM"].notna()]
+    if mine.empty:
+        return _missing(f"no scaling records of {backend}")
+    span = mine["threads"].iloc[0]
+    return Measured(
+        geomean(mine["ratio to GEMM"]),
+        True,
+        f"geometric mean over {len(mine)} (layer, pass), threads {span}",
+    )
+
+
+def engine_overhead(frame: pd.DataFrame, column: str, backend: str = "torch") -> Measured:
+    rows = frame[(frame["column"] == column) & (frame["suite"] == "overhead")]
+    rows = rows[rows["ratio"].notna()]
+    if rows.empty:
+        return _missing("no overhead benchmark")
+    row = rows.iloc[0]
+    return Measured(
+        float(row["ratio"]),
+        True,
+        f"{row['label']}: engine {sig(row['median_ms'])} ms / twin "
+        f"{sig(row['twin_median_s'] * 1e3)} ms per step",
+    )
+
+
+def faster_than_im2col(frame: pd.DataFrame, column: str, backend: str) -> Measured:
+    rows = frame[(frame["column"] == column) & (frame["pass"] == "forward")]
+    ratios, missing = [], []
+    for suite, ending in WINOGRAD_LAYERS:
+        layer = rows[(rows["suite"] == suite) & rows["label"].str.endswith(ending)]
+        medians = dict(zip(layer["backend"], layer["median_s"]))
+        if backend in medians and "im2col" in medians:
+            ratios.append((medians["im2col"] / medians[backend], ending))
+        else:
+            missing.append(ending)
+    if not ratios:
+        return _missing(f"no forward records of {backend} and im2col on those layers")
+    value, where = min(ratios)
+    detail = f"smallest at {where}" + (
+        f"; not benchmarked: {', '.join(missing)}" if missing else ""
+    )
+    return Measured(value, not missing, detail)
+
+
+def auto_choices(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per benchmarked (case, pass) with an ``auto`` record: its choice, its median, the fastest
+    single backend's and the ratio."""
+    rows = frame[(frame["column"] == column) & frame["pass"].isin(CONV_PASSES)]
+    table = []
+    for (suite, label, pass_), group in rows.groupby(["suite", "label", "pass"], sort=False):
+        auto = group[group["backend"] == "auto"]
+        single = group[~group["backend"].isin(NOT_ALGORITHMS) & tables.not_failed(group)]
+        if auto.empty or single.empty:
+            continue
+        best = single.loc[single["median_s"].idxmin()]
+        a = auto.iloc[0]
+        table.append(
+            {
+                "suite": suite,
+                "case": label,
+                "pass": pass_,
+                "auto ran": a["auto_choice"] or "—",
+                "auto (ms)": a["median_ms"],
+                "fastest single backend": best["backend"],
+                "its median (ms)": best["median_ms"],
+                "auto / fastest": a["median_s"] / best["median_s"],
+            }
+        )
+    return pd.DataFrame(table)
+
+
+def auto_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> Measured:
+    table = auto_choices(frame, column)
+    if table.empty:
+        return _missing("no auto records")
+    worst = table.loc[table["auto / fastest"].idxmax()]
+    return Measured(
+        float(worst["auto / fastest"]),
+        True,
+        f"largest at {worst['case']} {worst['pass']}, over {len(table)} (case, pass)",
+    )
+
+
+#: The training step the ``auto_step_vs_fastest`` target names.
+AUTO_STEP_MODEL = "cifar10-fast"
+
+
+def auto_step_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> Measured:
+    rows = frame[
+        (frame["column"] == column)
+        & (frame["suite"] == "step")
+        & (frame["label"] == AUTO_STEP_MODEL)
+        & tables.not_failed(frame)  # a failed result is not a fast one
+    ]
+    auto = rows[rows["backend"] == backend]
+    single = rows[~rows["backend"].isin(NOT_ALGORITHMS)]
+    if auto.empty or single.empty:
+        return _missing(f"no {AUTO_STEP_MODEL} training steps of auto and a single backend")
+    best = single.loc[single["median_s"].idxmin()]
+    return Measured(
+        float(auto.iloc[0]["median_s"] / best["median_s"]),
+        True,
+        f"auto {sig(auto.iloc[0]['median_ms'])} ms / {best['backend']} "
+        f"{sig(best['median_ms'])} ms per step",
+    )
+
+
+METRIC_FUNCTIONS = {
+    "ratio_to_torch": ratio_to_torch,
+    "distance_to_bound": distance_to_bound,
+    "scaling_vs_gemm": scaling_vs_gemm,
+    "engine_overhead": engine_overhead,
+    "faster_than_im2col": faster_than_im2col,
+    "auto_vs_fastest": auto_vs_fastest,
+    "auto_step_vs_fastest": auto_step_vs_fastest,
+}
+
+
+def measure(frame: pd.DataFrame, column: str, target: policy.SpeedTarget) -> Measured:
+    """``target``'s metric in ``column``; a metric this report cannot compute is not measured."""
+    function = METRIC_FUNCTIONS.get(target.metric)
+    if function is None:
+        return _missing(f"the report does not compute the metric {target.metric!r}")
+    return function(frame, column, target.scope)
+
+
+def target_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns a target can be judged in: any with records outside the scaling group, and
+    each scaling group's column of most threads."""
+    if frame.empty:
+        return []
+    judged = set(frame.loc[frame["suite"] != "scaling", "column"]) | set(
+        scaling_top(frame).values()
+    )
+    return [c for c in tables.column_order(frame) if c in judged]
+
+
+@dataclass(frozen=True)
+class Judged:
+    target: policy.SpeedTarget
+    column: str
+    measured: Measured
+
+    @property
+    def verdict(self) -> str:
+        if not self.measured.complete:
+            return "not measured"
+        return policy.judge(self.measured.value, self.target.threshold, self.target.higher)
+
+
+def judge_all(frame: pd.DataFrame, targets=policy.SPEED_TARGETS) -> list[Judged]:
+    """Every speed target in every column."""
+    return [
+        Judged(target, column, measure(frame, column, target))
+        for target in targets
+        for column in target_columns(frame)
+    ]
+
+
+def speed_target_table(judged: list[Judged]) -> pd.DataFrame:
+    """One row per target, one column per machine and thread count: 'value verdict'."""
+    rows: dict[str, dict] = {}
+    for j in judged:
+        row = rows.setdefault(j.target.key, {"target": j.target.name})
+        row[j.column] = _cell(j)
+    return pd.DataFrame(list(rows.values()))
+
+
+def _cell(j: Judged) -> str:
+    value = j.measured.value
+    if not math.isfinite(value):
+        return "not measured"
+    text = f"{value:.2f}×"
+    if j.verdict == "not measured":
+        return f"{text} (partial: not measured)"
+    return f"{text} {j.verdict}"
+
+
+def winners(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per recipe layer and pass, in each column: the fastest backend and the fastest numpy
+    backend (every backend but torch), with their medians. auto is left out (it runs one of
+    the others), and so is a result that failed its check (a wrong result is not a fast one)."""
+    rows = frame[
+        (frame["suite"] == "recipe")
+        & frame["pass"].isin(CONV_PASSES)
+        & ~frame["backend"].isin(NOT_ALGORITHMS)
+        & tables.not_failed(frame)
+    ]
+    found = []
+    for (column, label, pass_), group in rows.groupby(["column", "label", "pass"], sort=False):
+        group = group.sort_values("median_s")
+        numpy_rows = group[group["backend"] != "torch"]
+        best = group.iloc[0]
+        second = numpy_rows.iloc[0] if not numpy_rows.empty else best
+        found.append(
+            {
+                "column": column,
+                "layer": label,
+                "pass": pass_,
+                "fastest": best["backend"],
+                "fastest_ms": best["median_ms"],
+                "numpy": second["backend"],
+                "numpy_ms": second["median_ms"],
+            }
+        )
+    return pd.DataFrame(found)
+
+
+def fastest(frame: pd.DataFrame) -> pd.DataFrame:
+    """``winners`` as a table: rows (layer, pass), one column per machine and thread count;
+    the fastest numpy backend follows where torch is the fastest."""
+    found = winners(frame)
+    if found.empty:
+        return pd.DataFrame()
+    table: dict[tuple, dict] = {}
+    for w in found.to_dict("records"):
+        text = f"{tables.backend_cell(w['fastest'], (), w['pass'])} {sig(w['fastest_ms'])} ms"
+        if w["numpy"] != w["fastest"]:
+            name = tables.backend_cell(w["numpy"], (), w["pass"])
+            text += f"; numpy: {name} {sig(w['numpy_ms'])} ms"
+        table.setdefault((w["layer"], w["pass"]), {"layer": w["layer"], "pass": w["pass"]})
+        table[(w["layer"], w["pass"])][w["column"]] = text
+    out = pd.DataFrame(list(table.values()))
+    columns = [c for c in tables.column_order(frame) if c in out]
+    return out[["layer", "pass", *columns]].fillna("—")
+
+
+def bound_table(frame: pd.DataFrame, failed=()) -> pd.DataFrame:
+    """Each numpy backend's median against its own GEMMs replayed alone, and where its time goes
+    (shares of the profiled stage times, summed over threads)."""
+    rows = frame[
+        frame["pass"].isin(CONV_PASSES)
+        & frame["suite"].isin(["recipe"])
+        & frame["gemm_bound_s"].notna()
+    ]
+    table = []
+    for _, r in rows.iterrows():
+        stages = r["breakdown_s"] or {}
+        total = sum(stages.values())
+        share = {
+            name: 100.0 * sum(stages.get(s, 0.0) for s in parts) / total if total else math.nan
+            for name, parts in STAGE_GROUPS.items()
+        }
+        table.append(
+            {
+                "machine · threads": r["column"],
+                "case": r["label"],
+                "pass": r["pass"],
+                "backend": tables.backend_cell(r["backend"], failed, r["pass"]),
+                "median (ms)": r["median_ms"],
+                "its GEMMs alone (ms)": r["gemm_bound_s"] * 1e3,
+                "median / GEMMs": r["median_s"] / r["gemm_bound_s"],
+                **{f"{name} %": value for name, value in share.items()},
+            }
+        )
+    out = pd.DataFrame(table)
+    if not out.empty and out["machine · threads"].nunique() == 1:
+        out = out.drop(columns="machine · threads")
+    return out
+
+
+#: The profiler's stages (``kernels._profile``), grouped as the report shows them.
+STAGE_GROUPS = {
+    "layout copies": ("layout",),
+    "GEMM": ("gemm",),
+    "col2im / reduction": ("col2im", "reduction"),
+    "FFT / transform": ("fft", "transform"),
+}
+BOUND_FORMATS = {"median / GEMMs": tables.times} | {
+    f"{name} %": tables.fixed(0) for name in STAGE_GROUPS
+}
+
+
+def overhead_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The overhead benchmark of each column: engine and plain-torch step medians, their ratio
+    and the target's verdict."""
+    threshold = overhead_target().threshold
+    rows = frame[(frame["suite"] == "overhead") & frame["ratio"].notna()]
+    table = []
+    for _, r in rows.iterrows():
+        table.append(
+            {
+                "machine · threads": r["column"],
+                "model": r["label"],
+                "engine step (ms)": r["median_ms"],
+                "engine IQR (% of median)": 100.0 * r["iqr_fraction"],
+                "plain-torch step (ms)": r["twin_median_s"] * 1e3,
+                "engine / torch": r["ratio"],
+                f"target ≤ {threshold:g}×": policy.judge(r["ratio"], threshold, higher=False),
+                "rounds": str(r["rounds"]),
+            }
+        )
+    return pd.DataFrame(table)
+
+
+def overhead_target() -> policy.SpeedTarget:
+    return next(t for t in policy.SPEED_TARGETS if t.metric == "engine_overhead")
+
+
+def scaling_curves(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
+    """Speed-up over the fewest threads, per layer, backend and thread count, geometric mean
+    over the layer's passes, with the band its interquartile ranges give (the speed-up taking
+    the slow quartile at one end and the fast one at the other) and whether any median in it
+    was noisy."""
+    rows = frame[(frame["suite"] == "scaling") & (frame["machine"] == machine)]
+    out = []
+    for (label, backend), group in rows.groupby(["label", "backend"], sort=False):
+        base = {p: g.sort_values("threads").iloc[0] for p, g in group.groupby("pass", sort=False)}
+        for threads, at in group.groupby("threads", sort=True):
+            speed, low, high, noisy = [], [], [], False
+            for _, r in at.iterrows():
+                b = base[r["pass"]]
+                speed.append(b["median_s"] / r["median_s"])
+                low.append(_or(b["q1_s"], b["median_s"]) / _or(r["q3_s"], r["median_s"]))
+                high.append(_or(b["q3_s"], b["median_s"]) / _or(r["q1_s"], r["median_s"]))
+                noisy = noisy or bool(r["noisy"]) or bool(b["noisy"])
+            out.append(
+                {
+                    "layer": label,
+                    "backend": backend,
+                    "threads": int(threads),
+                    "speedup": geomean(speed),
+                    "low": geomean(low),
+                    "high": geomean(high),
+                    "noisy": noisy,
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def _or(value: float, default: float) -> float:
+    return default if value is None or np.isnan(value) else value

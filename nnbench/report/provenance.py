@@ -1,0 +1,239 @@
+"""Where a number comes from: the machine, the thread count, the BLAS kernels and the code.
+
+* ``machine_label`` / ``blas_kernels`` name a run's machine and the BLAS kernel set its GEMMs
+  used (threadpoolctl's ``architecture``, e.g. Haswell or SkylakeX);
+* ``Column`` is one column of the side-by-side tables: a machine at one thread count, and for
+  runs of the old record schema (no verdicts) the commit they measured;
+* ``code_status`` compares the commit a run recorded with the checkout's HEAD
+  (``git diff --quiet <commit> HEAD -- kernels nnbench``): whether the code it measured has
+  changed since.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The checkout this package lives in (the code a report describes).
+REPO = Path(__file__).resolve().parents[2]
+#: The folders whose changes change what the benchmarks and checks measure.
+CODE_PATHS = ("kernels", "nnbench")
+
+
+def short_cpu(model: object) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon'; 'AMD EPYC 7B13' stays as it is."""
+    text = str(model or "unknown CPU")
+    text = re.sub(r"\((R|TM|tm|r)\)", "", text)
+    text = re.sub(r"\b(Processor|CPU)\b", "", text)
+    text = re.sub(r"@.*$", "", text)
+    return " ".join(text.split()) or "unknown CPU"
+
+
+def machine_label(machine: dict) -> str:
+    """'Intel Xeon, 16 cores'."""
+    return f"{short_cpu(machine.get('cpu_model'))}, {machine.get('cores', '?')} cores"
+
+
+def blas_architectures(machine: dict) -> tuple[str, ...]:
+    threads = machine.get("threads") if isinstance(machine.get("threads"), dict) else {}
+    pools = threads.get("blas") or []
+    return tuple(sorted({str(p.get("architecture")) for p in pools if p.get("architecture")}))
+
+
+def blas_kernels(machine: dict) -> str:
+    """'OpenBLAS 0.3.30 (Haswell kernels)': the libraries numpy's BLAS calls went to."""
+    threads = machine.get("threads") if isinstance(machine.get("threads"), dict) else {}
+    pools = threads.get("blas") or []
+    if not pools:
+        return "an unrecorded BLAS"
+    names = sorted(
+        {f"{_library(p.get('library'))} {p.get('version') or ''}".strip() for p in pools}
+    )
+    arch = blas_architectures(machine)
+    return ", ".join(names) + (f" ({'/'.join(arch)} kernels)" if arch else "")
+
+
+def _library(name: object) -> str:
+    return {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(str(name), str(name))
+
+
+def run_threads(machine: dict) -> int | None:
+    """The thread count a run's benchmarks ran at (BLAS threads in force, else torch's)."""
+    threads = machine.get("threads") if isinstance(machine.get("threads"), dict) else {}
+    counts = [p.get("threads") for p in threads.get("blas") or [] if p.get("threads")]
+    if counts:
+        return int(max(counts))
+    torch = threads.get("torch_threads")
+    return int(torch) if isinstance(torch, int) else None
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the side-by-side tables: a machine at a thread count. ``old`` runs (records
+    without verdicts: the code before the verification core) also carry their commit, so
+    they never merge with runs of the current schema."""
+
+    machine: str
+    threads: int | None
+    blas: tuple[str, ...] = ()
+    old_commit: str | None = None
+
+    def label(self, with_blas: bool = False, with_threads: bool = True) -> str:
+        text = self.machine.replace(" cores", "c").replace(",", "")
+        if with_threads:
+            text += " · " + ("? thr" if self.threads is None else f"{self.threads} thr")
+        if with_blas and self.blas:
+            text += f" · {'/'.join(self.blas)} BLAS"
+        if self.old_commit is not None:
+            text += f" · old code {short_commit(self.old_commit)}"
+        return text
+
+    @property
+    def sort_key(self) -> tuple:
+        cores = re.search(r"(\d+) cores", self.machine)
+        return (
+            self.old_commit is not None,
+            int(cores.group(1)) if cores else 0,
+            self.machine,
+            self.threads or 0,
+            self.blas,
+            self.old_commit or "",
+        )
+
+
+def column_labels(columns, with_threads: bool = True) -> dict[Column, str]:
+    """A unique label per column, in column order; the BLAS kernels are named where the machine
+    alone does not tell two columns apart."""
+    columns = sorted(set(columns), key=lambda c: c.sort_key)
+    plain = [c.label(with_threads=with_threads) for c in columns]
+    return {
+        c: c.label(with_blas=plain.count(text) > 1, with_threads=with_threads)
+        for c, text in zip(columns, plain)
+    }
+
+
+# --- the code a run measured -----------------------------------------------------------------
+
+
+def short_commit(commit: object) -> str:
+    """A git hash cut to 7 digits; anything else as it is."""
+    text = str(commit or "")
+    is_hash = len(text) >= 7 and all(ch in "0123456789abcdef" for ch in text.lower())
+    return text[:7] if is_hash else text
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def head() -> str | None:
+    """The checkout's HEAD commit (None outside a git checkout)."""
+    return _git("rev-parse", "HEAD")
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(commit: str) -> str | None:
+    return _git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+
+
+@functools.lru_cache(maxsize=64)
+def _differs(commit: str, current: str) -> bool | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "diff", "--quiet", commit, current, "--", *CODE_PATHS],
+            check=False,
+            capture_output=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: False, 1: True}.get(done.returncode)
+
+
+@dataclass(frozen=True)
+class CodeStatus:
+    """What a run's recorded commit says about the code it measured, compared with HEAD.
+
+    ``changed``: True (the code in kernels/ or nnbench/ differs between the run's commit and
+    HEAD), False (the same), None (cannot tell: no commit recorded, a commit this checkout does
+    not have, or no git here)."""
+
+    commit: str | None
+    dirty: bool | None
+    note: str | None
+    head: str | None
+    changed: bool | None
+    reason: str = ""
+
+    @property
+    def text(self) -> str:
+        """One sentence for the report."""
+        at = short_commit(self.commit) + (" (uncommitted changes)" if self.dirty else "")
+        if self.changed is True:
+            text = (
+                f"code changed since this run: measured {at}, the code in "
+                f"{' and '.join(f'{p}/' for p in CODE_PATHS)} differs at HEAD "
+                f"{short_commit(self.head)}"
+            )
+        elif self.changed is False:
+            text = f"measured {at}; the code is unchanged at HEAD {short_commit(self.head)}"
+            if self.dirty:
+                text += ", but the run had uncommitted changes"
+        else:
+            text = f"cannot tell whether the code changed since this run: {self.reason}"
+        if self.note:
+            text += f". Note recorded with the run: {self.note}"
+        return text
+
+
+def code_status(commit: object, dirty: object = None, note: object = None) -> CodeStatus:
+    """Compare a run's recorded ``commit`` with HEAD (see ``CodeStatus``)."""
+    commit = str(commit) if commit else None
+    dirty = dirty if isinstance(dirty, bool) else None
+    note = str(note) if note else None
+    current = head()
+    if commit is None:
+        return CodeStatus(None, dirty, note, current, None, "the run recorded no commit")
+    if current is None:
+        return CodeStatus(commit, dirty, note, None, None, "this is not a git checkout")
+    resolved = _resolve(commit)
+    if resolved is None:
+        reason = f"its commit {short_commit(commit)} is not in this repository"
+        return CodeStatus(commit, dirty, note, current, None, reason)
+    changed = _differs(resolved, current)
+    reason = "" if changed is not None else "git diff failed"
+    return CodeStatus(commit, dirty, note, current, changed, reason)
+
+
+def recorded_source(machine: dict, commit_info: dict | None = None) -> tuple:
+    """(commit, dirty, note) a result recorded: nnbench's ``source`` (the package's own
+    checkout), else pytest-benchmark's ``commit_info``. Where the source commit is not in this
+    repository but pytest-benchmark's is, the latter is used."""
+    source = machine.get("source") if isinstance(machine.get("source"), dict) else {}
+    info = commit_info or {}
+    note = source.get("note")
+    candidates = [
+        (source.get("commit"), source.get("dirty")),
+        (info.get("id"), info.get("dirty")),
+    ]
+    candidates = [(c, d) for c, d in candidates if c]
+    if not candidates:
+        return None, None, note
+    for commit, dirty in candidates:
+        if head() is not None and _resolve(str(commit)) is not None:
+            return commit, dirty, note
+    return candidates[0][0], candidates[0][1], note
