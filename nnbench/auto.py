@@ -45,7 +45,7 @@ import numpy as np
 import kernels
 from kernels import threads
 from nnbench._io import atomic_write_json
-from nnbench.verify import PASSES, ConvCase, Verdict, compare, operands
+from nnbench.verify import PASSES, ConvCase, Verdict, check_backend, operands
 
 __all__ = ["CACHE_ENV", "NAME", "REPEATS", "Plan", "cache_path", "forget", "plan"]
 
@@ -201,24 +201,7 @@ def _verify(backend: str, pass_: str, case: ConvCase) -> Verdict:
     """``backend``'s verdict on ``pass_`` of ``case`` (cached per process and case)."""
     key = (backend, pass_, case.id)
     if key not in _verdicts:
-        ops = operands(case)
-        name = f"{backend} {pass_} {case.id}"
-        try:
-            result = kernels.PASS_FUNCTIONS[pass_](
-                *ops.arguments(pass_), case.padding, backend=backend
-            )
-            verdict = compare(
-                name,
-                result,
-                ops.reference(pass_),
-                dtype=case.dtype,
-                backend=backend,
-                reduction=case.reduction_length(pass_),
-            )
-        except Exception as exc:  # noqa: BLE001 - a backend that raises fails its check
-            problem = f"raised {type(exc).__name__}: {exc}"
-            verdict = Verdict(name, False, math.inf, math.inf, 0.0, False, problem=problem)
-        _verdicts[key] = verdict
+        _verdicts[key] = check_backend(backend, case, pass_)
     return _verdicts[key]
 
 

@@ -91,30 +91,36 @@ def thread_info() -> dict[str, object]:
 RESULTS_DIR = "reports"
 
 
+#: This project's checkout (where ``git`` runs by default).
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def git(*args: str, root: Path | None = None, timeout: float = 20) -> str | None:
+    """``git -C root args`` (root: this checkout): its output, or None if git failed or is
+    missing."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(CHECKOUT if root is None else root), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def source_revision(root: Path | None = None) -> dict[str, object]:
     """The git commit of this checkout and whether tracked files outside ``reports/`` differ
     from it (None outside a git checkout), so a result can be traced to the code that produced
     it. ``root`` defaults to this project's checkout."""
-    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(root), *args],
-                check=False,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
+    root = CHECKOUT if root is None else Path(root)
+    commit = git("rev-parse", "HEAD", root=root)
     if commit is None:
         return {"commit": None, "dirty": None}
     pathspec = (":(top)", f":(top,exclude){RESULTS_DIR}")  # the whole checkout, from anywhere
-    status = git("status", "--porcelain", "--untracked-files=no", "--", *pathspec)
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *pathspec, root=root)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

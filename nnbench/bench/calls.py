@@ -27,7 +27,7 @@ import numpy as np
 
 import kernels
 from kernels import _profile
-from nnbench.verify import ConvCase, Verdict, compare, operands, seed_for
+from nnbench.verify import ConvCase, Verdict, compare, operands, result_verdict, seed_for
 from nnbench.verify.cases import check_pass
 
 __all__ = [
@@ -86,14 +86,7 @@ def make_call(backend: str, case: ConvCase, pass_: str) -> TimedCall:
 
     def check(result) -> Verdict:
         ops.assert_unchanged(name)
-        return compare(
-            name,
-            result,
-            ops.reference(pass_),
-            dtype=case.dtype,
-            backend=backend,
-            reduction=case.reduction_length(pass_),
-        )
+        return result_verdict(name, result, case, pass_, backend, ops)
 
     return TimedCall(fn, check, case.flops)
 

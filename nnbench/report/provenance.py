@@ -15,10 +15,11 @@ import functools
 import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+
+from nnbench import machine
 
 #: The checkout this package lives in (the code a report describes).
-REPO = Path(__file__).resolve().parents[2]
+REPO = machine.CHECKOUT
 #: The folders whose changes change what the benchmarks and checks measure.
 CODE_PATHS = ("kernels", "nnbench")
 
@@ -126,17 +127,7 @@ def short_commit(commit: object) -> str:
 
 
 def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(REPO), *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    return machine.git(*args, root=REPO)
 
 
 @functools.lru_cache(maxsize=1)

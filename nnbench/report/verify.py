@@ -24,14 +24,8 @@ from dataclasses import dataclass, field
 
 import kernels
 from nnbench.report.load import VERIFICATION_SCHEMA as SCHEMA
-from nnbench.verify import CHECK_CASES, DTYPES, PASSES, ConvCase, compare, operands
+from nnbench.verify import CHECK_CASES, DTYPES, PASSES, ConvCase, check_backend
 
-#: How each pass is computed from its two operands (``Operands.arguments`` order).
-CALLS = {
-    "forward": kernels.convolve,
-    "grad_inputs": kernels.grad_inputs,
-    "grad_kernels": kernels.grad_kernels,
-}
 OPERANDS = ("normal", "integer")
 
 
@@ -109,20 +103,6 @@ def _margin(record: dict | None) -> float:
     return error / bound if bound > 0 else 0.0
 
 
-def _error_verdict(name: str, exc: Exception):
-    from nnbench.verify import Verdict
-
-    return Verdict(
-        name,
-        False,
-        float("inf"),
-        float("inf"),
-        0.0,
-        False,
-        problem=f"raised {type(exc).__name__}: {exc}",
-    )
-
-
 def run(
     backends: list[str] | None = None,
     cases: tuple[ConvCase, ...] = CHECK_CASES,
@@ -146,7 +126,6 @@ def run(
             for dtype in dtypes:
                 case = base.with_dtype(dtype)
                 for kind in OPERANDS:
-                    ops = operands(case, integer=kind == "integer")
                     for backend in backends:
                         reason = case.unsupported_by(backend)
                         for pass_ in PASSES:
@@ -155,7 +134,7 @@ def run(
                                 if kind == "normal":
                                     check.skipped.append({"case": case.id, "reason": reason})
                                 continue
-                            check.add(case, kind, _verdict(backend, case, pass_, ops, kind))
+                            check.add(case, kind, _verdict(backend, case, pass_, kind))
     return {
         "schema": SCHEMA,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -169,22 +148,9 @@ def run(
     }
 
 
-def _verdict(backend: str, case: ConvCase, pass_: str, ops, kind: str):
+def _verdict(backend: str, case: ConvCase, pass_: str, kind: str):
     name = f"{backend} {pass_} {case.id} ({kind})"
-    try:
-        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, backend=backend)
-        ops.assert_unchanged(name)
-    except Exception as exc:  # noqa: BLE001 - a failing backend is reported, not fatal
-        return _error_verdict(name, exc)
-    return compare(
-        name,
-        actual,
-        ops.reference(pass_),
-        dtype=case.dtype,
-        backend=backend,
-        reduction=case.reduction_length(pass_),
-        exact=kind == "integer" and kernels.get(backend).exact,
-    )
+    return check_backend(backend, case, pass_, integer=kind == "integer", name=name)
 
 
 def failed_backends(payload: dict | None) -> dict[str, list[dict]]:

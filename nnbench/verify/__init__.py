@@ -9,7 +9,9 @@ naming the error, the bound and the worst element (``compare``).
 * ``cases``       ``ConvCase`` (shapes, padding, dtype, readable id) and ``operands`` (seeded
                   inputs with their float64 torch reference, computed once on first use);
 * ``tolerances``  the one table of (rtol, atol) per (backend, dtype), each entry justified;
-* ``compare``     ``compare(...) -> Verdict`` and ``assert_close`` (a verdict that raises).
+* ``compare``     ``compare(...) -> Verdict`` and ``assert_close`` (a verdict that raises);
+* ``check``       ``check_backend`` (run a backend's pass on a case and judge it) and
+                  ``result_verdict`` (judge a result already computed, as after a benchmark).
 """
 
 from nnbench.verify.cases import (
@@ -21,6 +23,7 @@ from nnbench.verify.cases import (
     operands,
     seed_for,
 )
+from nnbench.verify.check import check_backend, result_verdict
 from nnbench.verify.compare import Verdict, assert_close, compare
 from nnbench.verify.tolerances import TOLERANCES, Tol, tolerance
 
@@ -34,8 +37,10 @@ __all__ = [
     "Tol",
     "Verdict",
     "assert_close",
+    "check_backend",
     "compare",
     "operands",
+    "result_verdict",
     "seed_for",
     "tolerance",
 ]
