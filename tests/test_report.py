@@ -759,11 +759,11 @@ def test_runs_side_by_side_one_column_per_machine_and_threads(two_machine_report
 
 
 def test_old_schema_runs_load_and_are_shown_as_old_code():
-    run = load.load_file(REPO / "reports" / "benchmarks" / "bench-default-openblas-haswell.json")
+    run = load.load_file(REPO / "reports" / "benchmarks" / "before-c8897cd-xeon16-bench-2threads.json")
     assert run.old_schema
     frame = tables.benchmark_frame([run])
     (column,) = tables.column_order(frame)
-    assert column == "AMD EPYC 2c · 2 thr · old code d5648b9"
+    assert column == "Intel Xeon 16c · 2 thr · old code c8897cd"
     assert frame["passed"].isna().all()  # no verdicts: not failures either
     assert tables.failures(frame, None) == {}
 
