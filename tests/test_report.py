@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
+import io
 import json
 import math
 import os
@@ -609,6 +611,9 @@ def test_the_quick_set_runs_through_the_suite_and_no_run_reuses_it(tmp_path, acc
     assert "two minutes" not in text
     assert (out / "verification.json").is_file()
     assert out / "REPORT.md" == result.written[-1]
+    # No handle to the suite's JSON is left open (pytest-benchmark < 5 leaves some: closed).
+    handles = [o for o in gc.get_objects() if type(o) is io.BufferedWriter and not o.closed]
+    assert not [h for h in handles if str(h.name).endswith("quick.json")]
 
     # --no-run renders from what the previous run left, computing nothing.
     before = (out / "quick-benchmark.json").read_bytes()
@@ -759,7 +764,9 @@ def test_runs_side_by_side_one_column_per_machine_and_threads(two_machine_report
 
 
 def test_old_schema_runs_load_and_are_shown_as_old_code():
-    run = load.load_file(REPO / "reports" / "benchmarks" / "before-c8897cd-xeon16-bench-2threads.json")
+    run = load.load_file(
+        REPO / "reports" / "benchmarks" / "before-c8897cd-xeon16-bench-2threads.json"
+    )
     assert run.old_schema
     frame = tables.benchmark_frame([run])
     (column,) = tables.column_order(frame)

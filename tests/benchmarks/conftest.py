@@ -19,6 +19,8 @@ run.
 
 from __future__ import annotations
 
+import gc
+import io
 import os
 
 import pytest
@@ -60,6 +62,24 @@ def pytest_configure(config):
     torch, when benchmarks run: recorded in every run's machine info. Unit tests run untuned."""
     if config.getoption("benchmark_only", default=False):
         runtime.configure()
+
+
+def pytest_unconfigure(config):
+    """Close the handles to the ``--benchmark-json`` file that pytest-benchmark leaves open.
+
+    Versions that declare the option as ``argparse.FileType("wb")`` (4.x, 5.0) get a handle to
+    the file from every parse of the arguments, and pytest parses them more than once; the one
+    written through is closed, the others never are. In a process that goes on after the run
+    (``nnbench.bench.run_suite``, the report's quick set) each would be freed at some later,
+    unrelated moment, with a ResourceWarning there. They were never written: closing writes
+    nothing. Newer versions take a path and leave nothing open.
+    """
+    written = config.getoption("benchmark_json", default=None)
+    if not isinstance(written, io.IOBase):  # a Path, or no JSON asked for
+        return
+    for obj in gc.get_objects():
+        if type(obj) is io.BufferedWriter and not obj.closed and obj.name == written.name:
+            obj.close()
 
 
 def requested_threads(config) -> int | None:
