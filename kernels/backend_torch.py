@@ -7,6 +7,9 @@ tensors cannot alias them) and the result leaves with ``.numpy()`` (zero copy).
 
 The gradients use torch's own convolution backward kernels (``conv_transpose2d`` for the input
 gradient, the weight-gradient routine of ``torch.nn.grad``), which is what a torch user gets.
+
+After each call, ``release_openmp`` (``kernels.threads``) ends torch's OpenMP workers where they
+would otherwise spin on the cores the engine's numpy passes need next.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import functools
 import importlib.util
 
 import numpy as np
+
+from kernels.threads import release_openmp
 
 #: direct convolution sums: exact while every partial sum is an integer below 2**24.
 EXACT = True
@@ -46,14 +51,18 @@ def _flip(kernels: np.ndarray):
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
     torch = _torch()
     with torch.no_grad():
-        return torch.nn.functional.conv2d(_tensor(inputs), _flip(kernels), padding=padding).numpy()
+        result = torch.nn.functional.conv2d(_tensor(inputs), _flip(kernels), padding=padding)
+    release_openmp()
+    return result.numpy()
 
 
 def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
     torch = _torch()
     with torch.no_grad():
         transposed = torch.nn.functional.conv_transpose2d
-        return transposed(_tensor(grad_outputs), _flip(kernels), padding=padding).numpy()
+        result = transposed(_tensor(grad_outputs), _flip(kernels), padding=padding)
+    release_openmp()
+    return result.numpy()
 
 
 def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> np.ndarray:
@@ -65,4 +74,6 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
         grad = torch.nn.grad.conv2d_weight(
             _tensor(inputs), shape, _tensor(grad_outputs), padding=padding
         )
-    return torch.flip(grad, dims=(2, 3)).numpy()
+        result = torch.flip(grad, dims=(2, 3))
+    release_openmp()
+    return result.numpy()

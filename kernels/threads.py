@@ -34,6 +34,8 @@ starts a pool of its own.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import itertools
 import math
 import os
@@ -345,3 +347,49 @@ def _inline(body: Callable[[T], object], item: T) -> None:
         body(item)
     finally:
         _inside.active = previous
+
+
+# --- torch's OpenMP workers -----------------------------------------------------------------
+
+#: Environment variables that tune libgomp's idle workers when it loads (their presence: tuned).
+OPENMP_WAIT_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+
+
+def release_openmp() -> None:
+    """End the OpenMP worker threads of this thread's last parallel region, if they would spin.
+
+    torch runs its kernels on libgomp's workers, which by default spin for up to 300000 polls
+    after every parallel region, holding the cores that the engine's numpy passes and this
+    module's pool need next. libgomp reads how long to spin once, when it loads, so
+    ``nnbench.runtime.configure()`` can only shorten the spin when it runs before torch is
+    loaded. This works whatever the order: ``omp_pause_resource_all`` (OpenMP 5.0) ends the
+    workers, and the next parallel region starts them again (one thread start per worker).
+    Called after each call of the torch backend; does nothing when
+    ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` is set (the spin was tuned when libgomp loaded,
+    by the user or by ``configure``) or where no libgomp is loaded.
+    """
+    for pause in _openmp_pauses():
+        pause(1)  # omp_pause_soft
+
+
+@functools.cache
+def _openmp_pauses() -> tuple:
+    """``omp_pause_resource_all`` of every libgomp loaded now, if their spin is the default
+    (decided on the first call of the torch backend, when torch has loaded its libgomp)."""
+    if any(os.environ.get(name) for name in OPENMP_WAIT_SETTINGS):
+        return ()
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return ()
+    pauses = []
+    for lib in ThreadpoolController().select(user_api="openmp").lib_controllers:
+        if lib.prefix != "libgomp":  # LLVM's and Intel's runtimes sleep after a short spin
+            continue
+        try:
+            pause = ctypes.CDLL(lib.filepath).omp_pause_resource_all
+        except (OSError, AttributeError):  # an old libgomp without OpenMP 5.0
+            continue
+        pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
+        pauses.append(pause)
+    return tuple(pauses)

@@ -2,8 +2,8 @@
 
 Importing nnbench changes nothing outside nnbench: no environment variable, no allocator
 setting, no thread. ``configure()`` is the one call that does, made by ``python -m
-nnbench.accuracy``, ``python -m nnbench.report`` and the benchmark suite (``pytest
---benchmark-only``); ``settings()`` says what it did, and every result records that
+nnbench.accuracy`` and by the benchmark suite (``pytest --benchmark-only``, so also the
+report's quick set); ``settings()`` says what it did, and every result records that
 (``nnbench.machine.machine_info``).
 
 Why: numpy's OpenBLAS, torch's OpenMP workers and nnbench's own pool (``kernels.threads``) take
@@ -20,7 +20,10 @@ for about 0.1 s, libgomp for up to 300000 polls), holding the cores the next one
 * libgomp reads ``GOMP_SPINCOUNT`` once, when it is loaded, and offers no way to change it
   afterwards. ``configure`` sets it (to 10000 polls, unless the user set it) while torch is not
   loaded yet, and records whether it was in time. The CLIs call ``configure`` before they load
-  torch; a script that imported torch first keeps libgomp's default, whatever nnbench does.
+  torch. Where the spin was not tuned (torch imported first, or no ``configure`` at all), the
+  torch backend ends libgomp's workers after each call instead
+  (``kernels.threads.release_openmp``), so the engine's speed does not depend on the order in
+  which torch and nnbench were imported.
 * the glibc allocator (``nnbench.machine.tune_allocator``): freed multi-megabyte buffers stay on
   the heap instead of going back to the OS, so a training step does not page-fault its
   activations in again on every step.

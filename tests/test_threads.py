@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
+import kernels
 from kernels import threads
 from nnbench import BatchNorm, Conv2D, Pooling2D, RandomFlip, ReLU
 from nnbench.machine import pinned_threads
@@ -256,6 +257,55 @@ print(dict(os.environ) == before, "torch" in sys.modules, "scipy" in sys.modules
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert run.stdout.split("\n")[0] == "True False False 1 {'configured': False}", run.stdout
+
+
+_OPENMP_PROBE = """
+import os, time
+import numpy as np, torch
+import kernels
+
+torch.set_num_threads(2)
+x = np.ones((64, 16, 32, 32), np.float32)
+k = np.ones((16, 16, 3, 3), np.float32)
+
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+
+def settled(expected, seconds=5.0):  # a released worker leaves /proc once it has exited
+    end = time.monotonic() + seconds
+    while tasks() != expected and time.monotonic() < end:
+        time.sleep(0.01)
+    return tasks()
+
+
+before = tasks()
+torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(k))
+with_workers = tasks()  # plain torch: its OpenMP worker stays (and spins)
+kernels.convolve(x, k, 1, backend="torch")
+print(before, with_workers, settled(before))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+@pytest.mark.parametrize("tuned", [False, True], ids=["default-spin", "GOMP_SPINCOUNT-set"])
+def test_the_torch_backend_ends_openmp_workers_whose_spin_was_not_tuned(tuned):
+    """Torch loaded first, libgomp at its default spin: after a torch-backend call its OpenMP
+    workers are gone (they would spin on the cores the numpy passes need). With the spin tuned
+    when libgomp loaded (``GOMP_SPINCOUNT``, as ``nnbench.runtime.configure`` sets it), they
+    stay, as torch left them."""
+    if "torch" not in kernels.available():
+        pytest.skip("the torch backend is not available")
+    env = {k: v for k, v in os.environ.items() if k not in threads.OPENMP_WAIT_SETTINGS}
+    if tuned:
+        env["GOMP_SPINCOUNT"] = "10000"
+    run = subprocess.run([sys.executable, "-c", _OPENMP_PROBE], capture_output=True, text=True,
+                         cwd=ROOT, env=env, check=True)  # fmt: skip
+    before, with_workers, after = map(int, run.stdout.split())
+    if with_workers == before:
+        pytest.skip("torch ran this convolution without OpenMP workers")
+    assert after == (with_workers if tuned else before), run.stdout
 
 
 def test_blas_threads_never_run_inside_nnbench(monkeypatch):
