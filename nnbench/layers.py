@@ -9,8 +9,8 @@ numpy runs elementwise work on one thread. The passes over whole activations (Re
 pooling, the convolution bias, the flip) therefore go through ``_batched``, which cuts the batch
 into slices run side by side on the thread budget of ``kernels.threads`` (the BLAS limit in
 force). Each image is computed exactly as it would be alone, so the results do not depend on
-the number of threads. Measured here on a CIFAR-10 training step (batch 128, 2 threads, torch
-kernel): these passes took 12.4 ms instead of 17.5 ms, the whole step 22.8 ms instead of 27.8.
+the number of threads. The benchmark suite's training steps (``tests/benchmarks``) show what
+this buys on a given machine.
 """
 
 from __future__ import annotations

@@ -174,8 +174,7 @@ def tune_allocator(threshold: int = 1 << 30) -> bool:
 
     A training step allocates and frees the same few multi-megabyte arrays over and over. By
     default glibc serves each with a fresh mmap, so every step pays a page fault per 4 KiB of
-    output (measured here: a 3->16 channel 32x32 convolution took 4.5 ms instead of 0.6 ms).
-    Raising the mmap and trim thresholds lets freed blocks be reused. Returns whether it applied
+    output, which can cost more than the arithmetic of a small layer. Raising the mmap and trim thresholds lets freed blocks be reused. Returns whether it applied
     (False off glibc). Used by the accuracy runs and the benchmarks, identically for every
     backend.
     """

@@ -406,7 +406,12 @@ class Model:
         ``ValueError``/``TypeError`` otherwise); pickled data is never loaded.
         """
         self._require_layers()
-        path = _model_file_path(path)
+        given, path = path, _model_file_path(path)
+        if not path.exists() and Path(given).is_file():  # "m.npy": a file, but not one of save's
+            raise ValueError(
+                f"model file {str(given)!r} is not a file written by Model.save: save writes "
+                f"'.npz' files, and {str(given)!r} resolves to {str(path)!r}, which does not exist"
+            )
         where = f"model file {str(path)!r}"
         targets = self.state()
         stored = _read_npz(path, where)

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 __all__ = [
     "ACCURACY_TARGETS",
     "LIMITS",
+    "SMOKE_FLOORS",
     "SPEED_TARGETS",
     "AccuracyTarget",
     "Limit",
     "SpeedTarget",
+    "accuracy_levels",
     "judge",
 ]
 
@@ -116,12 +118,25 @@ LIMITS: dict[str, Limit] = {
     "cifar10": Limit("cifar10", 0.70, 3600.0),
 }
 
+#: Test accuracy a ``--smoke`` run (a few thousand images, one epoch) must pass to count as
+#: having learned at all (chance is 10%); CI asserts it.
+SMOKE_FLOORS: dict[str, float] = {"mnist": 0.80, "cifar10": 0.25}
+
 ACCURACY_TARGETS: tuple[AccuracyTarget, ...] = (
     AccuracyTarget("mnist", 0.98, 60.0),
     AccuracyTarget("cifar10", 0.70, 180.0),
     AccuracyTarget("cifar10", 0.80, 900.0),
     AccuracyTarget("cifar10", 0.70, 300.0, scope="im2col"),
 )
+
+
+def accuracy_levels(dataset: str) -> tuple[float, ...]:
+    """The test accuracies that ``dataset``'s limit and targets name, ascending."""
+    levels = {LIMITS[dataset].accuracy} | {
+        t.accuracy for t in ACCURACY_TARGETS if t.dataset == dataset
+    }
+    return tuple(sorted(levels))
+
 
 SPEED_TARGETS: tuple[SpeedTarget, ...] = (
     SpeedTarget("im2col_vs_torch", "ratio_to_torch", "im2col", 0.5),

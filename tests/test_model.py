@@ -486,6 +486,14 @@ BAD_MODEL_FILES = {
 }
 
 
+def test_loading_a_file_save_never_writes_names_it_not_a_missing_npz(tmp_path):
+    path = tmp_path / "weights.npy"
+    path.write_bytes(npy_bytes(np.zeros(3)))
+    expected = f"model file '{path}' is not a file written by Model.save: save writes '.npz'"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        dense_model().load(path)
+
+
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [pytest.param(*case, id=name) for name, case in BAD_MODEL_FILES.items()],

@@ -16,7 +16,9 @@ import pytest
 import kernels
 from kernels import _profile, backend_im2col, threads
 from kernels import backend_winograd as winograd
+from nnbench import verify
 from nnbench.machine import pinned_threads
+from nnbench.verify import ConvCase
 from reference import convolve_with_gradients
 
 PASSES = ("forward", "grad_inputs", "grad_kernels")
@@ -34,21 +36,15 @@ def one_thread():
         yield
 
 
-def operands(rng, n, d, h, w, c, p, dtype="float64", integer=False):
-    """(inputs, kernels, grad_outputs) for a 3x3 convolution with padding p."""
-    shapes = (n, d, h, w), (c, d, 3, 3), (n, c, h - 2 + 2 * p, w - 2 + 2 * p)
-    if integer:
-        return tuple(rng.integers(-4, 5, size=s).astype(dtype) for s in shapes)
-    return tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
+def case_of(n, d, h, w, c, p, dtype="float64") -> ConvCase:
+    """A 3x3 convolution case of the verification core."""
+    return ConvCase((n, d, h, w), (c, d, 3, 3), p, dtype)
 
 
-def assert_matches(name, actual, expected, dtype="float64"):
-    """Within 16 eps of the largest expected value (the errors measured are below 0.2 eps*K)."""
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    assert actual.dtype == np.dtype(dtype), f"{name}: dtype {actual.dtype} != {dtype}"
-    scale = max(1.0, float(np.abs(expected).max()))
-    err = float(np.abs(actual - expected).max())
-    assert err <= 16 * np.finfo(dtype).eps * scale, f"{name}: max error {err:.3g}"
+def operands(seed, n, d, h, w, c, p, dtype="float64", integer=False):
+    """(inputs, kernels, grad_outputs) of ``case_of(...)``, drawn by the verification core."""
+    drawn = verify.operands(case_of(n, d, h, w, c, p, dtype), integer=integer, seed=seed)
+    return drawn.x, drawn.kernels, drawn.grad_outputs
 
 
 # --- the transforms --------------------------------------------------------------------------
@@ -101,19 +97,20 @@ SIZES = [
 
 @pytest.mark.parametrize("h, w, p", SIZES, ids=[f"{h}x{w}p{p}" for h, w, p in SIZES])
 def test_partial_tiles_and_paddings(h, w, p):
-    rng = np.random.default_rng(h * 100 + w * 10 + p)
-    x, k, gy = operands(rng, 2, 3, h, w, 4, p)
+    case = case_of(2, 3, h, w, 4, p)
+    x, k, gy = operands(h * 100 + w * 10 + p, 2, 3, h, w, 4, p)
     expected = convolve_with_gradients(x, k, gy, p)
     for pass_ in PASSES:
-        assert_matches(f"{pass_} {h}x{w} p={p}", CALLS[pass_](x, k, gy, p), expected[pass_])
+        verify.assert_close(f"{pass_} {case.id}", CALLS[pass_](x, k, gy, p), expected[pass_],
+                            dtype=case.dtype, backend="winograd",
+                            reduction=case.reduction_length(pass_))  # fmt: skip
 
 
 @pytest.mark.parametrize("h, w, p", [(5, 7, 1), (8, 8, 1), (6, 7, 4)])
 def test_exact_on_small_integers(h, w, p):
     """The transforms hold only 0, +-1 and +-1/2: every intermediate is a multiple of 1/4, so
     small integers give the exact result in float32 (EXACT stays False: not promised)."""
-    rng = np.random.default_rng(h + w + p)
-    x, k, gy = operands(rng, 2, 16, h, w, 8, p, dtype="float32", integer=True)
+    x, k, gy = operands(h + w + p, 2, 16, h, w, 8, p, dtype="float32", integer=True)
     expected = convolve_with_gradients(x, k, gy, p)
     for pass_ in PASSES:
         actual = CALLS[pass_](x, k, gy, p)
@@ -123,8 +120,7 @@ def test_exact_on_small_integers(h, w, p):
 
 def test_float64_is_computed_in_float64():
     """The float64 error is many orders below the float32 one (no float32 step in between)."""
-    rng = np.random.default_rng(3)
-    x, k, gy = operands(rng, 2, 8, 9, 10, 6, 1)
+    x, k, gy = operands(3, 2, 8, 9, 10, 6, 1)
     expected = convolve_with_gradients(x, k, gy, 1)
     errors = {}
     for dtype in ("float32", "float64"):
@@ -158,8 +154,7 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_memory_layouts(layout):
-    rng = np.random.default_rng(4)
-    plain = operands(rng, 3, 2, 7, 9, 3, 1, dtype="float32", integer=True)
+    plain = operands(4, 3, 2, 7, 9, 3, 1, dtype="float32", integer=True)
     args = tuple(LAYOUTS[layout](a) for a in plain)
     values = tuple(np.array(a) for a in args)
     expected = convolve_with_gradients(*values, 1)
@@ -172,11 +167,10 @@ def test_memory_layouts(layout):
 
 def test_results_are_fresh_arrays():
     """A result never aliases a scratch buffer that the next call overwrites."""
-    rng = np.random.default_rng(5)
-    x, k, gy = operands(rng, 2, 3, 8, 8, 4, 1, dtype="float32")
+    x, k, gy = operands(5, 2, 3, 8, 8, 4, 1, dtype="float32")
     first = {pass_: CALLS[pass_](x, k, gy, 1) for pass_ in PASSES}
     kept = {pass_: value.copy() for pass_, value in first.items()}
-    x2, k2, gy2 = operands(rng, 2, 3, 8, 8, 4, 1, dtype="float32")
+    x2, k2, gy2 = operands(55, 2, 3, 8, 8, 4, 1, dtype="float32")
     second = {pass_: CALLS[pass_](x2, k2, gy2, 1) for pass_ in PASSES}
     for pass_ in PASSES:
         assert np.array_equal(first[pass_], kept[pass_]), f"{pass_} changed by a later call"
@@ -192,8 +186,7 @@ def test_routes_name_every_pass_and_the_weight_gradient_goes_through_im2col():
     assert "winograd" in winograd.ROUTES["forward"]
     assert "winograd" in winograd.ROUTES["grad_inputs"]
     assert "im2col" in winograd.ROUTES["grad_kernels"]
-    rng = np.random.default_rng(6)
-    x, _, gy = operands(rng, 2, 3, 9, 8, 4, 1, dtype="float32")
+    x, _, gy = operands(6, 2, 3, 9, 8, 4, 1, dtype="float32")
     ours = kernels.grad_kernels(x, gy, 1, backend="winograd")
     assert np.array_equal(ours, backend_im2col.grad_kernels(x, gy, 1))
 
@@ -217,8 +210,7 @@ def test_one_stacked_gemm_per_chunk(monkeypatch):
     """Every chunk runs its 16 products as one matmul on (16, tiles, d) @ (16, d, c)."""
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)  # one image per chunk
     monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1)
-    rng = np.random.default_rng(7)
-    x, k, _ = operands(rng, 3, 5, 7, 6, 4, 1, dtype="float32")
+    x, k, _ = operands(7, 3, 5, 7, 6, 4, 1, dtype="float32")
     with _profile.profiled() as profile:
         kernels.convolve(x, k, 1, backend="winograd")
     assert len(profile.gemms) == 3

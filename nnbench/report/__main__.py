@@ -58,13 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="time the quick benchmark set (pytest --benchmark-only -m quick, in-process) "
-        "instead of using saved benchmark runs",
+        "instead of using saved benchmark runs (default: off; on by itself when no saved run is "
+        "found)",
     )
     mode.add_argument(
         "--no-run",
         action="store_true",
         help="run nothing (no benchmarks, no verification): render what exists and say what is "
-        "missing",
+        "missing (default: off)",
     )
     parser.add_argument(
         "--threads",

@@ -695,7 +695,6 @@ def verification_summary(payload: dict) -> dict[str, int]:
 # --- accuracy -----------------------------------------------------------------------------
 
 DATASET_TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
-DATASET_THRESHOLDS = {"mnist": (0.90, 0.98), "cifar10": (0.70, 0.80)}
 
 
 def time_to(run: AccuracyRun, accuracy: float) -> float | None:
@@ -731,7 +730,7 @@ def limit_met(run: AccuracyRun) -> bool:
 
 def accuracy_table(runs: list[AccuracyRun], dataset: str) -> pd.DataFrame:
     """One row per run of ``dataset``: accuracy, time to each threshold, the limit verdict."""
-    thresholds = DATASET_THRESHOLDS.get(dataset, (0.7, 0.8, 0.9))
+    thresholds = policy.accuracy_levels(dataset)
     limit = policy.LIMITS[dataset]
     rows = []
     for run in runs:
