@@ -193,7 +193,7 @@ def step_overhead(preset: str, rounds: int = STEP_ROUNDS) -> dict:
     spec = bench.cifar10_step_model(preset)
     engine = bench.train_step_call(spec, "torch")
     twin = bench.twin_step_call(spec)
-    engine_times, twin_times = bench.interleaved(engine.fn, twin.fn, rounds)
+    engine_times, twin_times = bench.interleaved(engine.fn, twin.fn, rounds=rounds)
     engine_ms = statistics.median(engine_times) * 1e3
     twin_ms = statistics.median(twin_times) * 1e3
     return {

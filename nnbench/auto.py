@@ -11,10 +11,11 @@ backend that ``plan`` chose for that key:
    small case of the same kernel, padding, channels and dtype, then on the exact shapes (the
    batch splitting, chunking and layout choices of the real call); one that fails is never
    chosen;
-3. each verified candidate is timed on those operands (the suite's protocol: one warm-up call,
-   then the median of ``REPEATS`` calls, under the thread limits in force) and the fastest wins;
-   one whose warm-up call is ``GIVE_UP_FACTOR`` times slower than the best so far is not timed
-   further (its time is None).
+3. the verified candidates are timed on those operands, under the thread limits in force, in
+   interleaved rounds (``time_candidates``: each in turn per round, so that all see the same
+   machine state; at least ``REPEATS`` rounds, more for small calls) and the smallest median
+   wins; one whose first call is ``GIVE_UP_FACTOR`` times slower than the fastest first call is
+   not timed further (its time is None).
 
 Later calls with the same key reuse the choice (a dictionary lookup per call). Choices persist in a small JSON file in the user
 cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library
@@ -30,12 +31,15 @@ too). ``plan(...)`` shows what auto would use and the times behind it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import platform
+import statistics
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -47,14 +51,26 @@ from kernels import threads
 from nnbench._io import atomic_write_json
 from nnbench.verify import PASSES, ConvCase, Verdict, check_backend, operands
 
-__all__ = ["CACHE_ENV", "NAME", "REPEATS", "Plan", "cache_path", "forget", "plan"]
+__all__ = [
+    "CACHE_ENV",
+    "NAME",
+    "REPEATS",
+    "Plan",
+    "cache_path",
+    "forget",
+    "plan",
+    "time_candidates",
+]
 
 NAME = "auto"
 CACHE_ENV = "NNBENCH_AUTO_CACHE"
 SCHEMA = "nnbench.auto/1"
-#: Timed calls per candidate (after one warm-up call); their median decides.
-REPEATS = 3
-#: A candidate slower than this many times the best so far is not timed further.
+#: Interleaved rounds of the candidates at least and at most; their medians decide.
+REPEATS, MAX_REPEATS = 5, 50
+#: About how long the rounds of one plan take, where REPEATS rounds take less (small calls:
+#: more rounds, so that a sub-millisecond choice rests on more than a few samples).
+TIMING_SECONDS = 0.1
+#: A candidate whose first call is this many times slower than the fastest is not timed further.
 GIVE_UP_FACTOR = 4.0
 #: Largest image side of the small case a candidate is verified on.
 CHECK_SIDE = 10
@@ -235,8 +251,6 @@ def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -
 
 
 def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
-    from nnbench.bench.runner import median_seconds
-
     candidates = [name for name in kernels.available() if not case.unsupported_by(name)]
     if not candidates:
         raise ValueError(f"no backend supports {case.id}")
@@ -252,18 +266,42 @@ def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
             + "; ".join(f"{name}: {why}" for name, why in failed.items())
         )
     arguments = operands(case).arguments(pass_)
-    seconds: dict[str, float | None] = {}
-    best = math.inf
-    for name in verified:
-        call = getattr(kernels.get(name), "convolve" if pass_ == "forward" else pass_)
-        taken = median_seconds(
-            lambda call=call: call(*arguments, case.padding), REPEATS, GIVE_UP_FACTOR * best
+    calls = {
+        name: functools.partial(
+            getattr(kernels.get(name), "convolve" if pass_ == "forward" else pass_),
+            *arguments,
+            case.padding,
         )
-        seconds[name] = taken
-        if taken is not None:
-            best = min(best, taken)
+        for name in verified
+    }
+    seconds = time_candidates(calls)
     chosen = min((name for name in seconds if seconds[name] is not None), key=seconds.get)
     return Plan(key, chosen, seconds, failed)
+
+
+def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, float | None]:
+    """The median seconds of each call, or None for one not timed to the end.
+
+    A first call of each, in order, screens: one that took over ``GIVE_UP_FACTOR`` times the
+    fastest first call so far, or in the end, is not timed further. The rest are timed in
+    interleaved rounds (``nnbench.bench.interleaved``: one warm-up call each, then each in
+    turn per round), so that every candidate sees the same machine state, as many rounds as
+    fill about ``TIMING_SECONDS`` within [``REPEATS``, ``MAX_REPEATS``].
+    """
+    from nnbench.bench import interleaved, time_call
+
+    first: dict[str, float | None] = {}
+    best = math.inf
+    for name, call in calls.items():
+        taken = time_call(call)
+        first[name] = None if taken > GIVE_UP_FACTOR * best else taken
+        best = min(best, taken)
+    alive = [name for name, t in first.items() if t is not None and t <= GIVE_UP_FACTOR * best]
+    per_round = sum(first[name] for name in alive)
+    rounds = min(MAX_REPEATS, max(REPEATS, math.ceil(TIMING_SECONDS / max(per_round, 1e-9))))
+    times = interleaved(*(calls[name] for name in alive), rounds=rounds)
+    medians = dict(zip(alive, map(statistics.median, times)))
+    return {name: medians.get(name) for name in calls}
 
 
 def _dispatch(pass_: str):

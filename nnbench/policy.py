@@ -118,8 +118,8 @@ LIMITS: dict[str, Limit] = {
     "cifar10": Limit("cifar10", 0.70, 3600.0),
 }
 
-#: Test accuracy a ``--smoke`` run (a few thousand images, one epoch) must pass to count as
-#: having learned at all (chance is 10%); CI asserts it.
+#: Test accuracy a ``--smoke`` run (a few thousand images, ``accuracy.SMOKE_EPOCHS`` epochs)
+#: must pass to count as having learned at all (chance is 10%); CI asserts it.
 SMOKE_FLOORS: dict[str, float] = {"mnist": 0.80, "cifar10": 0.25}
 
 ACCURACY_TARGETS: tuple[AccuracyTarget, ...] = (

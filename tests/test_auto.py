@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,24 @@ def test_auto_needs_nnbench():
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=ROOT, check=True)  # fmt: skip
     assert "provided by nnbench.auto" in run.stdout
+
+
+def test_candidates_are_timed_in_turn_and_a_far_slower_one_is_given_up():
+    order = []
+
+    def call(name, delay=0.0):
+        def run():
+            order.append(name)
+            time.sleep(delay)
+
+        return run
+
+    calls = {"a": call("a", 0.002), "b": call("b", 0.001), "slow": call("slow", 0.05)}
+    seconds = auto.time_candidates(calls)
+    assert seconds["slow"] is None and seconds["b"] < seconds["a"]
+    # the first call of each, the warm-up of those left, then the rounds, each in turn, round
+    # r starting at the r-th
+    assert order[:5] == ["a", "b", "slow", "a", "b"]
+    rounds = len(order[5:]) // 2
+    assert order[5:] == ["a", "b", "b", "a"] * (rounds // 2) + ["a", "b"] * (rounds % 2)
+    assert auto.REPEATS <= rounds <= auto.MAX_REPEATS

@@ -212,10 +212,11 @@ def test_sgemm_and_gemm_reference_calls_are_checked():
     assert reference.flops == TINY.flops and reference.check(reference()).passed
 
 
-def test_interleaved_alternates_the_two_calls():
+def test_interleaved_takes_the_calls_in_turn():
     order = []
-    first, second = bench.interleaved(lambda: order.append("a"), lambda: order.append("b"), 3)
-    assert order == ["a", "b"] * 4 and len(first) == len(second) == 3
+    calls = [lambda name=name: order.append(name) for name in "abc"]
+    times = bench.interleaved(*calls, rounds=3)
+    assert order == list("abcabcbcacab") and [len(t) for t in times] == [3, 3, 3]
 
 
 # --- profile: breakdown and the GEMMs alone -------------------------------------------------

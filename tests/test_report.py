@@ -785,6 +785,27 @@ def test_at_a_glance_answers_from_the_data(two_machine_report):
     assert "does not beat" not in glance
 
 
+def test_auto_is_judged_on_its_interleaved_rounds_where_they_timed_the_fastest(workdir):
+    """auto (1.1 ms) beside torch (1.05 ms in auto's rounds; 1 ms in torch's own record): the
+    interleaved ratio counts. Where auto's rounds did not time the fastest backend (fft
+    given up), the separately timed records count."""
+    records = recipe_records(beside_median_s={"torch": 1.05e-3, "im2col": 2e-3})
+    frame = frame_of(write_run(workdir / "beside.json", records))
+    column = "Small Xeon 2c · 2 thr"
+    table = metrics.auto_choices(frame, column)
+    assert set(table["timed"]) == {"interleaved"}
+    assert table["auto / fastest"].to_numpy() == pytest.approx(1.1 / 1.05)
+    assert metrics.auto_vs_fastest(frame, column).value == pytest.approx(1.1 / 1.05)
+    assert "interleaved 9" in metrics.auto_vs_fastest(frame, column).detail
+
+    records = recipe_records(beside_median_s={"im2col": 2e-3, "loop": 4e-3})
+    table = metrics.auto_choices(frame_of(write_run(workdir / "not-beside.json", records)), column)
+    assert set(table["timed"]) == {"separately"} and set(table["fastest single backend"]) == {
+        "torch"
+    }
+    assert table["auto / fastest"].to_numpy() == pytest.approx(1.1)
+
+
 def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_report):
     frame = frame_of(*two_machines)
     bound = metrics.bound_table(frame)

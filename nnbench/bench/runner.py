@@ -39,30 +39,27 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def median_seconds(
-    fn: Callable[[], object], rounds: int, give_up: float | None = None
-) -> float | None:
+def median_seconds(fn: Callable[[], object], rounds: int) -> float:
     """The median of ``rounds`` timed calls of ``fn`` after one warm-up call (the suite's
-    protocol, for numbers measured beside a benchmark: the GEMM bound, auto's candidates).
-    With ``give_up``: None, without timed calls, if the warm-up call took longer than that."""
-    if give_up is not None and time_call(fn) > give_up:
-        return None
-    if give_up is None:
-        fn()
+    protocol, for numbers measured beside a benchmark: the GEMM bound)."""
+    fn()
     return statistics.median(time_call(fn) for _ in range(max(1, rounds)))
 
 
-def interleaved(
-    first: Callable[[], object], second: Callable[[], object], rounds: int
-) -> tuple[list[float], list[float]]:
-    """Time ``first`` and ``second`` alternately, ``rounds`` calls each after one warm-up of
-    each: both see the same machine state (turbo, caches, neighbours) round by round."""
-    first(), second()
-    times_first, times_second = [], []
-    for _ in range(max(1, rounds)):
-        times_first.append(time_call(first))
-        times_second.append(time_call(second))
-    return times_first, times_second
+def interleaved(*calls: Callable[[], object], rounds: int) -> tuple[list[float], ...]:
+    """Time ``calls`` in turn, ``rounds`` calls each after one warm-up of each: every call sees
+    the same machine state (turbo, caches, neighbours) round by round. Round r starts at call
+    r (mod the count), so that no call always follows the same one (what a call leaves behind,
+    in the caches or in spinning worker threads, is a cost to the next). One list of seconds
+    per call, in the order given."""
+    for call in calls:
+        call()
+    times: tuple[list[float], ...] = tuple([] for _ in calls)
+    for start in range(max(1, rounds)):
+        for offset in range(len(calls)):
+            index = (start + offset) % len(calls)
+            times[index].append(time_call(calls[index]))
+    return times
 
 
 def thread_counts() -> dict[str, int | None]:

@@ -310,7 +310,9 @@ def _auto_section(ctx: Context) -> list[str]:
                 (
                     'What `backend="auto"` ran for each benchmarked case and pass (its plan, made '
                     "on its first call), its median, and the fastest single backend's median in the "
-                    "same run."
+                    "same run: *interleaved* where auto's rounds timed that backend too, each just "
+                    "before auto (the same machine state), *separately* (its own benchmark) where "
+                    "they did not."
                 ),
                 "",
             ]

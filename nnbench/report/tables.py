@@ -164,6 +164,7 @@ FRAME_COLUMNS = [
     "breakdown_s",
     "gemm_bound_s",
     "auto_choice",
+    "beside_median_s",
     "ratio",
     "twin_median_s",
 ]
@@ -252,6 +253,7 @@ def benchmark_frame(runs: list[BenchmarkRun]) -> pd.DataFrame:
                 "breakdown_s": extra.get("breakdown_s") or None,
                 "gemm_bound_s": _float(extra.get("gemm_bound_s")),
                 "auto_choice": extra.get("auto_choice"),
+                "beside_median_s": extra.get("beside_median_s") or None,
                 "ratio": _float(extra.get("ratio")),
                 "twin_median_s": _float(extra.get("twin_median_s")),
             }

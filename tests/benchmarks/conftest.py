@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import statistics
 
 import pytest
 
@@ -111,22 +112,43 @@ def measure(benchmark, bench_threads, bench_budget):
     """Time one call the nnbench way (``nnbench.bench.runner``) and attach its ``extra_info``.
 
     ``measure(call, group=..., backend=..., pass_=..., case=None, threads=None, profile=False,
-    **info)``: one untimed call sizes the rounds, ``benchmark.pedantic`` times ``call.fn`` (one
-    call per round, after one warm-up round), then the last result is checked against the
-    float64 reference and one more untimed call measures the peak memory. With ``profile``, the
-    call is also run once under ``kernels._profile`` (seconds per stage) and the GEMMs it ran
-    are replayed alone (``gemm_bound_s``). A failed verdict is saved with the timings (the
-    report marks the backend FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
+    beside=None, **info)``: one untimed call sizes the rounds, ``benchmark.pedantic`` times
+    ``call.fn`` (one call per round, after one warm-up round), then the last result is checked
+    against the float64 reference and one more untimed call measures the peak memory. With
+    ``profile``, the call is also run once under ``kernels._profile`` (seconds per stage) and
+    the GEMMs it ran are replayed alone (``gemm_bound_s``). ``beside`` ({name: function}) are
+    calls timed in the same rounds, each once before the benchmarked call (interleaved: the
+    same machine state; in turn, starting one further each round), the rounds sized to twice the budget for them all; their medians are
+    ``beside_median_s``. A failed verdict is saved with the timings (the report marks the
+    backend FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
     """
 
-    def run(call, *, group, backend, pass_, case=None, threads=None, profile=False, **info):
+    def run(call, *, group, backend, pass_, case=None, threads=None, profile=False, beside=None,
+            **info):  # fmt: skip
         benchmark.group = group
-        rounds = bench.choose_rounds(bench.time_call(call.fn), bench_budget)
-        result = benchmark.pedantic(call.fn, rounds=rounds, warmup_rounds=1, iterations=1)
+        beside = beside or {}
+        seconds = bench.time_call(call.fn) + sum(map(bench.time_call, beside.values()))
+        rounds = bench.choose_rounds(seconds, bench_budget * (2 if beside else 1))
+        beside_times = {name: [] for name in beside}
+        names = list(beside)
+
+        def setup():  # the calls beside, each timed once before every round's timed call,
+            # starting one further each round (the call just before the timed one varies)
+            start = len(beside_times[names[0]])
+            for offset in range(len(names)):
+                name = names[(start + offset) % len(names)]
+                beside_times[name].append(bench.time_call(beside[name]))
+
+        result = benchmark.pedantic(call.fn, setup=setup if beside else None, rounds=rounds,
+                                    warmup_rounds=1, iterations=1)  # fmt: skip
         verdict = bench.worst_verdict(call.check(result))
         del result
         memory = bench.peak_memory_bytes(call.fn)
         more = {}
+        if beside:  # the first of each belongs to the warm-up round
+            more["beside_median_s"] = {
+                name: statistics.median(times[1:]) for name, times in beside_times.items()
+            }
         if profile:
             stages, gemm_calls, replay = bench.profile_call(call.fn)
             more = {"breakdown_s": stages, "gemm_calls": gemm_calls, "gemm_bound_s": None}

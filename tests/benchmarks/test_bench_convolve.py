@@ -5,8 +5,10 @@ each (case, pass) is one group, so a shape's backends sit side by side in the ta
 whose ``supports`` declines a case is skipped with its reason. Every backend of a group gets the
 same operands (seeded from the case id). Every record carries where the backend's time went
 (``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``); ``auto`` records which
-backend it ran (``auto_choice``). The quick set (``-m
-quick``: the report's) is the recipe layers and two kernel sizes.
+backend it ran (``auto_choice``) and the medians of the candidates it timed to the end, timed
+again in its rounds, each just before it (``beside_median_s``): auto against the fastest in
+the same machine state. The quick set (``-m quick``: the report's) is the recipe layers and two
+kernel sizes.
 """
 
 from __future__ import annotations
@@ -45,5 +47,8 @@ def test_convolve(measure, backend, pass_, case_id):
 
         plan = auto.plan(pass_, case.input_shape, case.kernel_shape, case.padding, case.dtype)
         more = {"auto_choice": plan.backend, "auto_seconds": plan.seconds}
+        # the candidates auto timed to the end, timed again beside it, round by round
+        timed = [name for name, seconds in plan.seconds.items() if seconds is not None]
+        more["beside"] = {name: bench.make_call(name, case, pass_).fn for name in timed}
     measure(call, group=f"{case.id} {pass_}", backend=backend, pass_=pass_, case=case,
             profile=backend != "auto", **more)  # fmt: skip

@@ -1,10 +1,14 @@
 """One optimizer step (forward, loss gradient, backward, update) of a whole recipe model.
 
 The CIFAR-10 recipe runs once per backend; the Dense-only MNIST model has no convolution, so it
-runs once, recorded as backend ``numpy``. Each model is one group (``step <model>``).
+runs once, recorded as backend ``numpy``. Each model is one group (``step <model>``). ``auto``'s
+rounds also time the step of every single-backend model, each just before auto's
+(``beside_median_s``): auto against the fastest model in the same machine state.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 
@@ -28,9 +32,15 @@ def test_train_step(measure, model, backend):
         call = bench.train_step_call(spec, backend)
     except bench.Unsupported as exc:
         pytest.skip(f"{backend} does not support a layer of {model}: {exc}")
+    beside = {}
+    if backend == "auto":  # every single-backend model, timed in auto's rounds
+        for single in kernels.available():
+            with contextlib.suppress(bench.Unsupported):
+                beside[single] = bench.train_step_call(spec, single).fn
     measure(
         call,
         group=f"step {model}",
+        beside=beside,
         backend=backend or "numpy",
         pass_="step",
         suite="step",
