@@ -62,7 +62,9 @@ shows it). Both gradients cost about the same as the forward (the weight gradien
 Threads: the FFTs run on ``kernels.threads.budget()`` threads (the BLAS limit in force, so
 ``threadpoolctl.threadpool_limits`` pins both), and the stacked GEMM is split into as many
 slices, each on a single-threaded BLAS, because OpenBLAS would synchronise its threads once per
-frequency (see ``_matmul``).
+frequency (see ``_matmul``). The transposing copies between the layouts, and the last copy
+into the output, are split over the batch too (``kernels.threads.copy``): they take as long as
+the FFTs, and on one thread they would not get faster with cores at all.
 """
 
 from __future__ import annotations
@@ -162,8 +164,12 @@ def _plan(size: int, ksize: int, padding: int, real: bool) -> tuple[int, int, in
 def _spectrum(images: np.ndarray, length_h: int, length_w: int) -> np.ndarray:
     """(b, e, h, w) real -> (length_h, length_w // 2 + 1, b, e) complex, C-contiguous."""
     rows = _rfft(images, length_w, axis=-1)
-    rows = np.ascontiguousarray(rows.transpose(2, 3, 0, 1))
-    return _fft(rows, length_h, axis=0)
+    return _fft(_contiguous(rows.transpose(2, 3, 0, 1)), length_h, axis=0)
+
+
+def _contiguous(view: np.ndarray, dtype=None) -> np.ndarray:
+    """A fresh C-contiguous copy of ``view`` (in ``dtype``), made on the thread budget."""
+    return threads.copy(np.empty(view.shape, dtype or view.dtype), view)
 
 
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
@@ -181,13 +187,13 @@ def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarra
 
     with _profile.stage("fft"):
         y_hat = _ifft(y_hat, axis=0)[first_h : first_h + count_h]
-        y_hat = np.ascontiguousarray(y_hat.transpose(2, 3, 0, 1))  # (n, c, kept rows, Lw/2+1)
+        y_hat = _contiguous(y_hat.transpose(2, 3, 0, 1))  # (n, c, kept rows, Lw/2+1)
         full = _irfft(y_hat, length_w, axis=-1)[..., first_w : first_w + count_w]
 
     out_h, out_w = h - kh + 1 + 2 * padding, w - kw + 1 + 2 * padding
     if (count_h, count_w) == (out_h, out_w):
-        return full.astype(inputs.dtype)  # a fresh contiguous copy in the input dtype
+        return _contiguous(full, inputs.dtype)
     out = np.zeros((n, c, out_h, out_w), dtype=inputs.dtype)
     top, left = first_h - start_h, first_w - start_w
-    out[:, :, top : top + count_h, left : left + count_w] = full
+    threads.copy(out[:, :, top : top + count_h, left : left + count_w], full)
     return out

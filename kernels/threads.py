@@ -257,6 +257,15 @@ def over_batch(
     run(lambda rows: _walk(body, rows, chunk), split(n, parts_for(n, elements)))
 
 
+def copy(out: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """``out[...] = source`` (same shape; a cast of the same kind allowed), the rows of the
+    leading axis split over the thread budget like ``over_batch``. For the transposing and
+    casting copies a backend makes between its layouts: memory-bound, and one core alone draws
+    only part of a large machine's memory bandwidth. Returns ``out``."""
+    over_batch(lambda s: np.copyto(out[s], source[s], casting="same_kind"), len(out), out.size)
+    return out
+
+
 def sum_over_batch(
     body: Callable[[slice], np.ndarray], n: int, elements: int, chunk: int | None = None
 ) -> np.ndarray:
