@@ -299,8 +299,11 @@ class BatchNorm(Layer):
     one value per channel (n * h * w = 1) is a ``ValueError``, as in torch.
 
     Parameters ``gamma`` (ones) and ``beta`` (zeros); state ``running_mean`` (zeros) and
-    ``running_var`` (ones), saved with the model but not trained. The forward caches ``xhat``
-    (n, d, h, w) and ``inv_std`` (d,) = 1 / sqrt(var + eps) for the backward.
+    ``running_var`` (ones), saved with the model but not trained. The forward caches
+    ``centered`` = x - mu (n, d, h, w) and ``inv_std`` (d,) = 1 / sqrt(var + eps) for the
+    backward, not xhat = centered * inv_std: y = centered * (gamma * inv_std) + beta needs no
+    xhat, and the backward folds inv_std into its per-channel constants, which saves a pass
+    over the activations.
     """
 
     input_rank = 3
@@ -311,7 +314,7 @@ class BatchNorm(Layer):
         super().__init__(input_shape)
         self.momentum = _checks.real_in_range(momentum, "momentum", 0.0, 1.0, high_inclusive=True)
         self.eps = _checks.real_in_range(eps, "eps", 0.0, math.inf, low_inclusive=False)
-        self.xhat: np.ndarray | None = None
+        self.centered: np.ndarray | None = None
         self.inv_std: np.ndarray | None = None
 
     def build(self, *args, **kwargs):
@@ -324,7 +327,7 @@ class BatchNorm(Layer):
 
     def forward_impl(self, inputs):
         if not self.is_training:
-            self.xhat = None  # the backward recomputes it from forward_inputs if ever needed
+            self.centered = None  # the backward recomputes it from forward_inputs if needed
             self.inv_std = 1 / np.sqrt(self.running_var + self.eps)
             outputs = _batched(
                 np.subtract, inputs, _per_channel(self.running_mean), out=np.empty_like(inputs)
@@ -340,49 +343,52 @@ class BatchNorm(Layer):
                 f"of shape {inputs.shape} (n * h * w = 1); use a larger batch, or inference mode"
             )
         mean = _channel_sum(inputs) / count
-        xhat = _batched(np.subtract, inputs, _per_channel(mean), out=np.empty_like(inputs))
-        var = _channel_dot(xhat, xhat) / count  # biased: divided by the count, not count - 1
+        centered = _batched(np.subtract, inputs, _per_channel(mean), out=np.empty_like(inputs))
+        var = _channel_dot(centered, centered) / count  # biased: divided by the count
         self.inv_std = 1 / np.sqrt(var + self.eps)
-        self.xhat = _batched(np.multiply, xhat, _per_channel(self.inv_std), out=xhat)
+        self.centered = centered
         m = self.momentum
         self.running_mean *= m
         self.running_mean += (1 - m) * mean
         self.running_var *= m
         self.running_var += (1 - m) * var
-        scale, shift = _per_channel(self.gamma), _per_channel(self.beta)
-        return _batched(_affine, xhat, scale, shift, out=np.empty_like(xhat))
+        scale = _per_channel(self.gamma * self.inv_std)
+        return _batched(
+            _affine, centered, scale, _per_channel(self.beta), out=np.empty_like(centered)
+        )
 
     def backward_impl(self, grad_outputs):
-        xhat = self._parameter_grads(grad_outputs)
+        centered = self._parameter_grads(grad_outputs)
         scale = _per_channel(self.gamma * self.inv_std)
         out = np.empty_like(grad_outputs)
-        if self.xhat is None:  # inference: mu and var were constants
+        if self.centered is None:  # inference: mu and var were constants
             return _batched(np.multiply, grad_outputs, scale, out=out)
         # Full backward through mu(x) and var(x), means over (n, h, w):
         # dx = gamma * inv_std * (g - mean(g) - xhat * mean(g * xhat)),
-        # where mean(g) = beta_grad / count and mean(g * xhat) = gamma_grad / count.
+        # where mean(g) = beta_grad / count, mean(g * xhat) = gamma_grad / count and
+        # xhat = centered * inv_std.
         count = grad_outputs.size // grad_outputs.shape[1]
         mean_g = _per_channel(self.beta_grad / count)
-        minus_mean_gx = _per_channel(self.gamma_grad / -count)
-        return _batched(_batchnorm_grad, grad_outputs, xhat, mean_g, minus_mean_gx, scale, out=out)
+        minus_k = _per_channel(self.inv_std * self.gamma_grad / -count)
+        return _batched(_batchnorm_grad, grad_outputs, centered, mean_g, minus_k, scale, out=out)
 
     def backward_parameters_impl(self, grad_outputs):
         self._parameter_grads(grad_outputs)
 
     def _parameter_grads(self, grad_outputs) -> np.ndarray:
-        """Fill gamma_grad = sum(g * xhat) and beta_grad = sum(g); return xhat."""
-        xhat = self.xhat
-        if xhat is None:
-            xhat = self.forward_inputs - _per_channel(self.running_mean)
-            xhat *= _per_channel(self.inv_std)
-        self.gamma_grad[...] = _channel_dot(grad_outputs, xhat)
+        """Fill gamma_grad = sum(g * xhat) = inv_std * sum(g * centered) and beta_grad =
+        sum(g); return centered."""
+        centered = self.centered
+        if centered is None:
+            centered = self.forward_inputs - _per_channel(self.running_mean)
+        self.gamma_grad[...] = _channel_dot(grad_outputs, centered) * self.inv_std
         self.beta_grad[...] = _channel_sum(grad_outputs)
-        return xhat
+        return centered
 
 
-def _batchnorm_grad(grad_outputs, xhat, mean_g, minus_mean_gx, scale, out):
-    """out = scale * (g - mean_g + xhat * minus_mean_gx), per channel."""
-    np.multiply(xhat, minus_mean_gx, out=out)
+def _batchnorm_grad(grad_outputs, centered, mean_g, minus_k, scale, out):
+    """out = scale * (g - mean_g + centered * minus_k), per channel."""
+    np.multiply(centered, minus_k, out=out)
     out += grad_outputs
     out -= mean_g
     out *= scale
