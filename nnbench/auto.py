@@ -17,8 +17,8 @@ backend that ``plan`` chose for that key:
    wins; one whose first call is ``GIVE_UP_FACTOR`` times slower than the fastest first call is
    not timed further (its time is None).
 
-Later calls with the same key reuse the choice (a dictionary lookup per call). Choices persist in a small JSON file in the user
-cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library
+Later calls with the same key reuse the choice (a dictionary lookup per call). Choices persist
+in a small JSON file in the user cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library
 versions and written atomically. A cache that is corrupt, of another schema or from another
 machine or versions is ignored with a warning, and a cached choice is verified again in each
 process before it is used. The key is the pass, the case (shapes, padding, dtype) and the thread
@@ -53,8 +53,10 @@ from nnbench.verify import PASSES, ConvCase, Verdict, check_backend, operands
 
 __all__ = [
     "CACHE_ENV",
+    "MAX_REPEATS",
     "NAME",
     "REPEATS",
+    "TIMING_SECONDS",
     "Plan",
     "cache_path",
     "forget",
@@ -64,7 +66,7 @@ __all__ = [
 
 NAME = "auto"
 CACHE_ENV = "NNBENCH_AUTO_CACHE"
-SCHEMA = "nnbench.auto/1"
+SCHEMA = "nnbench.auto/2"  # 2: medians of interleaved rounds
 #: Interleaved rounds of the candidates at least and at most; their medians decide.
 REPEATS, MAX_REPEATS = 5, 50
 #: About how long the rounds of one plan take, where REPEATS rounds take less (small calls:
@@ -86,7 +88,8 @@ _loaded: dict[str, object] = {}
 @dataclass(frozen=True)
 class Plan:
     """What auto runs for one key: ``backend`` and the median seconds of every candidate timed
-    (None: its warm-up call was far slower than the best, so it was not timed further).
+    (None: its first call took over ``GIVE_UP_FACTOR`` times the fastest first call, so it was
+    not timed further).
     ``failed`` maps backends that failed verification to why; ``source`` says whether the
     choice was measured now or cached."""
 
@@ -282,21 +285,17 @@ def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
 def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, float | None]:
     """The median seconds of each call, or None for one not timed to the end.
 
-    A first call of each, in order, screens: one that took over ``GIVE_UP_FACTOR`` times the
-    fastest first call so far, or in the end, is not timed further. The rest are timed in
+    A first call of each screens: one that took over ``GIVE_UP_FACTOR`` times the fastest
+    first call is not timed further. The rest are timed in
     interleaved rounds (``nnbench.bench.interleaved``: one warm-up call each, then each in
     turn per round), so that every candidate sees the same machine state, as many rounds as
     fill about ``TIMING_SECONDS`` within [``REPEATS``, ``MAX_REPEATS``].
     """
     from nnbench.bench import interleaved, time_call
 
-    first: dict[str, float | None] = {}
-    best = math.inf
-    for name, call in calls.items():
-        taken = time_call(call)
-        first[name] = None if taken > GIVE_UP_FACTOR * best else taken
-        best = min(best, taken)
-    alive = [name for name, t in first.items() if t is not None and t <= GIVE_UP_FACTOR * best]
+    first = {name: time_call(call) for name, call in calls.items()}
+    best = min(first.values())
+    alive = [name for name, taken in first.items() if taken <= GIVE_UP_FACTOR * best]
     per_round = sum(first[name] for name in alive)
     rounds = min(MAX_REPEATS, max(REPEATS, math.ceil(TIMING_SECONDS / max(per_round, 1e-9))))
     times = interleaved(*(calls[name] for name in alive), rounds=rounds)

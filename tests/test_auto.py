@@ -208,12 +208,13 @@ def test_candidates_are_timed_in_turn_and_a_far_slower_one_is_given_up():
 
         return run
 
-    calls = {"a": call("a", 0.002), "b": call("b", 0.001), "slow": call("slow", 0.05)}
+    # slow is first: given up on only once a faster one has come
+    calls = {"slow": call("slow", 0.3), "a": call("a", 0.006), "b": call("b", 0.002)}
     seconds = auto.time_candidates(calls)
     assert seconds["slow"] is None and seconds["b"] < seconds["a"]
     # the first call of each, the warm-up of those left, then the rounds, each in turn, round
     # r starting at the r-th
-    assert order[:5] == ["a", "b", "slow", "a", "b"]
+    assert order[:5] == ["slow", "a", "b", "a", "b"]
     rounds = len(order[5:]) // 2
     assert order[5:] == ["a", "b", "b", "a"] * (rounds // 2) + ["a", "b"] * (rounds % 2)
     assert auto.REPEATS <= rounds <= auto.MAX_REPEATS

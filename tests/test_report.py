@@ -805,6 +805,15 @@ def test_auto_is_judged_on_its_interleaved_rounds_where_they_timed_the_fastest(w
     }
     assert table["auto / fastest"].to_numpy() == pytest.approx(1.1)
 
+    # a backend whose own record failed is not the fastest, even if it was fast beside auto
+    records = recipe_records(beside_median_s={"torch": 1.05e-3, "loop": 0.5e-3})
+    for record in records:
+        if record["extra_info"]["backend"] == "loop":
+            record["extra_info"]["verdict"]["passed"] = False
+    table = metrics.auto_choices(frame_of(write_run(workdir / "failed.json", records)), column)
+    assert set(table["fastest single backend"]) == {"torch"}
+    assert table["auto / fastest"].to_numpy() == pytest.approx(1.1 / 1.05)
+
 
 def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_report):
     frame = frame_of(*two_machines)

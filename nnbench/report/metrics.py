@@ -190,10 +190,13 @@ def _against_fastest(auto: pd.Series, single: pd.DataFrame) -> dict:
 
     Where auto's rounds also timed that backend (``beside_median_s``), the ratio is of the
     medians taken in the same rounds ("interleaved"); otherwise of the separately timed
-    records ("separately": machine drift between two benchmarks counts against auto too).
+    records ("separately": machine drift between two benchmarks counts against auto too, and
+    auto's call always follows others, which leave the caches cold). Only backends whose own
+    record passed count.
     """
     best = single.loc[single["median_s"].idxmin()]
     beside = auto["beside_median_s"] if isinstance(auto["beside_median_s"], dict) else {}
+    beside = {name: s for name, s in beside.items() if name in set(single["backend"])}
     if best["backend"] in beside:
         fastest = min(beside, key=beside.get)
         return {

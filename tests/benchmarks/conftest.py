@@ -32,9 +32,9 @@ LOAD_AT_START = pytest.StashKey[list]()
 
 THREADS_ENV = "NNBENCH_BENCH_THREADS"
 BUDGET_ENV = "NNBENCH_BENCH_BUDGET"
-#: Seconds of timed rounds per benchmark. At 1.5 s the whole `pytest --benchmark-only` run took
-#: 3.7 min on an idle 2-core machine (2.7 min at 1 s), and about twice as long with other jobs on
-#: the cores: well under the 15-minute limit, with up to MAX_ROUNDS rounds for the fast calls.
+#: Seconds of timed rounds per benchmark (auto's, with its candidates timed beside it: twice
+#: that): up to MAX_ROUNDS rounds for the fast calls, MIN_ROUNDS for the slow ones whatever the
+#: budget. The report's quick set and the committed runs use less (``--bench-budget 0.5``).
 DEFAULT_BUDGET = 1.5
 #: Rounds of the GEMM-bound replay at most (it runs after the benchmark's own rounds).
 BOUND_ROUNDS = 15
@@ -118,8 +118,9 @@ def measure(benchmark, bench_threads, bench_budget):
     ``profile``, the call is also run once under ``kernels._profile`` (seconds per stage) and
     the GEMMs it ran are replayed alone (``gemm_bound_s``). ``beside`` ({name: function}) are
     calls timed in the same rounds, each once before the benchmarked call (interleaved: the
-    same machine state; in turn, starting one further each round), the rounds sized to twice the budget for them all; their medians are
-    ``beside_median_s``. A failed verdict is saved with the timings (the report marks the
+    same machine state; in turn, starting one further each round), the rounds sized to twice
+    the budget for them all; their medians are ``beside_median_s`` (``bench.time_call``'s
+    clock, as the suite's own timer unless ``--benchmark-timer`` says otherwise). A failed verdict is saved with the timings (the report marks the
     backend FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
     """
 
@@ -145,13 +146,14 @@ def measure(benchmark, bench_threads, bench_budget):
         del result
         memory = bench.peak_memory_bytes(call.fn)
         more = {}
-        if beside:  # the first of each belongs to the warm-up round
+        if beside:  # the first of each belongs to the warm-up round (none without rounds:
+            # --benchmark-disable runs setup and the call once)
             more["beside_median_s"] = {
-                name: statistics.median(times[1:]) for name, times in beside_times.items()
+                name: statistics.median(times[1:] or times) for name, times in beside_times.items()
             }
         if profile:
             stages, gemm_calls, replay = bench.profile_call(call.fn)
-            more = {"breakdown_s": stages, "gemm_calls": gemm_calls, "gemm_bound_s": None}
+            more.update(breakdown_s=stages, gemm_calls=gemm_calls, gemm_bound_s=None)
             if replay is not None:
                 more["gemm_bound_s"] = bench.median_seconds(replay, min(rounds, BOUND_ROUNDS))
         benchmark.extra_info.update(
