@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import random
 import statistics
 
 import pytest
@@ -118,7 +119,7 @@ def measure(benchmark, bench_threads, bench_budget):
     ``profile``, the call is also run once under ``kernels._profile`` (seconds per stage) and
     the GEMMs it ran are replayed alone (``gemm_bound_s``). ``beside`` ({name: function}) are
     calls timed in the same rounds, each once before the benchmarked call (interleaved: the
-    same machine state; in turn, starting one further each round), the rounds sized to twice
+    same machine state; in a new random order each round, seeded), the rounds sized to twice
     the budget for them all; their medians are ``beside_median_s`` (``bench.time_call``'s
     clock, as the suite's own timer unless ``--benchmark-timer`` says otherwise). A failed verdict is saved with the timings (the report marks the
     backend FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
@@ -132,12 +133,14 @@ def measure(benchmark, bench_threads, bench_budget):
         rounds = bench.choose_rounds(seconds, bench_budget * (2 if beside else 1))
         beside_times = {name: [] for name in beside}
         names = list(beside)
+        shuffle = random.Random(0).shuffle  # the same sequence of orders in every benchmark
 
-        def setup():  # the calls beside, each timed once before every round's timed call,
-            # starting one further each round (the call just before the timed one varies)
-            start = len(beside_times[names[0]])
-            for offset in range(len(names)):
-                name = names[(start + offset) % len(names)]
+        def setup():  # the calls beside, each timed once before every round's timed call, in
+            # a new order each round: what the call before leaves behind (cold caches, pool or
+            # OpenMP threads asleep or spinning) is then the same mix for all of them and for
+            # the timed call; a fixed or rotated order gives each call mostly one predecessor
+            shuffle(names)
+            for name in names:
                 beside_times[name].append(bench.time_call(beside[name]))
 
         result = benchmark.pedantic(call.fn, setup=setup if beside else None, rounds=rounds,
