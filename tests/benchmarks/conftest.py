@@ -121,8 +121,9 @@ def measure(benchmark, bench_threads, bench_budget):
     calls timed in the same rounds, each once before the benchmarked call (interleaved: the
     same machine state; in a new random order each round, seeded), the rounds sized to twice
     the budget for them all; their medians are ``beside_median_s`` (``bench.time_call``'s
-    clock, as the suite's own timer unless ``--benchmark-timer`` says otherwise). A failed verdict is saved with the timings (the report marks the
-    backend FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
+    clock, as the suite's own timer unless ``--benchmark-timer`` says otherwise). A failed
+    verdict is saved with the timings (the report marks the backend FAILED) and fails the test.
+    ``info`` goes to ``bench.extra_info``.
     """
 
     def run(call, *, group, backend, pass_, case=None, threads=None, profile=False, beside=None,
