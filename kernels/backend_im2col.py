@@ -16,16 +16,15 @@ offsets), so that a chunk holds the GIL for a few moments only:
 3. ONE GEMM, taps (c, K) @ columns (K, M) -> (c, b, oh, ow), into a reused buffer;
 4. one transposing copy, whose runs are whole images, into the chunk's rows of the result.
 
-Threads (``kernels.threads``): when the batch is worth cutting into a slice per core, each
-slice walks its images a chunk of about ``CHUNK_BYTES`` of column matrix at a time, all four
-steps on its own thread with a single-threaded BLAS, so the chunk stays in that core's caches.
-When there are more cores than slices worth cutting (Python threads take turns on the GIL, so a
-slice costs some serial time), steps 1-2 and 4 run as slices over the whole batch (up to
-``threads.WHOLE_BATCH_BYTES`` of column matrix) and step 3 is one GEMM on the BLAS's own threads, which scale
-without the GIL. The weight gradient always adds per-slice (c, K) products
-(``threads.sum_over_batch``): one GEMM per chunk whose reduction the BLAS could not split
-across its threads; its rounding depends on how the batch was split, and integer inputs still
-come out exact.
+Threads (``kernels.threads``): when the batch is worth cutting into a slice per core, each slice
+walks its images a chunk of about ``CHUNK_BYTES`` of column matrix at a time, all four steps on its
+own thread with a single-threaded BLAS, so the chunk stays in that core's caches. When there are
+more cores than slices worth cutting (Python threads take turns on the GIL, so a slice costs some
+serial time), steps 1-2 and 4 run as slices over the whole batch (up to
+``threads.WHOLE_BATCH_BYTES`` of column matrix) and step 3 is one GEMM on the BLAS's own threads,
+which scale without the GIL. The weight gradient always adds per-slice (c, K) products
+(``threads.sum_over_batch``): one GEMM per chunk whose reduction the BLAS could not split across its
+threads; its rounding depends on how the batch was split, and integer inputs still come out exact.
 
 Layout of the columns: channels-first padding (d, n, Hp, Wp) copies runs of ow values and pads
 without transposing; channels-last (n, Hp, Wp, d) makes a patch row (kw, d) one contiguous run

@@ -12,18 +12,19 @@ backend that ``plan`` chose for that key:
    batch splitting, chunking and layout choices of the real call); one that fails is never
    chosen;
 3. the verified candidates are timed on those operands, under the thread limits in force, in
-   interleaved rounds (``time_candidates``: each in turn per round, so that all see the same
-   machine state; at least ``REPEATS`` rounds, more for small calls) and the smallest median
-   wins; one whose first call is ``GIVE_UP_FACTOR`` times slower than the fastest first call is
-   not timed further (its time is None).
+   interleaved rounds (``time_candidates``: each once per round, in a new random order each
+   round, so that all see the same machine state); those within ``CLOSE_FACTOR`` of the
+   fastest after ``REPEATS`` rounds are timed in more rounds, and the smallest median wins. One
+   whose first call is ``GIVE_UP_FACTOR`` times slower than the fastest first call is not
+   timed further (its time is None).
 
-Later calls with the same key reuse the choice (a dictionary lookup per call). Choices persist
-in a small JSON file in the user cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library
-versions and written atomically. A cache that is corrupt, of another schema or from another
-machine or versions is ignored with a warning, and a cached choice is verified again in each
-process before it is used. The key is the pass, the case (shapes, padding, dtype) and the thread
-budget (``kernels.threads.budget()``, which ``nnbench.machine.pinned_threads`` sets for torch
-too). ``plan(...)`` shows what auto would use and the times behind it.
+Later calls with the same key reuse the choice (a dictionary lookup per call). Choices persist in a
+small JSON file in the user cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it),
+keyed by machine and library versions and written atomically. A cache that is corrupt, of another
+schema or from another machine or versions is ignored with a warning, and a cached choice is
+verified again in each process before it is used. The key is the pass, the case (shapes, padding,
+dtype) and the thread budget (``kernels.threads.budget()``, which ``nnbench.machine.pinned_threads``
+sets for torch too). ``plan(...)`` shows what auto would use and the times behind it.
 
 ``auto`` lives in nnbench (it uses the verification core) and registers itself with
 ``kernels`` when nnbench is imported; ``kernels`` alone does not offer it.
@@ -53,6 +54,7 @@ from nnbench.verify import PASSES, ConvCase, Verdict, check_backend, operands
 
 __all__ = [
     "CACHE_ENV",
+    "CLOSE_FACTOR",
     "MAX_REPEATS",
     "NAME",
     "REPEATS",
@@ -66,12 +68,12 @@ __all__ = [
 
 NAME = "auto"
 CACHE_ENV = "NNBENCH_AUTO_CACHE"
-SCHEMA = "nnbench.auto/2"  # 2: medians of interleaved rounds
-#: Interleaved rounds of the candidates at least and at most; their medians decide.
-REPEATS, MAX_REPEATS = 5, 50
-#: About how long the rounds of one plan take, where REPEATS rounds take less (small calls:
-#: more rounds, so that a sub-millisecond choice rests on more than a few samples).
-TIMING_SECONDS = 0.1
+SCHEMA = "nnbench.auto/3"  # 2: medians of interleaved rounds; 3: close ones timed again
+#: Interleaved rounds of every candidate; at most MAX_REPEATS for the close ones.
+REPEATS, MAX_REPEATS = 5, 60
+#: Candidates whose median after REPEATS rounds is within this factor of the smallest are
+#: timed again, in rounds that take about TIMING_SECONDS in all (at least REPEATS of them).
+CLOSE_FACTOR, TIMING_SECONDS = 1.3, 0.25
 #: A candidate whose first call is this many times slower than the fastest is not timed further.
 GIVE_UP_FACTOR = 4.0
 #: Largest image side of the small case a candidate is verified on.
@@ -285,21 +287,32 @@ def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
 def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, float | None]:
     """The median seconds of each call, or None for one not timed to the end.
 
-    A first call of each screens: one that took over ``GIVE_UP_FACTOR`` times the fastest
-    first call is not timed further. The rest are timed in
-    interleaved rounds (``nnbench.bench.interleaved``: one warm-up call each, then each in
-    turn per round), so that every candidate sees the same machine state, as many rounds as
-    fill about ``TIMING_SECONDS`` within [``REPEATS``, ``MAX_REPEATS``].
+    1. One call of each screens (and warms up): one that took over ``GIVE_UP_FACTOR`` times
+       the fastest first call is not timed further.
+    2. The rest are timed in ``REPEATS`` interleaved rounds (``nnbench.bench.interleaved``:
+       each once per round, in a new random order each round, so that all see the same
+       machine state).
+    3. Those whose median is within ``CLOSE_FACTOR`` of the smallest, if more than one, are
+       timed in more rounds, as many as fill about ``TIMING_SECONDS`` (at least ``REPEATS``,
+       at most ``MAX_REPEATS`` in all): the time goes to the choice that noise could decide.
+       Their medians are over all their rounds.
     """
     from nnbench.bench import interleaved, time_call
 
     first = {name: time_call(call) for name, call in calls.items()}
     best = min(first.values())
     alive = [name for name, taken in first.items() if taken <= GIVE_UP_FACTOR * best]
-    per_round = sum(first[name] for name in alive)
-    rounds = min(MAX_REPEATS, max(REPEATS, math.ceil(TIMING_SECONDS / max(per_round, 1e-9))))
-    times = interleaved(*(calls[name] for name in alive), rounds=rounds)
-    medians = dict(zip(alive, map(statistics.median, times)))
+    times = dict(zip(alive, interleaved(*(calls[n] for n in alive), rounds=REPEATS, warm_up=False)))
+    medians = {name: statistics.median(times[name]) for name in alive}
+    fastest = min(medians.values())
+    close = [name for name in alive if medians[name] <= CLOSE_FACTOR * fastest]
+    if len(close) > 1:
+        per_round = sum(medians[name] for name in close)
+        more = max(REPEATS, math.ceil(TIMING_SECONDS / max(per_round, 1e-9)))
+        more = min(MAX_REPEATS - REPEATS, more)
+        again = interleaved(*(calls[n] for n in close), rounds=more, warm_up=False, seed=1)
+        for name, extra in zip(close, again):
+            medians[name] = statistics.median(times[name] + extra)
     return {name: medians.get(name) for name in calls}
 
 

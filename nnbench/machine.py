@@ -172,11 +172,11 @@ _M_MMAP_THRESHOLD = -3
 def tune_allocator(threshold: int = 1 << 30) -> bool:
     """Keep large buffers on the heap instead of fresh mmap'd pages (glibc only).
 
-    A training step allocates and frees the same few multi-megabyte arrays over and over. By
-    default glibc serves each with a fresh mmap, so every step pays a page fault per 4 KiB of
-    output, which can cost more than the arithmetic of a small layer. Raising the mmap and trim thresholds lets freed blocks be reused. Returns whether it applied
-    (False off glibc). Used by the accuracy runs and the benchmarks, identically for every
-    backend.
+    A training step allocates and frees the same few multi-megabyte arrays over and over. By default
+    glibc serves each with a fresh mmap, so every step pays a page fault per 4 KiB of output, which
+    can cost more than the arithmetic of a small layer. Raising the mmap and trim thresholds lets
+    freed blocks be reused. Returns whether it applied (False off glibc). Used by the accuracy runs
+    and the benchmarks, identically for every backend.
     """
     import ctypes
     import ctypes.util

@@ -198,7 +198,7 @@ def test_auto_needs_nnbench():
     assert "provided by nnbench.auto" in run.stdout
 
 
-def test_candidates_are_timed_in_turn_and_a_far_slower_one_is_given_up():
+def test_candidates_are_timed_in_rounds_and_the_close_ones_again():
     order = []
 
     def call(name, delay=0.0):
@@ -208,13 +208,19 @@ def test_candidates_are_timed_in_turn_and_a_far_slower_one_is_given_up():
 
         return run
 
-    # slow is first: given up on only once a faster one has come
-    calls = {"slow": call("slow", 0.3), "a": call("a", 0.006), "b": call("b", 0.002)}
+    # slow is first: given up on only once a faster one has come; far is timed REPEATS rounds
+    # (under GIVE_UP_FACTOR, over CLOSE_FACTOR x the fastest); a and b are close: timed again
+    calls = {
+        "slow": call("slow", 0.3),
+        "far": call("far", 0.005),
+        "a": call("a", 0.0022),
+        "b": call("b", 0.002),
+    }
     seconds = auto.time_candidates(calls)
-    assert seconds["slow"] is None and seconds["b"] < seconds["a"]
-    # the first call of each, the warm-up of those left, then the rounds, each in turn, round
-    # r starting at the r-th
-    assert order[:5] == ["slow", "a", "b", "a", "b"]
-    rounds = len(order[5:]) // 2
-    assert order[5:] == ["a", "b", "b", "a"] * (rounds // 2) + ["a", "b"] * (rounds % 2)
-    assert auto.REPEATS <= rounds <= auto.MAX_REPEATS
+    assert seconds["slow"] is None and seconds["b"] < seconds["a"] < seconds["far"]
+    assert order[:4] == ["slow", "far", "a", "b"]  # the first call of each screens
+    rounds = order[4 : 4 + 3 * auto.REPEATS]
+    assert all(sorted(rounds[i : i + 3]) == ["a", "b", "far"] for i in range(0, len(rounds), 3))
+    again = order[4 + 3 * auto.REPEATS :]
+    assert "far" not in again and again.count("a") == again.count("b") >= auto.REPEATS
+    assert again.count("a") + auto.REPEATS <= auto.MAX_REPEATS

@@ -212,11 +212,18 @@ def test_sgemm_and_gemm_reference_calls_are_checked():
     assert reference.flops == TINY.flops and reference.check(reference()).passed
 
 
-def test_interleaved_takes_the_calls_in_turn():
+def test_interleaved_runs_every_call_once_a_round_in_seeded_random_orders():
     order = []
     calls = [lambda name=name: order.append(name) for name in "abc"]
-    times = bench.interleaved(*calls, rounds=3)
-    assert order == list("abcabcbcacab") and [len(t) for t in times] == [3, 3, 3]
+    times = bench.interleaved(*calls, rounds=20)
+    assert order[:3] == list("abc") and [len(t) for t in times] == [20, 20, 20]
+    rounds = ["".join(order[i : i + 3]) for i in range(3, len(order), 3)]
+    assert all(sorted(r) == list("abc") for r in rounds)
+    assert len(set(rounds)) > 1  # not one fixed order
+    assert {r[0] for r in rounds} == set("abc")  # each call is sometimes first
+    order.clear()
+    bench.interleaved(*calls, rounds=20, warm_up=False)
+    assert ["".join(order[i : i + 3]) for i in range(0, len(order), 3)] == rounds  # seeded
 
 
 # --- profile: breakdown and the GEMMs alone -------------------------------------------------

@@ -815,6 +815,33 @@ def test_auto_is_judged_on_its_interleaved_rounds_where_they_timed_the_fastest(w
     assert table["auto / fastest"].to_numpy() == pytest.approx(1.1 / 1.05)
 
 
+def test_auto_is_judged_on_paired_rounds_where_they_timed_itself_and_the_fastest(workdir):
+    """Rounds of auto, torch and im2col: torch has the smallest median; the ratio is the median
+    of auto / torch round by round (a slow round slows both: it cancels), not of the medians."""
+    rounds = {
+        "auto": [1.1e-3, 2.2e-3, 1.0e-3, 3.3e-3, 1.2e-3],
+        "torch": [1.0e-3, 2.0e-3, 1.0e-3, 3.0e-3, 1.0e-3],
+        "im2col": [2.0e-3, 2.0e-3, 2.0e-3, 2.0e-3, 2.0e-3],
+    }
+    records = recipe_records(beside_rounds_s=rounds, beside_median_s={"torch": 2e-3})
+    frame = frame_of(write_run(workdir / "paired.json", records))
+    column = "Small Xeon 2c · 2 thr"
+    table = metrics.auto_choices(frame, column)
+    assert set(table["timed"]) == {"paired"} and set(table["fastest single backend"]) == {"torch"}
+    # ratios 1.1, 1.1, 1.0, 1.1, 1.2: median 1.1 (the medians' ratio would be 1.2 / 1.0)
+    assert table["auto / fastest"].to_numpy() == pytest.approx(1.1)
+    assert table["auto (ms)"].to_numpy() == pytest.approx(1.2)
+    assert table["its median (ms)"].to_numpy() == pytest.approx(1.0)
+    measured = metrics.auto_vs_fastest(frame, column)
+    assert measured.value == pytest.approx(1.1) and "paired 9" in measured.detail
+
+    # rounds without the suite's fastest backend (torch given up): the separate records count
+    partial = {name: times for name, times in rounds.items() if name != "torch"}
+    records = recipe_records(beside_rounds_s=partial)
+    table = metrics.auto_choices(frame_of(write_run(workdir / "partial.json", records)), column)
+    assert set(table["timed"]) == {"separately"}
+
+
 def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_report):
     frame = frame_of(*two_machines)
     bound = metrics.bound_table(frame)
@@ -840,13 +867,26 @@ def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_repo
 # --- scaling ------------------------------------------------------------------------------------
 
 
-def test_scaling_table_and_plot(two_machines):
+def test_scaling_table_and_plot(two_machines, workdir):
     frame = frame_of(*two_machines)
     table = metrics.speedups(frame, "Big Xeon 16c")
     row = table[(table["backend"] == "im2col") & (table["pass"] == "forward")].iloc[0]
     assert row["1 thr"] == pytest.approx(8.0) and row["16 thr"] == pytest.approx(4.0)
     assert (row["speed-up"], row["GEMM speed-up"]) == (pytest.approx(2.0), pytest.approx(16.0))
-    assert row["ratio to GEMM"] == pytest.approx(2 / 16)
+    assert row["ratio to GEMM"] == pytest.approx(2 / 16) and row["GEMM timed"] == "own records"
+
+    # the GEMM timed in im2col's own rounds: 10 ms at 1 thread, 1 ms at 16 (10x, not the 16x
+    # of its own records) is what im2col's 2x is held against
+    records = scaling_records(ladder=(1, 16))
+    for record in records:
+        extra = record["extra_info"]
+        if extra["backend"] == "im2col":
+            extra["beside_median_s"] = {"gemm": 10e-3 / extra["threads"] ** (1 / 1.204)}
+    table = metrics.speedups(frame_of(write_run(workdir / "beside.json", records)), "Small Xeon 2c")
+    row = table[(table["backend"] == "im2col") & (table["pass"] == "forward")].iloc[0]
+    assert row["GEMM speed-up"] == pytest.approx(16 ** (1 / 1.204))
+    assert row["ratio to GEMM"] == pytest.approx(2 / 16 ** (1 / 1.204))
+    assert row["GEMM timed"] == "same rounds"
 
     fig = plots.scaling(frame, "Big Xeon 16c")
     axes = fig.axes

@@ -14,6 +14,7 @@ threads asked for and in force, memory, verdict, breakdown and GEMM bound.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -46,18 +47,25 @@ def median_seconds(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(time_call(fn) for _ in range(max(1, rounds)))
 
 
-def interleaved(*calls: Callable[[], object], rounds: int) -> tuple[list[float], ...]:
-    """Time ``calls`` in turn, ``rounds`` calls each after one warm-up of each: every call sees
-    the same machine state (turbo, caches, neighbours) round by round. Round r starts at call
-    r (mod the count), so that no call always follows the same one (what a call leaves behind,
-    in the caches or in spinning worker threads, is a cost to the next). One list of seconds
-    per call, in the order given."""
-    for call in calls:
-        call()
+def interleaved(
+    *calls: Callable[[], object], rounds: int, warm_up: bool = True, seed: int = 0
+) -> tuple[list[float], ...]:
+    """Time ``calls`` in turn, ``rounds`` calls each (after one warm-up call of each, unless
+    ``warm_up`` is false): every call sees the same machine state (turbo, caches, neighbours)
+    round by round. Each round runs them in a new random order (seeded: the same sequence of
+    orders for the same ``seed``), so that what a call leaves behind (cold caches, pool or
+    OpenMP threads asleep or spinning) is the same mix of costs for all of them; a fixed or
+    rotated order gives each call mostly one predecessor. One list of seconds per call, in the
+    order given."""
+    if warm_up:
+        for call in calls:
+            call()
     times: tuple[list[float], ...] = tuple([] for _ in calls)
-    for start in range(max(1, rounds)):
-        for offset in range(len(calls)):
-            index = (start + offset) % len(calls)
+    order = list(range(len(calls)))
+    shuffle = random.Random(seed).shuffle
+    for _ in range(max(1, rounds)):
+        shuffle(order)
+        for index in order:
             times[index].append(time_call(calls[index]))
     return times
 

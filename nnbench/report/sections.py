@@ -253,7 +253,10 @@ def _scaling_section(ctx: Context) -> list[str]:
             "The recipe layers timed at 1, 2, 4, ... threads up to the cores (`pytest "
             "--benchmark-only -k scaling`), beside a bare numpy GEMM of the layer's im2col shape at "
             "the same threads (`gemm`): *speed-up* is the median at the fewest threads / the median "
-            "at the most, *ratio to GEMM* the backend's speed-up / the GEMM's."
+            "at the most, *ratio to GEMM* the backend's speed-up / the GEMM's. Newer runs also "
+            "time the GEMM in each backend's own rounds; *GEMM timed* says whether the GEMM's "
+            "speed-up on that row comes from there (*same rounds*: machine drift between the "
+            "records of two thread counts cancels) or from the GEMM's own records."
         ),
         "",
     ]
@@ -310,9 +313,12 @@ def _auto_section(ctx: Context) -> list[str]:
                 (
                     'What `backend="auto"` ran for each benchmarked case and pass (its plan, made '
                     "on its first call), its median, and the fastest single backend's median in the "
-                    "same run: *interleaved* where auto's rounds timed that backend too, each just "
-                    "before auto (the same machine state), *separately* (its own benchmark) where "
-                    "they did not."
+                    "same run. *timed* says how: *paired* where auto and that backend were timed "
+                    "in the same rounds, in a new order each round (the medians of each, and the "
+                    "median over the rounds of auto's time / the backend's in the same round), "
+                    "*interleaved* where that backend was timed just before auto in each round "
+                    "(older runs: the ratio of the medians), *separately* (its own benchmark) "
+                    "where auto's rounds did not time it."
                 ),
                 "",
             ]

@@ -165,6 +165,7 @@ FRAME_COLUMNS = [
     "gemm_bound_s",
     "auto_choice",
     "beside_median_s",
+    "beside_rounds_s",
     "ratio",
     "twin_median_s",
 ]
@@ -254,6 +255,7 @@ def benchmark_frame(runs: list[BenchmarkRun]) -> pd.DataFrame:
                 "gemm_bound_s": _float(extra.get("gemm_bound_s")),
                 "auto_choice": extra.get("auto_choice"),
                 "beside_median_s": extra.get("beside_median_s") or None,
+                "beside_rounds_s": extra.get("beside_rounds_s") or None,
                 "ratio": _float(extra.get("ratio")),
                 "twin_median_s": _float(extra.get("twin_median_s")),
             }

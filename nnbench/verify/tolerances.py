@@ -7,12 +7,13 @@ An element passes when
 where K is the length of the reduction that produced the element (d*kh*kw for a convolution's
 forward pass, c*kh*kw for its input gradient, n*oh*ow for its weight gradient, 1 for
 elementwise operations) and ``scale`` is max(1, max|expected|), so atol is relative to the size
-of the numbers involved. The rounding error of a K-term sum in some blocked order grows like
-sqrt(K) ulps of its largest partial sums (it is a sum of K small, nearly independent errors);
-a real mistake (a wrong flip, a dropped channel, a result 0.1% off) does not shrink with K and
-fails at every K used here. ``scale`` has a floor of 1, so below 1 the bound is absolute: the
-checks' operands (normal values, He-scaled kernels) give outputs of order 1 and above. Keyed by (backend, dtype); ``backend=None``
-is the engine's own numpy code (layers, losses). Each entry says why it is what it is.
+of the numbers involved. The rounding error of a K-term sum in some blocked order grows like sqrt(K)
+ulps of its largest partial sums (it is a sum of K small, nearly independent errors); a real mistake
+(a wrong flip, a dropped channel, a result 0.1% off) does not shrink with K and fails at every K
+used here. ``scale`` has a floor of 1, so below 1 the bound is absolute: the checks' operands
+(normal values, He-scaled kernels) give outputs of order 1 and above. Keyed by (backend, dtype);
+``backend=None`` is the engine's own numpy code (layers, losses). Each entry says why it is what it
+is.
 
 Exact backends (``EXACT = True``) are held to equality on small-integer inputs instead (every
 partial sum is then an integer below 2**24); ``compare(..., exact=True)``.

@@ -120,8 +120,9 @@ def measure(benchmark, bench_threads, bench_budget):
     the GEMMs it ran are replayed alone (``gemm_bound_s``). ``beside`` ({name: function}) are
     calls timed in the same rounds, each once before the benchmarked call (interleaved: the
     same machine state; in a new random order each round, seeded), the rounds sized to twice
-    the budget for them all; their medians are ``beside_median_s`` (``bench.time_call``'s
-    clock, as the suite's own timer unless ``--benchmark-timer`` says otherwise). A failed
+    the budget for them all; their medians are ``beside_median_s`` and their times, round by
+    round, ``beside_rounds_s`` (``bench.time_call``'s clock, as the suite's own timer unless
+    ``--benchmark-timer`` says otherwise). A failed
     verdict is saved with the timings (the report marks the backend FAILED) and fails the test.
     ``info`` goes to ``bench.extra_info``.
     """
@@ -152,9 +153,9 @@ def measure(benchmark, bench_threads, bench_budget):
         more = {}
         if beside:  # the first of each belongs to the warm-up round (none without rounds:
             # --benchmark-disable runs setup and the call once)
-            more["beside_median_s"] = {
-                name: statistics.median(times[1:] or times) for name, times in beside_times.items()
-            }
+            kept = {name: times[1:] or times for name, times in beside_times.items()}
+            more["beside_median_s"] = {name: statistics.median(t) for name, t in kept.items()}
+            more["beside_rounds_s"] = {name: [round(x, 8) for x in t] for name, t in kept.items()}
         if profile:
             stages, gemm_calls, replay = bench.profile_call(call.fn)
             more.update(breakdown_s=stages, gemm_calls=gemm_calls, gemm_bound_s=None)

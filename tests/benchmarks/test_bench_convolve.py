@@ -1,14 +1,13 @@
-"""``kernels.convolve`` and both gradients: every available backend x every pass x every case.
-
-Ids read ``<backend>-<pass>-<case id>`` (``im2col-forward-k3p1[128,16,16,16]->32-float32``);
-each (case, pass) is one group, so a shape's backends sit side by side in the table. A backend
-whose ``supports`` declines a case is skipped with its reason. Every backend of a group gets the
-same operands (seeded from the case id). Every record carries where the backend's time went
-(``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``); ``auto`` records which
-backend it ran (``auto_choice``) and the medians of the candidates it timed to the end, timed
-again in its rounds, each just before it (``beside_median_s``): auto against the fastest in
-the same machine state. The quick set (``-m quick``: the report's) is the recipe layers and two
-kernel sizes.
+"""``kernels.convolve`` and both gradients: every available backend x every pass x every case. Ids read
+``<backend>-<pass>-<case id>`` (``im2col-forward-k3p1[128,16,16,16]->32-float32``); each (case,
+pass) is one group, so a shape's backends sit side by side in the table. A backend whose
+``supports`` declines a case is skipped with its reason. Every backend of a group gets the same
+operands (seeded from the case id). Every record carries where the backend's time went
+(``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``); ``auto`` records which backend
+it ran (``auto_choice``), and auto itself and the candidates it timed to the end are timed again in
+its rounds, in a new order each round (``beside_median_s``, ``beside_rounds_s``): auto against the
+fastest in the same machine state. The quick set (``-m quick``: the report's) is the recipe layers
+and two kernel sizes.
 """
 
 from __future__ import annotations
@@ -47,8 +46,10 @@ def test_convolve(measure, backend, pass_, case_id):
 
         plan = auto.plan(pass_, case.input_shape, case.kernel_shape, case.padding, case.dtype)
         more = {"auto_choice": plan.backend, "auto_seconds": plan.seconds}
-        # the candidates auto timed to the end, timed again beside it, round by round
+        # auto itself and the candidates it timed to the end, timed in the same rounds, in a
+        # new order each round: auto against the fastest in the same machine state
         timed = [name for name, seconds in plan.seconds.items() if seconds is not None]
-        more["beside"] = {name: bench.make_call(name, case, pass_).fn for name in timed}
+        more["beside"] = {"auto": call.fn}
+        more["beside"].update({name: bench.make_call(name, case, pass_).fn for name in timed})
     measure(call, group=f"{case.id} {pass_}", backend=backend, pass_=pass_, case=case,
             profile=backend != "auto", **more)  # fmt: skip

@@ -2,8 +2,9 @@
 
 The CIFAR-10 recipe runs once per backend; the Dense-only MNIST model has no convolution, so it
 runs once, recorded as backend ``numpy``. Each model is one group (``step <model>``). ``auto``'s
-rounds also time the step of every single-backend model, each just before auto's
-(``beside_median_s``): auto against the fastest model in the same machine state.
+rounds also time its own step and that of every single-backend model, in a new order each round
+(``beside_median_s``, ``beside_rounds_s``): auto against the fastest model in the same machine
+state.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def test_train_step(measure, model, backend):
     except bench.Unsupported as exc:
         pytest.skip(f"{backend} does not support a layer of {model}: {exc}")
     beside = {}
-    if backend == "auto":  # every single-backend model, timed in auto's rounds
+    if backend == "auto":  # auto's step and every single-backend model's, in the same rounds
         call.fn()  # plans every layer and pass, so that the rounds are sized on planned steps
+        beside["auto"] = call.fn
         for single in kernels.available():
             with contextlib.suppress(bench.Unsupported):
                 beside[single] = bench.train_step_call(spec, single).fn
