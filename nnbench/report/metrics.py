@@ -166,10 +166,12 @@ def scaling_vs_gemm(frame: pd.DataFrame, column: str, backend: str) -> Measured:
     if mine.empty:
         return _missing(f"no scaling records of {backend}")
     span = mine["threads"].iloc[0]
+    timed = mine["GEMM timed"].value_counts()
     return Measured(
         geomean(mine["ratio to GEMM"]),
         True,
-        f"geometric mean over {len(mine)} (layer, pass), threads {span}",
+        f"geometric mean over {len(mine)} (layer, pass), threads {span}; GEMM timed "
+        + ", ".join(f"{how} {count}" for how, count in timed.items()),
     )
 
 
