@@ -62,10 +62,10 @@ shows it). Both gradients cost about the same as the forward (the weight gradien
 Threads: the FFTs run on ``kernels.threads.budget()`` threads (the BLAS limit in force, so
 ``threadpoolctl.threadpool_limits`` pins both), and the stacked GEMM is split into as many
 slices, each on a single-threaded BLAS, because OpenBLAS would synchronise its threads once per
-frequency (see ``_matmul``). The transposing copies between the layouts, and the last copy
-into the output, are split over their leading axis too (``kernels.threads.copy``: image rows
-or images): they take as long as
-the FFTs, and on one thread they would not get faster with cores at all.
+frequency (see ``_matmul``). The transposing copies between the layouts, and the last copy into
+the output, are split over their leading axis too (``kernels.threads.copy``: image rows or
+images): they take as long as the FFTs, and on one thread they would not get faster with cores
+at all.
 """
 
 from __future__ import annotations
