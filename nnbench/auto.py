@@ -14,9 +14,9 @@ backend that ``plan`` chose for that key:
 3. the verified candidates are timed on those operands, under the thread limits in force, in
    interleaved rounds (``time_candidates``: each once per round, in a new random order each
    round, so that all see the same machine state); those within ``CLOSE_FACTOR`` of the
-   fastest after ``REPEATS`` rounds are timed in more rounds, and the smallest median wins. One
-   whose first call is ``GIVE_UP_FACTOR`` times slower than the fastest first call is not
-   timed further (its time is None).
+   fastest after ``REPEATS`` rounds are timed in more rounds, and the smallest of their
+   medians wins. One whose first call is ``GIVE_UP_FACTOR`` times slower than the fastest
+   first call is not timed further (its time is None).
 
 Later calls with the same key reuse the choice (a dictionary lookup per call). Choices persist in a
 small JSON file in the user cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it),
@@ -168,9 +168,17 @@ def _cached() -> dict:
     if path.exists():
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(payload, dict) or payload.get("schema") != SCHEMA:
+            schema = payload.get("schema") if isinstance(payload, dict) else None
+            if isinstance(schema, str) and schema.startswith("nnbench.auto/") and schema != SCHEMA:
+                warnings.warn(
+                    f"ignoring the auto-plan cache {path}: its plans were made the way schema "
+                    f"{schema!r} says, not {SCHEMA!r}; backends will be timed again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            elif schema != SCHEMA:
                 raise ValueError(f"schema is not {SCHEMA!r}")
-            if payload.get("machine") != _fingerprint():
+            elif payload.get("machine") != _fingerprint():
                 warnings.warn(
                     f"ignoring the auto-plan cache {path}: it was made on another machine or "
                     "with other library versions; backends will be timed again",
@@ -279,8 +287,8 @@ def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
         )
         for name in verified
     }
-    seconds = time_candidates(calls)
-    chosen = min((name for name in seconds if seconds[name] is not None), key=seconds.get)
+    seconds, finalists = _race(calls)
+    chosen = min(finalists, key=seconds.get)
     return Plan(key, chosen, seconds, failed)
 
 
@@ -292,28 +300,37 @@ def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, float |
     2. The rest are timed in ``REPEATS`` interleaved rounds (``nnbench.bench.interleaved``:
        each once per round, in a new random order each round, so that all see the same
        machine state).
-    3. Those whose median is within ``CLOSE_FACTOR`` of the smallest, if more than one, are
-       timed in more rounds, as many as fill about ``TIMING_SECONDS`` (at least ``REPEATS``,
-       at most ``MAX_REPEATS`` in all): the time goes to the choice that noise could decide.
-       Their medians are over all their rounds.
+    3. Those whose median is within ``CLOSE_FACTOR`` of the smallest (the finalists), if more
+       than one, are timed in more rounds, as many as fill about ``TIMING_SECONDS`` (at least
+       ``REPEATS``, at most ``MAX_REPEATS`` in all): the time goes to the choice that noise
+       could decide. Their medians are over all their rounds; the others keep those of step 2.
+
+    auto chooses the finalist with the smallest median: the others' medians come from other
+    rounds, so they are shown but not compared with the finalists'.
     """
+    return _race(calls)[0]
+
+
+def _race(calls: dict[str, Callable[[], object]]) -> tuple[dict[str, float | None], list[str]]:
+    """``time_candidates``'s medians and its finalists."""
     from nnbench.bench import interleaved, time_call
 
     first = {name: time_call(call) for name, call in calls.items()}
     best = min(first.values())
     alive = [name for name, taken in first.items() if taken <= GIVE_UP_FACTOR * best]
-    times = dict(zip(alive, interleaved(*(calls[n] for n in alive), rounds=REPEATS, warm_up=False)))
+    rounds = interleaved(*(calls[name] for name in alive), rounds=REPEATS, warm_up=False)
+    times = dict(zip(alive, rounds))
     medians = {name: statistics.median(times[name]) for name in alive}
     fastest = min(medians.values())
-    close = [name for name in alive if medians[name] <= CLOSE_FACTOR * fastest]
-    if len(close) > 1:
-        per_round = sum(medians[name] for name in close)
+    finalists = [name for name in alive if medians[name] <= CLOSE_FACTOR * fastest]
+    if len(finalists) > 1:
+        per_round = sum(medians[name] for name in finalists)
         more = max(REPEATS, math.ceil(TIMING_SECONDS / max(per_round, 1e-9)))
         more = min(MAX_REPEATS - REPEATS, more)
-        again = interleaved(*(calls[n] for n in close), rounds=more, warm_up=False, seed=1)
-        for name, extra in zip(close, again):
+        again = interleaved(*(calls[n] for n in finalists), rounds=more, warm_up=False, seed=1)
+        for name, extra in zip(finalists, again):
             medians[name] = statistics.median(times[name] + extra)
-    return {name: medians.get(name) for name in calls}
+    return {name: medians.get(name) for name in calls}, finalists
 
 
 def _dispatch(pass_: str):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +58,13 @@ def test_a_choice_is_reused_and_persisted(private_cache):
 
 @pytest.mark.parametrize(
     "content, reason",
-    [("{not json", "not a valid cache"), ('{"schema": "other/9"}', "not a valid cache")],
-    ids=["corrupt", "foreign-schema"],
+    [
+        ("{not json", "not a valid cache"),
+        ('{"schema": "other/9"}', "not a valid cache"),
+        ('{"schema": "nnbench.auto/1", "plans": {}}', "the way schema 'nnbench.auto/1' says"),
+        ("[1, 2]", "not a valid cache"),
+    ],
+    ids=["corrupt", "foreign-schema", "older-schema", "not-an-object"],
 )
 def test_an_unusable_cache_is_ignored_with_a_warning(private_cache, content, reason):
     private_cache.write_text(content)
@@ -198,29 +203,42 @@ def test_auto_needs_nnbench():
     assert "provided by nnbench.auto" in run.stdout
 
 
-def test_candidates_are_timed_in_rounds_and_the_close_ones_again():
-    order = []
+def test_candidates_are_raced_and_the_finalists_timed_again(monkeypatch):
+    """A scripted clock: ``time_call`` returns each call's next scripted time, so the race is
+    decided by the script, not by the machine."""
+    from nnbench import bench
+    from nnbench.bench import runner
 
-    def call(name, delay=0.0):
+    order = []
+    script = {
+        "slow": iter([1.0]),  # over GIVE_UP_FACTOR x the fastest first call: given up
+        "far": iter([0.003] + [0.0028] * 100),  # under it, but over CLOSE_FACTOR x: not a finalist
+        "a": iter([0.002] * (1 + auto.REPEATS) + [0.0011] * 100),  # faster in the later rounds
+        "b": iter([0.002] * (1 + auto.REPEATS) + [0.0019] * 100),
+    }
+    for module in (bench, runner):
+        monkeypatch.setattr(module, "time_call", lambda fn: fn())
+
+    def call(name):
         def run():
             order.append(name)
-            time.sleep(delay)
+            return next(script[name])
 
         return run
 
-    # slow is first: given up on only once a faster one has come; far is timed REPEATS rounds
-    # (under GIVE_UP_FACTOR, over CLOSE_FACTOR x the fastest); a and b are close: timed again
-    calls = {
-        "slow": call("slow", 0.3),
-        "far": call("far", 0.005),
-        "a": call("a", 0.0022),
-        "b": call("b", 0.002),
-    }
-    seconds = auto.time_candidates(calls)
-    assert seconds["slow"] is None and seconds["b"] < seconds["a"] < seconds["far"]
+    calls = {name: call(name) for name in script}
+    seconds, finalists = auto._race(calls)
+    assert seconds["slow"] is None and finalists == ["a", "b"]
     assert order[:4] == ["slow", "far", "a", "b"]  # the first call of each screens
     rounds = order[4 : 4 + 3 * auto.REPEATS]
     assert all(sorted(rounds[i : i + 3]) == ["a", "b", "far"] for i in range(0, len(rounds), 3))
     again = order[4 + 3 * auto.REPEATS :]
-    assert "far" not in again and again.count("a") == again.count("b") >= auto.REPEATS
-    assert again.count("a") + auto.REPEATS <= auto.MAX_REPEATS
+    per_round = 0.002 + 0.002  # the finalists' medians after the first REPEATS rounds
+    expected = min(auto.MAX_REPEATS - auto.REPEATS, math.ceil(auto.TIMING_SECONDS / per_round))
+    assert again.count("a") == again.count("b") == max(auto.REPEATS, expected)
+    assert "far" not in again and seconds["far"] == pytest.approx(0.0028)
+    # the finalists' medians pool both phases: a's later rounds are faster, and a now wins
+    assert seconds["a"] == pytest.approx(0.0011) and seconds["b"] == pytest.approx(0.0019)
+    order.clear()  # one candidate: its first call and REPEATS rounds, no more
+    assert auto.time_candidates({"b": call("b")}) == {"b": pytest.approx(0.0019)}
+    assert order == ["b"] * (1 + auto.REPEATS)

@@ -226,6 +226,14 @@ def test_interleaved_runs_every_call_once_a_round_in_seeded_random_orders():
     assert ["".join(order[i : i + 3]) for i in range(0, len(order), 3)] == rounds  # seeded
 
 
+def test_interleaved_gives_each_call_its_own_times(monkeypatch):
+    from nnbench.bench import runner
+
+    monkeypatch.setattr(runner, "time_call", lambda fn: fn())  # a call's "time" is its result
+    times = bench.interleaved(lambda: 1.0, lambda: 2.0, lambda: 3.0, rounds=7)
+    assert times == ([1.0] * 7, [2.0] * 7, [3.0] * 7)
+
+
 # --- profile: breakdown and the GEMMs alone -------------------------------------------------
 
 

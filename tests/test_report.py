@@ -841,6 +841,42 @@ def test_auto_is_judged_on_paired_rounds_where_they_timed_itself_and_the_fastest
     table = metrics.auto_choices(frame_of(write_run(workdir / "partial.json", records)), column)
     assert set(table["timed"]) == {"separately"}
 
+    # a backend whose own record failed is not the fastest, even when its rounds are faster
+    fast_but_wrong = {**rounds, "loop": [0.5e-3] * 5}
+    records = recipe_records(beside_rounds_s=fast_but_wrong)
+    for record in records:
+        if record["extra_info"]["backend"] == "loop":
+            record["extra_info"]["verdict"]["passed"] = False
+    table = metrics.auto_choices(frame_of(write_run(workdir / "failed.json", records)), column)
+    assert set(table["fastest single backend"]) == {"torch"} and set(table["timed"]) == {"paired"}
+
+    # a failed auto result is not judged at all: it is not fast, it is wrong
+    records = recipe_records(beside_rounds_s=rounds)
+    for record in records:
+        if record["extra_info"]["backend"] == "auto":
+            record["extra_info"]["verdict"]["passed"] = False
+    frame = frame_of(write_run(workdir / "auto-failed.json", records))
+    assert metrics.auto_choices(frame, column).empty
+    assert metrics.auto_vs_fastest(frame, column).complete is False
+
+
+def test_the_auto_step_is_judged_on_paired_rounds(workdir):
+    rounds = {
+        "auto": [0.52, 0.61, 0.50, 0.70, 0.51],
+        "torch": [0.50, 0.60, 0.50, 0.66, 0.50],
+        "im2col": [0.80] * 5,
+    }
+    records = [
+        _record("torch", "step", "step", "cifar10-fast", 0.5, flops=2e9),
+        _record("im2col", "step", "step", "cifar10-fast", 0.8, flops=2e9),
+        _record("auto", "step", "step", "cifar10-fast", 0.55, flops=2e9, beside_rounds_s=rounds),
+    ]
+    frame = frame_of(write_run(workdir / "step.json", records))
+    measured = metrics.auto_step_vs_fastest(frame, "Small Xeon 2c · 2 thr")
+    # per-round ratios 1.04, 1.017, 1.0, 1.061, 1.02: median 1.02 (of the medians: 1.04)
+    assert measured.value == pytest.approx(1.02)
+    assert measured.detail == "auto 520 ms / torch 500 ms per step, timed paired"
+
 
 def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_report):
     frame = frame_of(*two_machines)
@@ -887,6 +923,15 @@ def test_scaling_table_and_plot(two_machines, workdir):
     assert row["GEMM speed-up"] == pytest.approx(16 ** (1 / 1.204))
     assert row["ratio to GEMM"] == pytest.approx(2 / 16 ** (1 / 1.204))
     assert row["GEMM timed"] == "same rounds"
+    # one of the two thread counts without it: that row falls back to the GEMM's own records
+    for record in records:
+        extra = record["extra_info"]
+        if extra["backend"] == "im2col" and extra["pass"] == "forward" and extra["threads"] == 16:
+            del extra["beside_median_s"]
+    table = metrics.speedups(frame_of(write_run(workdir / "mixed.json", records)), "Small Xeon 2c")
+    timed = table[table["backend"] == "im2col"].set_index(["layer", "pass"])["GEMM timed"]
+    assert set(timed.xs("forward", level="pass")) == {"own records"}
+    assert set(timed.xs("grad_inputs", level="pass")) == {"same rounds"}
 
     fig = plots.scaling(frame, "Big Xeon 16c")
     axes = fig.axes

@@ -50,9 +50,9 @@ def median_seconds(fn: Callable[[], object], rounds: int) -> float:
 def interleaved(
     *calls: Callable[[], object], rounds: int, warm_up: bool = True, seed: int = 0
 ) -> tuple[list[float], ...]:
-    """Time ``calls`` in turn, ``rounds`` calls each (after one warm-up call of each, unless
-    ``warm_up`` is false): every call sees the same machine state (turbo, caches, neighbours)
-    round by round. Each round runs them in a new random order (seeded: the same sequence of
+    """Time ``calls`` in rounds, each once per round, ``rounds`` rounds (after one warm-up call
+    of each, unless ``warm_up`` is false): every call sees the same machine state (turbo,
+    caches, neighbours) round by round. Each round runs them in a new random order (seeded: the same sequence of
     orders for the same ``seed``), so that what a call leaves behind (cold caches, pool or
     OpenMP threads asleep or spinning) is the same mix of costs for all of them; a fixed or
     rotated order gives each call mostly one predecessor. One list of seconds per call, in the

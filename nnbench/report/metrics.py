@@ -108,7 +108,7 @@ def speedups(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
     for (label, pass_, backend), group in rows.groupby(["label", "pass", "backend"], sort=False):
         low, high, speedup = _speedup(group)
         reference = gemm.get(label, (None, None, math.nan))[2]
-        timed = "own records"
+        timed = "own records" if label in gemm else "no GEMM"
         beside = _gemm_beside(group)
         if beside is not None and backend != "gemm":
             reference, timed = beside, "same rounds"
@@ -234,7 +234,7 @@ def _against_fastest(auto: pd.Series, single: pd.DataFrame) -> dict:
             "auto (ms)": statistics.median(mine) * 1e3,
             "fastest single backend": fastest,
             "its median (ms)": statistics.median(theirs) * 1e3,
-            "auto / fastest": statistics.median(a / b for a, b in zip(mine, theirs)),
+            "auto / fastest": statistics.median(a / b for a, b in zip(mine, theirs, strict=True)),
             "timed": "paired",
         }
     beside = auto["beside_median_s"] if isinstance(auto["beside_median_s"], dict) else {}
@@ -263,8 +263,9 @@ def auto_choices(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     rows = frame[(frame["column"] == column) & frame["pass"].isin(CONV_PASSES)]
     table = []
     for (suite, label, pass_), group in rows.groupby(["suite", "label", "pass"], sort=False):
-        auto = group[group["backend"] == "auto"]
-        single = group[~group["backend"].isin(NOT_ALGORITHMS) & tables.not_failed(group)]
+        passed = group[tables.not_failed(group)]  # a failed result is not a fast one
+        auto = passed[passed["backend"] == "auto"]
+        single = passed[~passed["backend"].isin(NOT_ALGORITHMS)]
         if auto.empty or single.empty:
             continue
         a = auto.iloc[0]

@@ -254,9 +254,11 @@ def _scaling_section(ctx: Context) -> list[str]:
             "--benchmark-only -k scaling`), beside a bare numpy GEMM of the layer's im2col shape at "
             "the same threads (`gemm`): *speed-up* is the median at the fewest threads / the median "
             "at the most, *ratio to GEMM* the backend's speed-up / the GEMM's. Newer runs also "
-            "time the GEMM in each backend's own rounds; *GEMM timed* says whether the GEMM's "
-            "speed-up on that row comes from there (*same rounds*: machine drift between the "
-            "records of two thread counts cancels) or from the GEMM's own records."
+            "time the GEMM in each backend's own rounds (each round the GEMM, then the backend, "
+            "so each follows the other); *GEMM timed* says whether the GEMM's speed-up on that "
+            "row comes from there (*same rounds*: machine drift between the records of two "
+            "thread counts cancels) or from the GEMM's own records. The plot's reference line "
+            "is the GEMM's own records."
         ),
         "",
     ]

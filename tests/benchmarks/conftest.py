@@ -122,9 +122,8 @@ def measure(benchmark, bench_threads, bench_budget):
     same machine state; in a new random order each round, seeded), the rounds sized to twice
     the budget for them all; their medians are ``beside_median_s`` and their times, round by
     round, ``beside_rounds_s`` (``bench.time_call``'s clock, as the suite's own timer unless
-    ``--benchmark-timer`` says otherwise). A failed
-    verdict is saved with the timings (the report marks the backend FAILED) and fails the test.
-    ``info`` goes to ``bench.extra_info``.
+    ``--benchmark-timer`` says otherwise). A failed verdict is saved with the timings (the
+    report marks the backend FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
     """
 
     def run(call, *, group, backend, pass_, case=None, threads=None, profile=False, beside=None,
@@ -151,9 +150,9 @@ def measure(benchmark, bench_threads, bench_budget):
         del result
         memory = bench.peak_memory_bytes(call.fn)
         more = {}
-        if beside:  # the first of each belongs to the warm-up round (none without rounds:
-            # --benchmark-disable runs setup and the call once)
-            kept = {name: times[1:] or times for name, times in beside_times.items()}
+        if beside:  # the first of each belongs to the warm-up round, any after the timed rounds
+            # to a profiling run (--benchmark-cprofile); --benchmark-disable runs setup once
+            kept = {name: times[1 : 1 + rounds] or times for name, times in beside_times.items()}
             more["beside_median_s"] = {name: statistics.median(t) for name, t in kept.items()}
             more["beside_rounds_s"] = {name: [round(x, 8) for x in t] for name, t in kept.items()}
         if profile:

@@ -1,13 +1,14 @@
-"""``kernels.convolve`` and both gradients: every available backend x every pass x every case. Ids read
-``<backend>-<pass>-<case id>`` (``im2col-forward-k3p1[128,16,16,16]->32-float32``); each (case,
-pass) is one group, so a shape's backends sit side by side in the table. A backend whose
-``supports`` declines a case is skipped with its reason. Every backend of a group gets the same
-operands (seeded from the case id). Every record carries where the backend's time went
-(``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``); ``auto`` records which backend
-it ran (``auto_choice``), and auto itself and the candidates it timed to the end are timed again in
-its rounds, in a new order each round (``beside_median_s``, ``beside_rounds_s``): auto against the
-fastest in the same machine state. The quick set (``-m quick``: the report's) is the recipe layers
-and two kernel sizes.
+"""``kernels.convolve`` and both gradients: every available backend x every pass x every case.
+
+Ids read ``<backend>-<pass>-<case id>`` (``im2col-forward-k3p1[128,16,16,16]->32-float32``);
+each (case, pass) is one group, so a shape's backends sit side by side in the table. A backend
+whose ``supports`` declines a case is skipped with its reason. Every backend of a group gets the
+same operands (seeded from the case id). Every record carries where the backend's time went
+(``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``); ``auto`` records which
+backend it ran (``auto_choice``), and auto itself and the candidates it timed to the end are
+timed again in its rounds, in a new order each round (``beside_median_s``, ``beside_rounds_s``):
+auto against the fastest in the same machine state. The quick set (``-m quick``: the report's)
+is the recipe layers and two kernel sizes.
 """
 
 from __future__ import annotations
