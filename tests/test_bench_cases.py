@@ -340,3 +340,25 @@ def test_worst_verdict_prefers_a_failure():
     assert bench.worst_verdict(call.check((outputs, grad_inputs))).passed
     worst = bench.worst_verdict(call.check((outputs, grad_inputs * 2)))
     assert not worst.passed and worst.name.endswith("grad_inputs")
+
+
+def test_the_suite_times_auto_and_its_candidates_in_the_same_rounds(tmp_path, monkeypatch):
+    """One real auto benchmark through the suite: auto itself and every candidate its plan
+    timed to the end get one time per timed round (the warm-up round dropped), and the medians
+    recorded are those of the rounds recorded."""
+    import json
+    import statistics
+
+    monkeypatch.setenv("NNBENCH_AUTO_CACHE", str(tmp_path / "plans.json"))
+    out = tmp_path / "run.json"
+    code = bench.run_suite(out, keyword="test_convolve and auto and forward and conv3", budget=0.05)
+    assert code == 0
+    (record,) = json.loads(out.read_text())["benchmarks"]
+    extra = record["extra_info"]
+    timed = {name for name, seconds in extra["auto_seconds"].items() if seconds is not None}
+    rounds = extra["beside_rounds_s"]
+    assert set(rounds) == {"auto"} | timed and len(timed) >= 2
+    assert {len(times) for times in rounds.values()} == {record["stats"]["rounds"]}
+    assert extra["beside_median_s"] == {
+        name: pytest.approx(statistics.median(times), abs=1e-7) for name, times in rounds.items()
+    }

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import io
 import os
-import random
 import statistics
 
 import pytest
@@ -133,16 +132,14 @@ def measure(benchmark, bench_threads, bench_budget):
         seconds = bench.time_call(call.fn) + sum(map(bench.time_call, beside.values()))
         rounds = bench.choose_rounds(seconds, bench_budget * (2 if beside else 1))
         beside_times = {name: [] for name in beside}
-        names = list(beside)
-        shuffle = random.Random(0).shuffle  # the same sequence of orders in every benchmark
 
-        def setup():  # the calls beside, each timed once before every round's timed call, in
-            # a new order each round: what the call before leaves behind (cold caches, pool or
-            # OpenMP threads asleep or spinning) is then the same mix for all of them and for
-            # the timed call; a fixed or rotated order gives each call mostly one predecessor
-            shuffle(names)
-            for name in names:
-                beside_times[name].append(bench.time_call(beside[name]))
+        def setup():  # the calls beside, one round of ``bench.interleaved`` before every
+            # round's timed call, its order seeded by the round: a new order each round, the
+            # same sequence of orders in every benchmark
+            seed = len(next(iter(beside_times.values())))
+            round_ = bench.interleaved(*beside.values(), rounds=1, warm_up=False, seed=seed)
+            for times, (taken,) in zip(beside_times.values(), round_):
+                times.append(taken)
 
         result = benchmark.pedantic(call.fn, setup=setup if beside else None, rounds=rounds,
                                     warmup_rounds=1, iterations=1)  # fmt: skip
