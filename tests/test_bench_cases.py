@@ -343,11 +343,15 @@ def test_worst_verdict_prefers_a_failure():
 
 
 def test_the_suite_times_auto_and_its_candidates_in_the_same_rounds(tmp_path, monkeypatch):
-    """One real auto benchmark through the suite: auto itself and every candidate its plan
-    timed to the end get one time per timed round (the warm-up round dropped), and the medians
+    """One real auto benchmark through the suite: auto itself, every candidate its plan timed
+    to the end and the control (auto's choice a second time) get one time per timed round (the
+    warm-up round dropped), at least the suite's minimum for calls beside, and the medians
     recorded are those of the rounds recorded."""
     import json
     import statistics
+
+    from nnbench.report.metrics import CONTROL
+    from tests.benchmarks.conftest import BESIDE_MIN_ROUNDS
 
     monkeypatch.setenv("NNBENCH_AUTO_CACHE", str(tmp_path / "plans.json"))
     out = tmp_path / "run.json"
@@ -357,8 +361,10 @@ def test_the_suite_times_auto_and_its_candidates_in_the_same_rounds(tmp_path, mo
     extra = record["extra_info"]
     timed = {name for name, seconds in extra["auto_seconds"].items() if seconds is not None}
     rounds = extra["beside_rounds_s"]
-    assert set(rounds) == {"auto"} | timed and len(timed) >= 2
+    assert set(rounds) == {"auto", CONTROL} | timed and len(timed) >= 2
+    assert extra["auto_choice"] in timed
     assert {len(times) for times in rounds.values()} == {record["stats"]["rounds"]}
+    assert record["stats"]["rounds"] >= BESIDE_MIN_ROUNDS  # the budget alone gives fewer
     assert extra["beside_median_s"] == {
         name: pytest.approx(statistics.median(times), abs=1e-7) for name, times in rounds.items()
     }

@@ -860,6 +860,37 @@ def test_auto_is_judged_on_paired_rounds_where_they_timed_itself_and_the_fastest
     assert metrics.auto_vs_fastest(frame, column).complete is False
 
 
+def test_auto_alone_is_judged_on_its_rounds_and_its_control_is_not_a_backend(workdir):
+    """A run of auto alone (no single-backend records) is judged on the backends of its rounds;
+    the control (auto's choice, torch, timed twice) is shown as control / choice and is never
+    the fastest backend, though its median is the smallest."""
+    rounds = {
+        "auto": [1.1e-3, 2.2e-3, 1.0e-3, 3.3e-3, 1.2e-3],
+        "torch": [1.0e-3, 2.0e-3, 1.0e-3, 3.0e-3, 1.0e-3],
+        "im2col": [2.0e-3] * 5,
+        metrics.CONTROL: [0.9e-3, 1.8e-3, 0.9e-3, 2.7e-3, 0.9e-3],
+    }
+    column = "Small Xeon 2c · 2 thr"
+    everything = recipe_records(beside_rounds_s=rounds)
+    alone = [r for r in everything if r["extra_info"]["backend"] == "auto"]
+    for name, records in (("alone.json", alone), ("all.json", everything)):
+        frame = frame_of(write_run(workdir / name, records))
+        table = metrics.auto_choices(frame, column)
+        assert len(table) == 9 and set(table["timed"]) == {"paired"}, name
+        assert set(table["fastest single backend"]) == {"torch"}, name
+        assert table["auto / fastest"].to_numpy() == pytest.approx(1.1)
+        assert table["control / choice"].to_numpy() == pytest.approx(0.9)
+        detail = metrics.auto_vs_fastest(frame, column).detail
+        assert (
+            "against itself in the same rounds (control): 0.90× to 0.90×, median 0.90×, over 9"
+            in detail
+        )
+
+    # without paired rounds, auto alone cannot be judged: nothing to compare it with
+    frame = frame_of(write_run(workdir / "bare.json", [dict(r) for r in recipe_records()][-1:]))
+    assert metrics.auto_choices(frame, column).empty
+
+
 def test_the_auto_step_is_judged_on_paired_rounds(workdir):
     rounds = {
         "auto": [0.52, 0.61, 0.50, 0.70, 0.51],
@@ -1116,7 +1147,7 @@ def test_the_report_says_when_the_code_changed_since_a_run(tmp_path):
     assert provenance.code_status(None).changed is None
     old = _changed_commit()
     if old is None:
-        pytest.skip("no commit in this history whose kernels/ or nnbench/ differ from HEAD")
+        pytest.skip("no commit in this history whose package code differs from HEAD")
     status = provenance.code_status(old, dirty=True, note="run from a copy of the tree")
     assert status.changed is True
     assert "code changed since this run" in status.text and old[:7] in status.text
@@ -1130,6 +1161,52 @@ def test_the_report_says_when_the_code_changed_since_a_run(tmp_path):
     glance = _section((out / "REPORT.md").read_text(encoding="utf-8"), "## At a glance")
     assert "**Code changed since these runs**" in glance
     assert f"`old.json` ({old[:7]} → {head[:7]})" in glance
+
+
+def test_the_code_a_run_measured_is_the_package_and_for_benchmarks_the_suite():
+    assert provenance.describe_paths(provenance.SUITE_CODE) == (
+        "kernels/, nnbench/ and tests/benchmarks/ (not nnbench/report/)"
+    )
+    head = provenance.head()
+    if head is None:
+        pytest.skip("not a git checkout")
+    # the last commit that changed the report alone, the suite alone, the package: what each
+    # kind of run counts as a change (a rendering change is none)
+    seen = {}
+    for commit in _git_lines("log", "--format=%H", "-n", "200"):
+        touched = _git_lines("diff-tree", "--no-commit-id", "--name-only", "-r", commit)
+        if (
+            not touched
+            or len(_git_lines("rev-list", "--parents", "-n", "1", commit)[0].split()) != 2
+        ):
+            continue
+        kinds = {
+            "report" if t.startswith("nnbench/report/")
+            else "suite" if t.startswith("tests/benchmarks/")
+            else "package" if t.startswith(("kernels/", "nnbench/"))
+            else "other"
+            for t in touched
+        }  # fmt: skip
+        if len(kinds) == 1:
+            seen.setdefault(kinds.pop(), commit)
+    assert seen, "no commit in the last 200 touched only one kind of code"
+    for kind, package, suite in (("report", False, False), ("suite", False, True),
+                                 ("package", True, True)):  # fmt: skip
+        if kind not in seen:
+            continue
+        parent = seen[kind] + "~1"
+        changed = provenance._differs(provenance._resolve(parent), seen[kind],
+                                      provenance.PACKAGE_CODE)  # fmt: skip
+        assert changed is package, kind
+        changed = provenance._differs(provenance._resolve(parent), seen[kind],
+                                      provenance.SUITE_CODE)  # fmt: skip
+        assert changed is suite, kind
+
+
+def _git_lines(*args: str) -> list[str]:
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    return done.stdout.splitlines()
 
 
 def _changed_commit() -> str | None:

@@ -208,65 +208,86 @@ def faster_than_im2col(frame: pd.DataFrame, column: str, backend: str) -> Measur
     return Measured(value, not missing, detail)
 
 
+#: The suite's name, in an auto record's rounds (``beside_rounds_s``), for a second call of the
+#: backend auto chose: two identical calls in the same rounds, whose ratio is what the machine's
+#: noise alone gives (``tests/benchmarks/test_bench_convolve.py``).
+CONTROL = "control"
+
+
 def _against_fastest(auto: pd.Series, single: pd.DataFrame) -> dict:
     """auto's record against the fastest single backend of its group.
 
     Three ways, the first the record allows ("timed" says which):
     * "paired": auto and the backends were timed in the same rounds (``beside_rounds_s`` has
       auto's own times too): the fastest is the backend of smallest median there, and the ratio
-      is the median, over the rounds, of auto's time / that backend's in the same round;
+      is the median, over the rounds, of auto's time / that backend's in the same round. Where
+      the rounds also timed the chosen backend a second time (``CONTROL``), "control / choice"
+      is the same statistic for those two identical calls: the resolution of the ratio;
     * "interleaved": auto's rounds timed the backends just before auto's benchmarked call
       (``beside_median_s`` only): the ratio of auto's median to the fastest one there;
     * "separately": the separately timed records (machine drift between two benchmarks counts
       against auto too, and auto's call always follows others, which leave the caches cold).
-    The paired and interleaved ways count only where auto's rounds timed the suite's fastest
-    backend, and only backends whose own record passed.
+    With single-backend records (``single`` not empty), the paired and interleaved ways count
+    only where auto's rounds timed the suite's fastest backend, and only backends whose own
+    record passed; without, the paired way takes the backends of auto's rounds (auto verified
+    each before timing it).
     """
-    best = single.loc[single["median_s"].idxmin()]
     passed = set(single["backend"])
+    best = single.loc[single["median_s"].idxmin()] if not single.empty else None
     rounds = auto["beside_rounds_s"] if isinstance(auto["beside_rounds_s"], dict) else {}
-    rounds = {n: t for n, t in rounds.items() if (n in passed or n == "auto") and len(t)}
-    if "auto" in rounds and best["backend"] in rounds:
-        mine = rounds.pop("auto")
-        fastest = min(rounds, key=lambda name: statistics.median(rounds[name]))
-        theirs = rounds[fastest]
-        return {
-            "auto (ms)": statistics.median(mine) * 1e3,
-            "fastest single backend": fastest,
-            "its median (ms)": statistics.median(theirs) * 1e3,
-            "auto / fastest": statistics.median(a / b for a, b in zip(mine, theirs, strict=True)),
-            "timed": "paired",
-        }
+    rounds = {n: t for n, t in rounds.items() if len(t)}
+    backends = {n: t for n, t in rounds.items() if n not in ("auto", CONTROL)}
+    if best is not None:
+        backends = {n: t for n, t in backends.items() if n in passed}
+    if "auto" in rounds and backends and (best is None or best["backend"] in backends):
+        fastest = min(backends, key=lambda name: statistics.median(backends[name]))
+        row = _row(
+            rounds["auto"], backends[fastest], fastest, _paired(rounds["auto"], backends[fastest])
+        )
+        chosen = backends.get(auto["auto_choice"])
+        if CONTROL in rounds and chosen is not None:
+            row["control / choice"] = _paired(rounds[CONTROL], chosen)
+        return row
     beside = auto["beside_median_s"] if isinstance(auto["beside_median_s"], dict) else {}
     beside = {name: s for name, s in beside.items() if name in passed}
-    if best["backend"] in beside:
+    if best is not None and best["backend"] in beside:
         fastest = min(beside, key=beside.get)
-        return {
-            "auto (ms)": auto["median_ms"],
-            "fastest single backend": fastest,
-            "its median (ms)": beside[fastest] * 1e3,
-            "auto / fastest": auto["median_s"] / beside[fastest],
-            "timed": "interleaved",
-        }
+        return _row(auto["median_s"], beside[fastest], fastest, None, "interleaved")
+    if best is None:
+        raise ValueError("an auto record without paired rounds needs single-backend records")
+    return _row(auto["median_s"], best["median_s"], best["backend"], None, "separately")
+
+
+def _paired(mine: list[float], theirs: list[float]) -> float:
+    """The median over rounds of mine / theirs in the same round."""
+    return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+
+
+def _row(mine, theirs, fastest: str, paired: float | None, timed: str = "paired") -> dict:
+    """A row of ``auto_choices``: ``mine`` and ``theirs`` are seconds (per-round lists when
+    ``paired``, medians otherwise)."""
+    auto_s = statistics.median(mine) if paired is not None else mine
+    fastest_s = statistics.median(theirs) if paired is not None else theirs
     return {
-        "auto (ms)": auto["median_ms"],
-        "fastest single backend": best["backend"],
-        "its median (ms)": best["median_ms"],
-        "auto / fastest": auto["median_s"] / best["median_s"],
-        "timed": "separately",
+        "auto (ms)": auto_s * 1e3,
+        "fastest single backend": fastest,
+        "its median (ms)": fastest_s * 1e3,
+        "auto / fastest": paired if paired is not None else auto_s / fastest_s,
+        "timed": timed,
     }
 
 
 def auto_choices(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per benchmarked (case, pass) with an ``auto`` record: its choice, its median, the fastest
-    single backend's and the ratio (``_against_fastest``)."""
+    single backend's and the ratio (``_against_fastest``); an auto record whose rounds timed its
+    candidates is judged without the single-backend records (a run of auto alone)."""
     rows = frame[(frame["column"] == column) & frame["pass"].isin(CONV_PASSES)]
     table = []
     for (suite, label, pass_), group in rows.groupby(["suite", "label", "pass"], sort=False):
         passed = group[tables.not_failed(group)]  # a failed result is not a fast one
         auto = passed[passed["backend"] == "auto"]
         single = passed[~passed["backend"].isin(NOT_ALGORITHMS)]
-        if auto.empty or single.empty:
+        if auto.empty or (single.empty and not _has_rounds(auto.iloc[0])):
             continue
         a = auto.iloc[0]
         table.append(
@@ -281,18 +302,31 @@ def auto_choices(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def _has_rounds(auto: pd.Series) -> bool:
+    rounds = auto["beside_rounds_s"]
+    return (
+        isinstance(rounds, dict) and "auto" in rounds and len(set(rounds) - {"auto", CONTROL}) > 0
+    )
+
+
 def auto_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> Measured:
     table = auto_choices(frame, column)
     if table.empty:
         return _missing("no auto records")
     worst = table.loc[table["auto / fastest"].idxmax()]
     timed = table["timed"].value_counts()
-    return Measured(
-        float(worst["auto / fastest"]),
-        True,
+    detail = (
         f"largest at {worst['case']} {worst['pass']}, over {len(table)} (case, pass); timed "
-        + ", ".join(f"{how} {count}" for how, count in timed.items()),
+        + ", ".join(f"{how} {count}" for how, count in timed.items())
     )
+    control = table.get("control / choice", pd.Series(dtype=float)).dropna()
+    if not control.empty:  # what two identical calls in the same rounds give: the resolution
+        detail += (
+            f"; the chosen backend against itself in the same rounds ({CONTROL}): "
+            f"{tables.times(control.min())} to {tables.times(control.max())}, median "
+            f"{tables.times(control.median())}, over {len(control)}"
+        )
+    return Measured(float(worst["auto / fastest"]), True, detail)
 
 
 #: The training step the ``auto_step_vs_fastest`` target names.

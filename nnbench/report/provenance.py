@@ -4,9 +4,9 @@
   used (threadpoolctl's ``architecture``, e.g. Haswell or SkylakeX);
 * ``Column`` is one column of the side-by-side tables: a machine at one thread count, and for
   runs of the old record schema (no verdicts) the commit they measured;
-* ``code_status`` compares the commit a run recorded with the checkout's HEAD
-  (``git diff --quiet <commit> HEAD -- kernels nnbench``): whether the code it measured has
-  changed since.
+* ``code_status`` compares the commit a run recorded with the checkout's HEAD over the code
+  that run measured (``git diff --quiet <commit> HEAD -- <paths>``, ``PACKAGE_CODE`` or
+  ``SUITE_CODE``): whether it has changed since.
 """
 
 from __future__ import annotations
@@ -20,8 +20,21 @@ from nnbench import machine
 
 #: The checkout this package lives in (the code a report describes).
 REPO = machine.CHECKOUT
-#: The folders whose changes change what the benchmarks and checks measure.
-CODE_PATHS = ("kernels", "nnbench")
+#: The code an accuracy run or a verification record measured: the backends and the package,
+#: but not the report (``nnbench/report/`` only renders what was measured).
+PACKAGE_CODE = ("kernels", "nnbench", ":(exclude)nnbench/report")
+#: The code a benchmark run measured: the package and the suite, whose harness
+#: (``tests/benchmarks/``) decides what is timed, how and beside what.
+SUITE_CODE = (*PACKAGE_CODE, "tests/benchmarks")
+
+
+def describe_paths(paths: tuple[str, ...]) -> str:
+    """``("kernels", "nnbench", ":(exclude)nnbench/report")`` -> 'kernels/ and nnbench/ (not
+    nnbench/report/)'."""
+    kept = [f"{p}/" for p in paths if not p.startswith(":(exclude)")]
+    left_out = [f"{p.removeprefix(':(exclude)')}/" for p in paths if p.startswith(":(exclude)")]
+    text = ", ".join(kept[:-1]) + (" and " if len(kept) > 1 else "") + kept[-1]
+    return text + (f" (not {', '.join(left_out)})" if left_out else "")
 
 
 def short_cpu(model: object) -> str:
@@ -142,10 +155,10 @@ def _resolve(commit: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _differs(commit: str, current: str) -> bool | None:
+def _differs(commit: str, current: str, paths: tuple[str, ...]) -> bool | None:
     try:
         done = subprocess.run(
-            ["git", "-C", str(REPO), "diff", "--quiet", commit, current, "--", *CODE_PATHS],
+            ["git", "-C", str(REPO), "diff", "--quiet", commit, current, "--", *paths],
             check=False,
             capture_output=True,
             timeout=20,
@@ -159,9 +172,9 @@ def _differs(commit: str, current: str) -> bool | None:
 class CodeStatus:
     """What a run's recorded commit says about the code it measured, compared with HEAD.
 
-    ``changed``: True (the code in kernels/ or nnbench/ differs between the run's commit and
-    HEAD), False (the same), None (cannot tell: no commit recorded, a commit this checkout does
-    not have, or no git here)."""
+    ``changed``: True (the code the run measured, ``paths``, differs between the run's commit
+    and HEAD), False (the same), None (cannot tell: no commit recorded, a commit this checkout
+    does not have, or no git here)."""
 
     commit: str | None
     dirty: bool | None
@@ -169,6 +182,7 @@ class CodeStatus:
     head: str | None
     changed: bool | None
     reason: str = ""
+    paths: tuple[str, ...] = PACKAGE_CODE
 
     @property
     def text(self) -> str:
@@ -176,9 +190,8 @@ class CodeStatus:
         at = short_commit(self.commit) + (" (uncommitted changes)" if self.dirty else "")
         if self.changed is True:
             text = (
-                f"code changed since this run: measured {at}, the code in "
-                f"{' and '.join(f'{p}/' for p in CODE_PATHS)} differs at HEAD "
-                f"{short_commit(self.head)}"
+                f"code changed since this run: measured {at}, the code it measured "
+                f"({describe_paths(self.paths)}) differs at HEAD {short_commit(self.head)}"
             )
         elif self.changed is False:
             text = f"measured {at}; the code is unchanged at HEAD {short_commit(self.head)}"
@@ -191,23 +204,27 @@ class CodeStatus:
         return text
 
 
-def code_status(commit: object, dirty: object = None, note: object = None) -> CodeStatus:
-    """Compare a run's recorded ``commit`` with HEAD (see ``CodeStatus``)."""
+def code_status(
+    commit: object, dirty: object = None, note: object = None, paths: tuple = PACKAGE_CODE
+) -> CodeStatus:
+    """Compare a run's recorded ``commit`` with HEAD over ``paths``, the code the run measured
+    (``PACKAGE_CODE``; ``SUITE_CODE`` for a benchmark run): see ``CodeStatus``."""
     commit = str(commit) if commit else None
     dirty = dirty if isinstance(dirty, bool) else None
     note = str(note) if note else None
+    paths = tuple(paths)
     current = head()
     if commit is None:
-        return CodeStatus(None, dirty, note, current, None, "the run recorded no commit")
+        return CodeStatus(None, dirty, note, current, None, "the run recorded no commit", paths)
     if current is None:
-        return CodeStatus(commit, dirty, note, None, None, "this is not a git checkout")
+        return CodeStatus(commit, dirty, note, None, None, "this is not a git checkout", paths)
     resolved = _resolve(commit)
     if resolved is None:
         reason = f"its commit {short_commit(commit)} is not in this repository"
-        return CodeStatus(commit, dirty, note, current, None, reason)
-    changed = _differs(resolved, current)
+        return CodeStatus(commit, dirty, note, current, None, reason, paths)
+    changed = _differs(resolved, current, paths)
     reason = "" if changed is not None else "git diff failed"
-    return CodeStatus(commit, dirty, note, current, changed, reason)
+    return CodeStatus(commit, dirty, note, current, changed, reason, paths)
 
 
 def recorded_source(machine: dict, commit_info: dict | None = None) -> tuple:

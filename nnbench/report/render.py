@@ -167,9 +167,9 @@ def _stamp(material: Material) -> list[str]:
 def _run_status(run: BenchmarkRun | AccuracyRun) -> provenance.CodeStatus:
     if isinstance(run, BenchmarkRun):
         commit, dirty, note = provenance.recorded_source(run.machine, run.commit)
-    else:
-        commit, dirty, note = provenance.recorded_source(run.data.get("machine") or {})
-    return provenance.code_status(commit, dirty, note)
+        return provenance.code_status(commit, dirty, note, provenance.SUITE_CODE)
+    commit, dirty, note = provenance.recorded_source(run.data.get("machine") or {})
+    return provenance.code_status(commit, dirty, note, provenance.PACKAGE_CODE)
 
 
 def _columns_of(frame: pd.DataFrame, run_id: str) -> str:
@@ -248,8 +248,10 @@ def _runs_used(ctx: Context) -> list[str]:
         "",
         (
             "Each benchmark run is shown in the columns named under *shown as*: one per machine and "
-            "thread count. *Code since* compares the commit a run recorded with HEAD (`git diff "
-            f"<commit> HEAD -- {' '.join(provenance.CODE_PATHS)}`)."
+            "thread count. *Code since* compares the commit a run recorded with HEAD over the "
+            f"code it measured: {provenance.describe_paths(provenance.SUITE_CODE)} for a "
+            f"benchmark run, {provenance.describe_paths(provenance.PACKAGE_CODE)} for the "
+            "others (`git diff <commit> HEAD -- <those paths>`)."
         ),
         "",
         tables.markdown(pd.DataFrame(rows)),

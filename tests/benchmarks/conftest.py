@@ -38,6 +38,11 @@ BUDGET_ENV = "NNBENCH_BENCH_BUDGET"
 DEFAULT_BUDGET = 1.5
 #: Rounds of the GEMM-bound replay at most (it runs after the benchmark's own rounds).
 BOUND_ROUNDS = 15
+#: Rounds at least of a benchmark with calls beside it, whatever the budget: its ratios are
+#: medians over rounds of per-round ratios. On the 2-core VM two identical calls timed so came
+#: out up to 1.27x apart with the 3 to 5 rounds that --bench-budget 0.5 gives slow calls, and
+#: at most 1.06x with the 8 or more of --bench-budget 2.
+BESIDE_MIN_ROUNDS = 11
 
 
 def _setting(config, option: str, env: str, convert, default):
@@ -119,10 +124,11 @@ def measure(benchmark, bench_threads, bench_budget):
     the GEMMs it ran are replayed alone (``gemm_bound_s``). ``beside`` ({name: function}) are
     calls timed in the same rounds, each once before the benchmarked call (interleaved: the
     same machine state; in a new random order each round, seeded), the rounds sized to twice
-    the budget for them all; their medians are ``beside_median_s`` and their times, round by
-    round, ``beside_rounds_s`` (``bench.time_call``'s clock, as the suite's own timer unless
-    ``--benchmark-timer`` says otherwise). A failed verdict is saved with the timings (the
-    report marks the backend FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
+    the budget for them all (at least ``BESIDE_MIN_ROUNDS``); their medians are
+    ``beside_median_s`` and their times, round by round, ``beside_rounds_s``
+    (``bench.time_call``'s clock, as the suite's own timer unless ``--benchmark-timer`` says
+    otherwise). A failed verdict is saved with the timings (the report marks the backend
+    FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
     """
 
     def run(call, *, group, backend, pass_, case=None, threads=None, profile=False, beside=None,
@@ -131,6 +137,8 @@ def measure(benchmark, bench_threads, bench_budget):
         beside = beside or {}
         seconds = bench.time_call(call.fn) + sum(map(bench.time_call, beside.values()))
         rounds = bench.choose_rounds(seconds, bench_budget * (2 if beside else 1))
+        if beside:
+            rounds = max(rounds, BESIDE_MIN_ROUNDS)
         beside_times = {name: [] for name in beside}
 
         def setup():  # the calls beside, one round of ``bench.interleaved`` before every

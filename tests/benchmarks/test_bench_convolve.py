@@ -7,7 +7,9 @@ same operands (seeded from the case id). Every record carries where the backend'
 (``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``); ``auto`` records which
 backend it ran (``auto_choice``), and auto itself and the candidates it timed to the end are
 timed again in its rounds, in a new order each round (``beside_median_s``, ``beside_rounds_s``):
-auto against the fastest in the same machine state. The quick set (``-m quick``: the report's)
+auto against the fastest in the same machine state. The backend auto chose is timed there a
+second time (``control``, ``nnbench.report.metrics.CONTROL``): two identical calls, whose ratio
+is what noise alone gives at that many rounds. The quick set (``-m quick``: the report's)
 is the recipe layers and two kernel sizes.
 """
 
@@ -17,6 +19,7 @@ import pytest
 
 import kernels
 from nnbench import bench
+from nnbench.report.metrics import CONTROL
 
 CASES = {case.id: case for case in bench.all_cases()}
 #: Every backend, and ``auto`` (its first call in a benchmark plans; the rounds reuse the plan).
@@ -52,5 +55,7 @@ def test_convolve(measure, backend, pass_, case_id):
         timed = [name for name, seconds in plan.seconds.items() if seconds is not None]
         more["beside"] = {"auto": call.fn}
         more["beside"].update({name: bench.make_call(name, case, pass_).fn for name in timed})
+        if plan.backend in timed:  # the control: the chosen backend twice in the same rounds
+            more["beside"][CONTROL] = bench.make_call(plan.backend, case, pass_).fn
     measure(call, group=f"{case.id} {pass_}", backend=backend, pass_=pass_, case=case,
             profile=backend != "auto", **more)  # fmt: skip
