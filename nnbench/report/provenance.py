@@ -190,8 +190,8 @@ class CodeStatus:
         at = short_commit(self.commit) + (" (uncommitted changes)" if self.dirty else "")
         if self.changed is True:
             text = (
-                f"code changed since this run: measured {at}, the code it measured "
-                f"({describe_paths(self.paths)}) differs at HEAD {short_commit(self.head)}"
+                f"code changed since this run: measured {at}; what it measured, "
+                f"{describe_paths(self.paths)}, differs at HEAD {short_commit(self.head)}"
             )
         elif self.changed is False:
             text = f"measured {at}; the code is unchanged at HEAD {short_commit(self.head)}"
