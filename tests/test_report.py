@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -876,7 +877,8 @@ def test_auto_alone_is_judged_on_its_rounds_and_its_control_is_not_a_backend(wor
     for name, records in (("alone.json", alone), ("all.json", everything)):
         frame = frame_of(write_run(workdir / name, records))
         table = metrics.auto_choices(frame, column)
-        assert len(table) == 9 and set(table["timed"]) == {"paired"}, name
+        timed = "paired" if name == "all.json" else "paired (candidates)"
+        assert len(table) == 9 and set(table["timed"]) == {timed}, name
         assert set(table["fastest single backend"]) == {"torch"}, name
         assert table["auto / fastest"].to_numpy() == pytest.approx(1.1)
         assert table["control / choice"].to_numpy() == pytest.approx(0.9)
@@ -885,6 +887,31 @@ def test_auto_alone_is_judged_on_its_rounds_and_its_control_is_not_a_backend(wor
             "against itself in the same rounds (control): 0.90× to 0.90×, median 0.90×, over 9"
             in detail
         )
+
+    # a candidate whose own record failed is never the fastest, even in a run with no passed
+    # single-backend record
+    torch_failed = [copy.deepcopy(r) for r in everything if r["extra_info"]["backend"] == "torch"]
+    for record in torch_failed:
+        record["extra_info"]["verdict"]["passed"] = False
+    frame = frame_of(write_run(workdir / "torch-failed.json", alone + torch_failed))
+    table = metrics.auto_choices(frame, column)
+    assert set(table["timed"]) == {"paired (candidates)"}
+    assert set(table["fastest single backend"]) == {"im2col"}
+    assert table["auto / fastest"].to_numpy() == pytest.approx(
+        statistics.median(a / b for a, b in zip(rounds["auto"], rounds["im2col"]))
+    )
+
+    # a run where some auto records have a control and some (older records) none
+    mixed = recipe_records(beside_rounds_s=rounds)
+    for record in mixed[: len(mixed) // 2]:
+        record["extra_info"]["beside_rounds_s"] = {
+            n: t for n, t in rounds.items() if n != metrics.CONTROL
+        }
+    table = metrics.auto_choices(frame_of(write_run(workdir / "mixed.json", mixed)), column)
+    assert table["control / choice"].isna().any() and table["control / choice"].notna().any()
+    assert "over " + str(table["control / choice"].notna().sum()) in (
+        metrics.auto_vs_fastest(frame_of(write_run(workdir / "mixed.json", mixed)), column).detail
+    )
 
     # without paired rounds, auto alone cannot be judged: nothing to compare it with
     frame = frame_of(write_run(workdir / "bare.json", [dict(r) for r in recipe_records()][-1:]))
@@ -1165,8 +1192,9 @@ def test_the_report_says_when_the_code_changed_since_a_run(tmp_path):
 
 def test_the_code_a_run_measured_is_the_package_and_for_benchmarks_the_suite():
     assert provenance.describe_paths(provenance.SUITE_CODE) == (
-        "kernels/, nnbench/ and tests/benchmarks/ (not nnbench/report/)"
+        "kernels/, nnbench/, tests/benchmarks/ and tests/conftest.py (not nnbench/report/)"
     )
+    assert provenance.describe_paths(provenance.VERIFICATION_CODE) == "kernels/ and nnbench/"
     head = provenance.head()
     if head is None:
         pytest.skip("not a git checkout")
@@ -1189,18 +1217,19 @@ def test_the_code_a_run_measured_is_the_package_and_for_benchmarks_the_suite():
         }  # fmt: skip
         if len(kinds) == 1:
             seen.setdefault(kinds.pop(), commit)
-    assert seen, "no commit in the last 200 touched only one kind of code"
-    for kind, package, suite in (("report", False, False), ("suite", False, True),
-                                 ("package", True, True)):  # fmt: skip
-        if kind not in seen:
-            continue
-        parent = seen[kind] + "~1"
-        changed = provenance._differs(provenance._resolve(parent), seen[kind],
-                                      provenance.PACKAGE_CODE)  # fmt: skip
-        assert changed is package, kind
-        changed = provenance._differs(provenance._resolve(parent), seen[kind],
-                                      provenance.SUITE_CODE)  # fmt: skip
-        assert changed is suite, kind
+    if not {"report", "package"} <= set(seen):
+        pytest.skip("no commit in the last 200 changed the report alone and the package alone")
+    expected = {  # kind of change -> changed for (accuracy, benchmark, verification)
+        "report": (False, False, True),
+        "suite": (False, True, False),
+        "package": (True, True, True),
+    }
+    paths = (provenance.PACKAGE_CODE, provenance.SUITE_CODE, provenance.VERIFICATION_CODE)
+    for kind, commit in seen.items():
+        if kind in expected:
+            parent = provenance._resolve(commit + "~1")
+            changed = tuple(provenance._differs(parent, commit, p) for p in paths)
+            assert changed == expected[kind], kind
 
 
 def _git_lines(*args: str) -> list[str]:

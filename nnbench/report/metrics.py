@@ -214,8 +214,9 @@ def faster_than_im2col(frame: pd.DataFrame, column: str, backend: str) -> Measur
 CONTROL = "control"
 
 
-def _against_fastest(auto: pd.Series, single: pd.DataFrame) -> dict:
-    """auto's record against the fastest single backend of its group.
+def _against_fastest(auto: pd.Series, single: pd.DataFrame, failed=frozenset()) -> dict | None:
+    """auto's record against the fastest single backend of its group (None: nothing to compare
+    it with).
 
     Three ways, the first the record allows ("timed" says which):
     * "paired": auto and the backends were timed in the same rounds (``beside_rounds_s`` has
@@ -227,34 +228,34 @@ def _against_fastest(auto: pd.Series, single: pd.DataFrame) -> dict:
       (``beside_median_s`` only): the ratio of auto's median to the fastest one there;
     * "separately": the separately timed records (machine drift between two benchmarks counts
       against auto too, and auto's call always follows others, which leave the caches cold).
-    With single-backend records (``single`` not empty), the paired and interleaved ways count
-    only where auto's rounds timed the suite's fastest backend, and only backends whose own
-    record passed; without, the paired way takes the backends of auto's rounds (auto verified
-    each before timing it).
+    With passed single-backend records (``single``), the paired and interleaved ways count only
+    where auto's rounds timed the suite's fastest backend, and only backends whose own record
+    passed. Without (a run of auto alone), the paired way takes the backends of auto's rounds,
+    its candidates, but not those whose own record ``failed``; "timed" says "paired
+    (candidates)": no record of their own was checked in this run.
     """
-    passed = set(single["backend"])
-    best = single.loc[single["median_s"].idxmin()] if not single.empty else None
     rounds = auto["beside_rounds_s"] if isinstance(auto["beside_rounds_s"], dict) else {}
     rounds = {n: t for n, t in rounds.items() if len(t)}
-    backends = {n: t for n, t in rounds.items() if n not in ("auto", CONTROL)}
+    backends = {n: t for n, t in rounds.items() if n not in ("auto", CONTROL, *failed)}
+    best = single.loc[single["median_s"].idxmin()] if not single.empty else None
     if best is not None:
-        backends = {n: t for n, t in backends.items() if n in passed}
+        backends = {n: t for n, t in backends.items() if n in set(single["backend"])}
     if "auto" in rounds and backends and (best is None or best["backend"] in backends):
         fastest = min(backends, key=lambda name: statistics.median(backends[name]))
-        row = _row(
-            rounds["auto"], backends[fastest], fastest, _paired(rounds["auto"], backends[fastest])
-        )
-        chosen = backends.get(auto["auto_choice"])
+        mine, theirs = rounds["auto"], backends[fastest]
+        timed = "paired" if best is not None else "paired (candidates)"
+        row = _row(mine, theirs, fastest, _paired(mine, theirs), timed)
+        chosen = rounds.get(auto["auto_choice"]) if isinstance(auto["auto_choice"], str) else None
         if CONTROL in rounds and chosen is not None:
             row["control / choice"] = _paired(rounds[CONTROL], chosen)
         return row
+    if best is None:
+        return None
     beside = auto["beside_median_s"] if isinstance(auto["beside_median_s"], dict) else {}
-    beside = {name: s for name, s in beside.items() if name in passed}
-    if best is not None and best["backend"] in beside:
+    beside = {name: s for name, s in beside.items() if name in set(single["backend"])}
+    if best["backend"] in beside:
         fastest = min(beside, key=beside.get)
         return _row(auto["median_s"], beside[fastest], fastest, None, "interleaved")
-    if best is None:
-        raise ValueError("an auto record without paired rounds needs single-backend records")
     return _row(auto["median_s"], best["median_s"], best["backend"], None, "separately")
 
 
@@ -263,7 +264,7 @@ def _paired(mine: list[float], theirs: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
 
 
-def _row(mine, theirs, fastest: str, paired: float | None, timed: str = "paired") -> dict:
+def _row(mine, theirs, fastest: str, paired: float | None, timed: str) -> dict:
     """A row of ``auto_choices``: ``mine`` and ``theirs`` are seconds (per-round lists when
     ``paired``, medians otherwise)."""
     auto_s = statistics.median(mine) if paired is not None else mine
@@ -280,33 +281,24 @@ def _row(mine, theirs, fastest: str, paired: float | None, timed: str = "paired"
 def auto_choices(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per benchmarked (case, pass) with an ``auto`` record: its choice, its median, the fastest
     single backend's and the ratio (``_against_fastest``); an auto record whose rounds timed its
-    candidates is judged without the single-backend records (a run of auto alone)."""
+    candidates is judged without single-backend records (a run of auto alone)."""
     rows = frame[(frame["column"] == column) & frame["pass"].isin(CONV_PASSES)]
     table = []
     for (suite, label, pass_), group in rows.groupby(["suite", "label", "pass"], sort=False):
-        passed = group[tables.not_failed(group)]  # a failed result is not a fast one
-        auto = passed[passed["backend"] == "auto"]
-        single = passed[~passed["backend"].isin(NOT_ALGORITHMS)]
-        if auto.empty or (single.empty and not _has_rounds(auto.iloc[0])):
+        ok = tables.not_failed(group)  # a failed result is not a fast one
+        auto = group[ok & (group["backend"] == "auto")]
+        single = group[ok & ~group["backend"].isin(NOT_ALGORITHMS)]
+        failed = frozenset(group.loc[~ok, "backend"])
+        if auto.empty:
             continue
         a = auto.iloc[0]
-        table.append(
-            {
-                "suite": suite,
-                "case": label,
-                "pass": pass_,
-                "auto ran": a["auto_choice"] or "—",
-                **_against_fastest(a, single),
-            }
-        )
+        row = _against_fastest(a, single, failed)
+        if row is not None:
+            table.append(
+                {"suite": suite, "case": label, "pass": pass_, "auto ran": a["auto_choice"] or "—"}
+                | row
+            )
     return pd.DataFrame(table)
-
-
-def _has_rounds(auto: pd.Series) -> bool:
-    rounds = auto["beside_rounds_s"]
-    return (
-        isinstance(rounds, dict) and "auto" in rounds and len(set(rounds) - {"auto", CONTROL}) > 0
-    )
 
 
 def auto_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> Measured:
@@ -344,8 +336,7 @@ def auto_step_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto"
     single = rows[~rows["backend"].isin(NOT_ALGORITHMS)]
     if auto.empty or single.empty:
         return _missing(f"no {AUTO_STEP_MODEL} training steps of auto and a single backend")
-    a = auto.iloc[0]
-    best = _against_fastest(a, single)
+    best = _against_fastest(auto.iloc[0], single)
     return Measured(
         float(best["auto / fastest"]),
         True,

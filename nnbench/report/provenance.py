@@ -20,19 +20,23 @@ from nnbench import machine
 
 #: The checkout this package lives in (the code a report describes).
 REPO = machine.CHECKOUT
-#: The code an accuracy run or a verification record measured: the backends and the package,
-#: but not the report (``nnbench/report/`` only renders what was measured).
-PACKAGE_CODE = ("kernels", "nnbench", ":(exclude)nnbench/report")
+#: The code an accuracy run measured: the backends and the package, but not the report
+#: (``nnbench/report/`` renders results; an accuracy run does not import it).
+PACKAGE_CODE = ("kernels/", "nnbench/", ":(exclude)nnbench/report/")
 #: The code a benchmark run measured: the package and the suite, whose harness
-#: (``tests/benchmarks/``) decides what is timed, how and beside what.
-SUITE_CODE = (*PACKAGE_CODE, "tests/benchmarks")
+#: (``tests/benchmarks/`` and the options of ``tests/conftest.py``) decides what is timed, how
+#: and beside what.
+SUITE_CODE = (*PACKAGE_CODE, "tests/benchmarks/", "tests/conftest.py")
+#: The code a verification record measured: the whole package, as ``nnbench/report/verify.py``
+#: computes the record.
+VERIFICATION_CODE = ("kernels/", "nnbench/")
 
 
 def describe_paths(paths: tuple[str, ...]) -> str:
-    """``("kernels", "nnbench", ":(exclude)nnbench/report")`` -> 'kernels/ and nnbench/ (not
-    nnbench/report/)'."""
-    kept = [f"{p}/" for p in paths if not p.startswith(":(exclude)")]
-    left_out = [f"{p.removeprefix(':(exclude)')}/" for p in paths if p.startswith(":(exclude)")]
+    """``("kernels/", "nnbench/", ":(exclude)nnbench/report/")`` -> 'kernels/ and nnbench/
+    (not nnbench/report/)'."""
+    kept = [p for p in paths if not p.startswith(":(exclude)")]
+    left_out = [p.removeprefix(":(exclude)") for p in paths if p.startswith(":(exclude)")]
     text = ", ".join(kept[:-1]) + (" and " if len(kept) > 1 else "") + kept[-1]
     return text + (f" (not {', '.join(left_out)})" if left_out else "")
 
@@ -208,7 +212,8 @@ def code_status(
     commit: object, dirty: object = None, note: object = None, paths: tuple = PACKAGE_CODE
 ) -> CodeStatus:
     """Compare a run's recorded ``commit`` with HEAD over ``paths``, the code the run measured
-    (``PACKAGE_CODE``; ``SUITE_CODE`` for a benchmark run): see ``CodeStatus``."""
+    (``PACKAGE_CODE``; ``SUITE_CODE`` for a benchmark run, ``VERIFICATION_CODE`` for a
+    verification record): see ``CodeStatus``."""
     commit = str(commit) if commit else None
     dirty = dirty if isinstance(dirty, bool) else None
     note = str(note) if note else None

@@ -224,7 +224,8 @@ def _runs_used(ctx: Context) -> list[str]:
     v = material.verification
     if v is not None:
         machine = v.get("machine") or {}
-        status = provenance.code_status(*provenance.recorded_source(machine))
+        source = provenance.recorded_source(machine)
+        status = provenance.code_status(*source, provenance.VERIFICATION_CODE)
         statuses.append((v.get("loaded_from") or VERIFICATION_NAME, status))
         rows.append(
             {
@@ -250,8 +251,9 @@ def _runs_used(ctx: Context) -> list[str]:
             "Each benchmark run is shown in the columns named under *shown as*: one per machine and "
             "thread count. *Code since* compares the commit a run recorded with HEAD over the "
             f"code it measured: {provenance.describe_paths(provenance.SUITE_CODE)} for a "
-            f"benchmark run, {provenance.describe_paths(provenance.PACKAGE_CODE)} for the "
-            "others (`git diff <commit> HEAD -- <those paths>`)."
+            f"benchmark run, {provenance.describe_paths(provenance.PACKAGE_CODE)} for an "
+            f"accuracy run, {provenance.describe_paths(provenance.VERIFICATION_CODE)} for the "
+            "verification (`git diff <commit> HEAD -- <those paths>`)."
         ),
         "",
         tables.markdown(pd.DataFrame(rows)),

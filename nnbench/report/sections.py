@@ -320,10 +320,12 @@ def _auto_section(ctx: Context) -> list[str]:
                     "median over the rounds of auto's time / the backend's in the same round), "
                     "*interleaved* where that backend was timed just before auto in each round "
                     "(older runs: the ratio of the medians), *separately* (its own benchmark) "
-                    "where auto's rounds did not time it. *control / choice* is the same paired "
-                    "statistic for two identical calls: the backend auto ran, timed a second "
-                    "time in the same rounds. It shows how far the machine's noise alone moves "
-                    "the ratio at that many rounds."
+                    "where auto's rounds did not time it; *paired (candidates)* in a run of auto "
+                    "alone, where the fastest is the fastest of the candidates auto's rounds "
+                    "timed, with no checked record of their own. *control / choice* is the same "
+                    "paired statistic for two identical calls: the backend auto ran, timed a "
+                    "second time in the same rounds; one sample, per case and pass, of how far "
+                    "the machine's noise alone moves the ratio at that many rounds."
                 ),
                 "",
             ]
