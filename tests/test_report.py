@@ -776,6 +776,43 @@ def test_old_schema_runs_load_and_are_shown_as_old_code():
     assert tables.failures(frame, None) == {}
 
 
+def test_each_run_is_also_judged_alone_and_disagreeing_runs_are_said(workdir):
+    """Two overhead runs of one machine, 1.10 (met) then 1.30 (MISSED): the column shows the
+    later run's value and both runs' verdicts; a target only one run measured shows its value
+    alone."""
+    first = write_run(
+        workdir / "first.json",
+        recipe_records() + [overhead_record(engine=0.011, twin=0.010)],
+        datetime="2026-11-27T00:00:00",
+    )
+    second = write_run(
+        workdir / "second.json",
+        [overhead_record(engine=0.013, twin=0.010)],
+        datetime="2026-11-28T00:00:00",
+    )
+    runs = [load.load_file(f) for f in (first, second)]
+    by_run = metrics.judge_runs(tables.benchmark_frame(runs, merge=False))
+    column = "Small Xeon 2c · 2 thr"
+    overhead = by_run[("engine_overhead", column)]
+    assert [j.measured.value for j in overhead] == [pytest.approx(1.1), pytest.approx(1.3)]
+    assert [j.verdict for j in overhead] == ["met", "MISSED"]
+    assert metrics.runs_summary(overhead) == "met in 1 of 2 runs, 1.10× to 1.30×"
+    assert len(by_run[("im2col_vs_torch", column)]) == 1
+
+    out = workdir / "out"
+    build([first, second], out, no_run=True)
+    text = (out / "REPORT.md").read_text(encoding="utf-8")
+    rows = {r["target"].split(" (")[0]: r[column] for r in _table_rows(text, "target")}
+    overhead_row = rows["engine + torch kernel ≤ 1.15× the plain-torch twin"]
+    assert overhead_row == "1.30× MISSED (met in 1 of 2 runs, 1.10× to 1.30×)"
+    assert rows["im2col ≥ 0.5× torch"] == "0.50× met"
+    glance = _section(text, "## At a glance")
+    assert (
+        "**Runs disagree**, each judged alone: `engine_overhead` in Small Xeon 2c · 2 thr: met "
+        "in 1 of 2 runs, 1.10× to 1.30×." in glance
+    )
+
+
 def test_at_a_glance_answers_from_the_data(two_machine_report):
     glance = _section(two_machine_report[0], "## At a glance")
     assert "No failures" in glance

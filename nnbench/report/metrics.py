@@ -397,12 +397,34 @@ def judge_all(frame: pd.DataFrame, targets=policy.SPEED_TARGETS) -> list[Judged]
     ]
 
 
-def speed_target_table(judged: list[Judged]) -> pd.DataFrame:
-    """One row per target, one column per machine and thread count: 'value verdict'."""
+def judge_runs(frame: pd.DataFrame, targets=policy.SPEED_TARGETS) -> dict[tuple, list[Judged]]:
+    """Every speed target judged on each run alone (``frame``: ``benchmark_frame(runs,
+    merge=False)``), as {(target key, column): the runs' judgements where it was measured}."""
+    by_run: dict[tuple, list[Judged]] = {}
+    for run_id in dict.fromkeys(frame["run"]):
+        for j in judge_all(frame[frame["run"] == run_id], targets):
+            if j.verdict != "not measured":
+                by_run.setdefault((j.target.key, j.column), []).append(j)
+    return by_run
+
+
+def runs_summary(runs: list[Judged]) -> str:
+    """'met in 3 of 6 runs, 1.08× to 1.51×'."""
+    values = [j.measured.value for j in runs]
+    met = sum(j.verdict == "met" for j in runs)
+    return f"met in {met} of {len(runs)} runs, {min(values):.2f}× to {max(values):.2f}×"
+
+
+def speed_target_table(judged: list[Judged], by_run: dict | None = None) -> pd.DataFrame:
+    """One row per target, one column per machine and thread count: 'value verdict', and where
+    several runs measured it in that column, how many met it and their range (``judge_runs``)."""
     rows: dict[str, dict] = {}
     for j in judged:
         row = rows.setdefault(j.target.key, {"target": j.target.name})
         row[j.column] = _cell(j)
+        runs = (by_run or {}).get((j.target.key, j.column), [])
+        if len(runs) > 1:
+            row[j.column] += f" ({runs_summary(runs)})"
     return pd.DataFrame(list(rows.values()))
 
 

@@ -62,6 +62,7 @@ def render(material: Material) -> Rendered:
         frame=frame,
         failures=tables.failures(frame, material.verification),
         judged=metrics.judge_all(frame),
+        by_run=metrics.judge_runs(tables.benchmark_frame(inputs.benchmark_runs, merge=False)),
     )
     quick = material.quick_payload
     summary = quick["nnbench_quick"] if quick is not None else {"pytest_exit_code": 0}
@@ -396,6 +397,20 @@ def _target_lines(ctx: Context) -> list[str]:
                 for key, js in by_target.items()
             )
         lines.append(text + " (see *Targets*).")
+        split = [
+            (key, column, runs)
+            for (key, column), runs in ctx.by_run.items()
+            if len({j.verdict for j in runs}) > 1
+        ]
+        if split:
+            lines.append(
+                "**Runs disagree**, each judged alone: "
+                + "; ".join(
+                    f"`{key}` in {column}: {metrics.runs_summary(runs)}"
+                    for key, column, runs in split
+                )
+                + ". A target counts as met where it holds on a rerun."
+            )
     else:
         lines.append("Speed targets: not measured (no benchmark results).")
     runs = ctx.material.inputs.accuracy_runs
@@ -466,14 +481,17 @@ def _targets_section(ctx: Context) -> list[str]:
         "### Speed targets",
         "",
     ]
-    table = metrics.speed_target_table(ctx.judged)
+    table = metrics.speed_target_table(ctx.judged, ctx.by_run)
     if table.empty:
         out += ["Not measured: no benchmark results.", ""]
     else:
         out += [
             (
                 "One column per machine and thread count. Each metric is defined in "
-                "`nnbench.policy.METRICS` and computed in `nnbench.report.metrics`."
+                "`nnbench.policy.METRICS` and computed in `nnbench.report.metrics`. A column "
+                "merges its runs, a later run's record of a benchmark replacing an earlier "
+                "one's. Where several runs measured a target in a column, each is also judged "
+                "alone: the cell adds how many met it and the range of their values."
             ),
             "",
             tables.markdown(table),

@@ -32,6 +32,8 @@ class Context:
     frame: pd.DataFrame
     failures: dict[str, list[str]]
     judged: list[metrics.Judged]
+    #: each target judged on each run alone (``metrics.judge_runs``)
+    by_run: dict[tuple, list[metrics.Judged]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
 

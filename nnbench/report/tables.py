@@ -201,9 +201,10 @@ def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Co
     return found
 
 
-def benchmark_frame(runs: list[BenchmarkRun]) -> pd.DataFrame:
+def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFrame:
     """One row per benchmark entry. Runs of one column are merged, a later run's entry replacing
-    an earlier entry of the same test (re-running part of the suite updates it)."""
+    an earlier entry of the same test (re-running part of the suite updates it); with ``merge``
+    false every run keeps its own entries (the ``run`` column tells them apart)."""
     columns = _columns(runs)
     labels = provenance.column_labels(columns.values())
     # A machine (threads aside) gets one label for all its columns: the scaling group's name.
@@ -211,7 +212,7 @@ def benchmark_frame(runs: list[BenchmarkRun]) -> pd.DataFrame:
     machine_labels = provenance.column_labels(set(bare.values()), with_threads=False)
     machines = {c: machine_labels[b] for c, b in bare.items()}
     order = {label: i for i, label in enumerate(labels.values())}
-    rows: dict[tuple[str, str], dict] = {}
+    rows: dict[tuple, dict] = {}
     for run in sorted(runs, key=lambda r: (r.datetime or "", r.run_id)):
         default = provenance.run_threads(run.machine)
         blas = provenance.blas_kernels(run.machine)
@@ -259,8 +260,9 @@ def benchmark_frame(runs: list[BenchmarkRun]) -> pd.DataFrame:
                 "ratio": _float(extra.get("ratio")),
                 "twin_median_s": _float(extra.get("twin_median_s")),
             }
-            rows.pop((row["column"], test), None)
-            rows[(row["column"], test)] = row
+            key = (row["column"], test) if merge else (run.run_id, row["column"], test)
+            rows.pop(key, None)
+            rows[key] = row
     frame = pd.DataFrame(list(rows.values()), columns=FRAME_COLUMNS)
     frame["median_ms"] = frame["median_s"] * 1e3
     frame["iqr_fraction"] = (frame["q3_s"] - frame["q1_s"]) / frame["median_s"]
