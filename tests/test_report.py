@@ -785,19 +785,24 @@ def test_each_run_is_also_judged_alone_and_disagreeing_runs_are_said(workdir):
         recipe_records() + [overhead_record(engine=0.011, twin=0.010)],
         datetime="2026-11-27T00:00:00",
     )
+    # the second run's recipe is twice as slow, torch included: im2col / torch is 0.5 in both
     second = write_run(
         workdir / "second.json",
-        [overhead_record(engine=0.013, twin=0.010)],
+        recipe_records(scale=2.0) + [overhead_record(engine=0.013, twin=0.010)],
         datetime="2026-11-28T00:00:00",
     )
-    runs = [load.load_file(f) for f in (first, second)]
-    by_run = metrics.judge_runs(tables.benchmark_frame(runs, merge=False))
+    runs = [load.load_file(f) for f in (second, first)]
+    order = ["first.json", "second.json"]
+    by_run = metrics.judge_runs(tables.benchmark_frame(runs, merge=False), order)
     column = "Small Xeon 2c · 2 thr"
     overhead = by_run[("engine_overhead", column)]
     assert [j.measured.value for j in overhead] == [pytest.approx(1.1), pytest.approx(1.3)]
     assert [j.verdict for j in overhead] == ["met", "MISSED"]
     assert metrics.runs_summary(overhead) == "met in 1 of 2 runs, 1.10× to 1.30×"
-    assert len(by_run[("im2col_vs_torch", column)]) == 1
+    # each run against its own torch (against the other's: 0.25 and 1.0)
+    ratios = by_run[("im2col_vs_torch", column)]
+    assert [j.measured.value for j in ratios] == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert ("engine_overhead", "Small Xeon 2c · 1 thr") not in by_run
 
     out = workdir / "out"
     build([first, second], out, no_run=True)
@@ -805,12 +810,27 @@ def test_each_run_is_also_judged_alone_and_disagreeing_runs_are_said(workdir):
     rows = {r["target"].split(" (")[0]: r[column] for r in _table_rows(text, "target")}
     overhead_row = rows["engine + torch kernel ≤ 1.15× the plain-torch twin"]
     assert overhead_row == "1.30× MISSED (met in 1 of 2 runs, 1.10× to 1.30×)"
-    assert rows["im2col ≥ 0.5× torch"] == "0.50× met"
+    assert rows["im2col ≥ 0.5× torch"] == "0.50× met (met in 2 of 2 runs, 0.50× to 0.50×)"
     glance = _section(text, "## At a glance")
     assert (
         "**Runs disagree**, each judged alone: `engine_overhead` in Small Xeon 2c · 2 thr: met "
         "in 1 of 2 runs, 1.10× to 1.30×." in glance
     )
+
+
+def test_a_run_of_one_thread_count_is_no_scaling_measure(workdir):
+    """A scaling run at 1 and 2 threads, then one at 2 threads only: the second gives no
+    speed-up (not a 1.00x "met") and is judged in no column of its own."""
+    ladder = write_run(workdir / "ladder.json", scaling_records(ladder=(1, 2)))
+    top = write_run(
+        workdir / "top.json", scaling_records(ladder=(2,)), datetime="2026-11-28T00:00:00"
+    )
+    runs = [load.load_file(f) for f in (ladder, top)]
+    by_run = metrics.judge_runs(tables.benchmark_frame(runs, merge=False))
+    (judged,) = by_run[("im2col_scaling", "Small Xeon 2c · 2 thr")]
+    assert judged.measured.value == pytest.approx(1.0)  # 1 -> 2 threads: im2col 2x, GEMM 2x
+    top_alone = tables.benchmark_frame([runs[1]])
+    assert not metrics.scaling_vs_gemm(top_alone, "Small Xeon 2c · 2 thr", "im2col").complete
 
 
 def test_at_a_glance_answers_from_the_data(two_machine_report):

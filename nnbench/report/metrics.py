@@ -120,7 +120,10 @@ def speedups(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
                 "threads": f"{low}→{high}",
                 "speed-up": speedup,
                 "GEMM speed-up": reference,
-                "ratio to GEMM": speedup / reference if backend != "gemm" else math.nan,
+                # one thread count (a run of the top count alone) is no speed-up
+                "ratio to GEMM": speedup / reference
+                if backend != "gemm" and high > low
+                else math.nan,
                 "GEMM timed": timed if backend != "gemm" else "",
             }
         )
@@ -397,13 +400,18 @@ def judge_all(frame: pd.DataFrame, targets=policy.SPEED_TARGETS) -> list[Judged]
     ]
 
 
-def judge_runs(frame: pd.DataFrame, targets=policy.SPEED_TARGETS) -> dict[tuple, list[Judged]]:
+def judge_runs(
+    frame: pd.DataFrame, order: list[str] | None = None, targets=policy.SPEED_TARGETS
+) -> dict[tuple, list[Judged]]:
     """Every speed target judged on each run alone (``frame``: ``benchmark_frame(runs,
-    merge=False)``), as {(target key, column): the runs' judgements where it was measured}."""
+    merge=False)``; runs in ``order``, by default as they come), as {(target key, column): the
+    runs' judgements where it was measured}, in the columns the merged runs are judged in (a
+    run of the scaling group at fewer threads is not judged in a column of its own)."""
+    columns = set(target_columns(frame))
     by_run: dict[tuple, list[Judged]] = {}
-    for run_id in dict.fromkeys(frame["run"]):
+    for run_id in order if order is not None else dict.fromkeys(frame["run"]):
         for j in judge_all(frame[frame["run"] == run_id], targets):
-            if j.verdict != "not measured":
+            if j.verdict != "not measured" and j.column in columns:
                 by_run.setdefault((j.target.key, j.column), []).append(j)
     return by_run
 

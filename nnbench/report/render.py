@@ -62,7 +62,13 @@ def render(material: Material) -> Rendered:
         frame=frame,
         failures=tables.failures(frame, material.verification),
         judged=metrics.judge_all(frame),
-        by_run=metrics.judge_runs(tables.benchmark_frame(inputs.benchmark_runs, merge=False)),
+        by_run=metrics.judge_runs(
+            tables.benchmark_frame(inputs.benchmark_runs, merge=False),
+            [
+                r.run_id
+                for r in sorted(inputs.benchmark_runs, key=lambda r: (r.datetime or "", r.run_id))
+            ],
+        ),
     )
     quick = material.quick_payload
     summary = quick["nnbench_quick"] if quick is not None else {"pytest_exit_code": 0}
@@ -409,7 +415,8 @@ def _target_lines(ctx: Context) -> list[str]:
                     f"`{key}` in {column}: {metrics.runs_summary(runs)}"
                     for key, column, runs in split
                 )
-                + ". A target counts as met where it holds on a rerun."
+                + ". The verdicts under *Targets* are the merged column's (each benchmark's "
+                "latest record)."
             )
     else:
         lines.append("Speed targets: not measured (no benchmark results).")

@@ -270,7 +270,7 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
     frame["gflops"] = frame["flops"] / frame["median_s"] / 1e9
     peaks = {column: peak.gflops for column, peak in sgemm_peaks(frame).items()}
     frame["pct_peak"] = 100.0 * frame["gflops"] / frame["column"].map(peaks).astype(float)
-    frame["vs_torch"] = _vs_torch(frame)
+    frame["vs_torch"] = _vs_torch(frame, within_run=not merge)
     return _sorted(frame)
 
 
@@ -325,14 +325,15 @@ def sgemm_peaks(frame: pd.DataFrame) -> dict[str, Peak]:
     return peaks
 
 
-def _vs_torch(frame: pd.DataFrame) -> pd.Series:
+def _vs_torch(frame: pd.DataFrame, within_run: bool = False) -> pd.Series:
+    """torch's median / each row's, torch's of the same case (and, ``within_run``, run)."""
     if frame.empty:
         return pd.Series(dtype=float)
+    key = (*CASE_KEY, "run") if within_run else CASE_KEY
     torch_rows = frame[frame["backend"] == "torch"]
-    reference = {tuple(r[k] for k in CASE_KEY): r["median_s"] for _, r in torch_rows.iterrows()}
+    reference = {tuple(r[k] for k in key): r["median_s"] for _, r in torch_rows.iterrows()}
     ratios = [
-        reference.get(tuple(r[k] for k in CASE_KEY), np.nan) / r["median_s"]
-        for _, r in frame.iterrows()
+        reference.get(tuple(r[k] for k in key), np.nan) / r["median_s"] for _, r in frame.iterrows()
     ]
     return pd.Series(ratios, index=frame.index, dtype=float)
 
