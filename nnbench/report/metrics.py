@@ -240,9 +240,10 @@ def _against_fastest(auto: pd.Series, single: pd.DataFrame, failed=frozenset()) 
     rounds = auto["beside_rounds_s"] if isinstance(auto["beside_rounds_s"], dict) else {}
     rounds = {n: t for n, t in rounds.items() if len(t)}
     backends = {n: t for n, t in rounds.items() if n not in ("auto", CONTROL, *failed)}
+    passed = set(single["backend"])
     best = single.loc[single["median_s"].idxmin()] if not single.empty else None
     if best is not None:
-        backends = {n: t for n, t in backends.items() if n in set(single["backend"])}
+        backends = {n: t for n, t in backends.items() if n in passed}
     if "auto" in rounds and backends and (best is None or best["backend"] in backends):
         fastest = min(backends, key=lambda name: statistics.median(backends[name]))
         mine, theirs = rounds["auto"], backends[fastest]
@@ -255,7 +256,7 @@ def _against_fastest(auto: pd.Series, single: pd.DataFrame, failed=frozenset()) 
     if best is None:
         return None
     beside = auto["beside_median_s"] if isinstance(auto["beside_median_s"], dict) else {}
-    beside = {name: s for name, s in beside.items() if name in set(single["backend"])}
+    beside = {name: s for name, s in beside.items() if name in passed}
     if best["backend"] in beside:
         fastest = min(beside, key=beside.get)
         return _row(auto["median_s"], beside[fastest], fastest, None, "interleaved")

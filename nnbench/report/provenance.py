@@ -5,8 +5,8 @@
 * ``Column`` is one column of the side-by-side tables: a machine at one thread count, and for
   runs of the old record schema (no verdicts) the commit they measured;
 * ``code_status`` compares the commit a run recorded with the checkout's HEAD over the code
-  that run measured (``git diff --quiet <commit> HEAD -- <paths>``, ``PACKAGE_CODE`` or
-  ``SUITE_CODE``): whether it has changed since.
+  that run measured (``git diff --quiet <commit> HEAD -- <paths>``: ``PACKAGE_CODE``,
+  ``SUITE_CODE`` or ``VERIFICATION_CODE``): whether it has changed since.
 """
 
 from __future__ import annotations

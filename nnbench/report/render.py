@@ -64,10 +64,7 @@ def render(material: Material) -> Rendered:
         judged=metrics.judge_all(frame),
         by_run=metrics.judge_runs(
             tables.benchmark_frame(inputs.benchmark_runs, merge=False),
-            [
-                r.run_id
-                for r in sorted(inputs.benchmark_runs, key=lambda r: (r.datetime or "", r.run_id))
-            ],
+            [run.run_id for run in tables.in_date_order(inputs.benchmark_runs)],
         ),
     )
     quick = material.quick_payload

@@ -201,6 +201,11 @@ def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Co
     return found
 
 
+def in_date_order(runs: list[BenchmarkRun]) -> list[BenchmarkRun]:
+    """``runs`` oldest first (then by file name): the order in which a column merges them."""
+    return sorted(runs, key=lambda r: (r.datetime or "", r.run_id))
+
+
 def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFrame:
     """One row per benchmark entry. Runs of one column are merged, a later run's entry replacing
     an earlier entry of the same test (re-running part of the suite updates it); with ``merge``
@@ -213,7 +218,7 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
     machines = {c: machine_labels[b] for c, b in bare.items()}
     order = {label: i for i, label in enumerate(labels.values())}
     rows: dict[tuple, dict] = {}
-    for run in sorted(runs, key=lambda r: (r.datetime or "", r.run_id)):
+    for run in in_date_order(runs):
         default = provenance.run_threads(run.machine)
         blas = provenance.blas_kernels(run.machine)
         for entry in run.records:
