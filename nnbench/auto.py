@@ -16,15 +16,26 @@ backend that ``plan`` chose for that key:
    round, so that all see the same machine state); those within ``CLOSE_FACTOR`` of the
    fastest after ``REPEATS`` rounds are timed in more rounds, and the smallest of their
    medians wins. One whose first call is ``GIVE_UP_FACTOR`` times slower than the fastest
-   first call is not timed further (its time is None).
+   first call is not timed further (its time is None);
+4. that race lasts a fraction of a second, and a machine's state can change within seconds (on
+   a 2-core VM torch ran at 2.2x its usual time for stretches of a fraction of a second, and
+   a plan made in one kept the wrong backend for good). So where the race left more than one
+   finalist, the plan is on trial: the key's next real calls go to the finalists in turn, in a
+   new random order each turn, and are timed (their results are used as any call's), until
+   each finalist has ``TRIAL_CALLS`` of them and ``TRIAL_SECONDS`` have passed since the
+   first.
+   The finalist with the smallest median over its calls in use is then kept (``settled``).
 
-Later calls with the same key reuse the choice (a dictionary lookup per call). Choices persist in a
-small JSON file in the user cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE`` overrides it),
-keyed by machine and library versions and written atomically. A cache that is corrupt, of another
-schema or from another machine or versions is ignored with a warning, and a cached choice is
-verified again in each process before it is used. The key is the pass, the case (shapes, padding,
-dtype) and the thread budget (``kernels.threads.budget()``, which ``nnbench.machine.pinned_threads``
-sets for torch too). ``plan(...)`` shows what auto would use and the times behind it.
+Later calls with the same key reuse the settled choice (a dictionary lookup per call). Choices
+persist in a small JSON file in the user cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE``
+overrides it), keyed by machine and library versions and written atomically: when planned, and
+again when settled. A cache that is corrupt, of another schema or from another machine or
+versions is ignored with a warning, and a cached choice is verified again in each process before
+it is used as it is (it is not put on trial again). The key is the pass, the case (shapes,
+padding, dtype) and the thread budget (``kernels.threads.budget()``, which
+``nnbench.machine.pinned_threads`` sets for torch too). ``plan(...)`` shows what auto would use
+and the times behind it; ``settle(fn)`` calls ``fn`` until the trials of the keys it uses are
+over (a warm-up).
 
 ``auto`` lives in nnbench (it uses the verification core) and registers itself with
 ``kernels`` when nnbench is imported; ``kernels`` alone does not offer it.
@@ -37,11 +48,13 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import threading
+import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -59,16 +72,20 @@ __all__ = [
     "NAME",
     "REPEATS",
     "TIMING_SECONDS",
+    "TRIAL_CALLS",
+    "TRIAL_SECONDS",
     "Plan",
     "cache_path",
     "forget",
+    "pending",
     "plan",
+    "settle",
     "time_candidates",
 ]
 
 NAME = "auto"
 CACHE_ENV = "NNBENCH_AUTO_CACHE"
-SCHEMA = "nnbench.auto/3"  # 2: medians of interleaved rounds; 3: close ones timed again
+SCHEMA = "nnbench.auto/4"  # 2: medians of interleaved rounds; 3: close ones timed again; 4: trial
 #: Interleaved rounds of every candidate; at most MAX_REPEATS for the close ones.
 REPEATS, MAX_REPEATS = 5, 60
 #: Candidates whose median after REPEATS rounds is within this factor of the smallest are
@@ -76,6 +93,8 @@ REPEATS, MAX_REPEATS = 5, 60
 CLOSE_FACTOR, TIMING_SECONDS = 1.3, 0.25
 #: A candidate whose first call is this many times slower than the fastest is not timed further.
 GIVE_UP_FACTOR = 4.0
+#: The finalists' real calls, each, and the seconds since the race, before a plan is settled.
+TRIAL_CALLS, TRIAL_SECONDS = 8, 1.0
 #: Largest image side of the small case a candidate is verified on.
 CHECK_SIDE = 10
 
@@ -85,24 +104,33 @@ _fast: dict[tuple, kernels.Backend] = {}  # (pass, shapes, padding, dtype, budge
 _supported: dict[tuple, str | None] = {}
 _verdicts: dict[tuple[str, str, str], object] = {}
 _loaded: dict[str, object] = {}
+_trials: dict[str, _Trial] = {}  # plan key -> the trial of its finalists in use
 
 
 @dataclass(frozen=True)
 class Plan:
     """What auto runs for one key: ``backend`` and the median seconds of every candidate timed
-    (None: its first call took over ``GIVE_UP_FACTOR`` times the fastest first call, so it was
-    not timed further).
+    in the race (None: its first call took over ``GIVE_UP_FACTOR`` times the fastest first
+    call, so it was not timed further).
     ``failed`` maps backends that failed verification to why; ``source`` says whether the
-    choice was measured now or cached."""
+    choice was measured now or cached. ``finalists`` are the candidates the race could not
+    part; while ``settled`` is False they take turns on the key's calls, and ``backend`` is the
+    race's choice. ``trial`` is the median seconds of each finalist over its calls in use
+    (after the trial; None before it, or when there was one finalist)."""
 
     key: str
     backend: str
     seconds: dict[str, float | None]
     failed: dict[str, str] = field(default_factory=dict)
     source: str = "measured"
+    finalists: tuple[str, ...] = ()
+    trial: dict[str, float] | None = None
+    settled: bool = True
 
     def as_dict(self) -> dict:
-        return {"backend": self.backend, "seconds": self.seconds, "failed": self.failed}
+        return {"backend": self.backend, "seconds": self.seconds, "failed": self.failed,
+                "finalists": list(self.finalists), "trial": self.trial,
+                "settled": self.settled}  # fmt: skip
 
 
 def cache_path() -> Path:
@@ -119,6 +147,7 @@ def forget() -> None:
     """Drop the choices and verdicts held in this process (the cache file stays)."""
     with _lock:
         _plans.clear()
+        _trials.clear()
         _fast.clear()
         _supported.clear()
         _verdicts.clear()
@@ -289,7 +318,86 @@ def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
     }
     seconds, finalists = _race(calls)
     chosen = min(finalists, key=seconds.get)
-    return Plan(key, chosen, seconds, failed)
+    return Plan(key, chosen, seconds, failed, finalists=tuple(finalists),
+                settled=len(finalists) == 1)  # fmt: skip
+
+
+def pending() -> list[str]:
+    """The keys whose plan is still on trial (``Plan.settled`` is False)."""
+    with _lock:
+        return [key for key, chosen in _plans.items() if not chosen.settled]
+
+
+def settle(fn: Callable[[], object], limit_s: float = 120.0) -> int:
+    """Call ``fn`` (a step, a benchmark's call) until the plans on trial that its calls use are
+    settled; the number of calls made. ``RuntimeError`` after ``limit_s`` seconds."""
+    start, made = time.perf_counter(), 0
+    while True:
+        before = _trial_calls()
+        fn()
+        made += 1
+        after = _trial_calls()
+        if all(before.get(key) == count for key, count in after.items()):
+            return made  # none of fn's calls went to a trial (any it used is settled now)
+        if time.perf_counter() - start > limit_s:
+            raise RuntimeError(
+                f"auto: plans still on trial after {made} calls in {limit_s:g} s: "
+                + ", ".join(key for key in after if before.get(key) != after[key])
+            )
+
+
+def _trial_calls() -> dict[str, int]:
+    with _lock:
+        return {key: sum(map(len, trial.times.values())) for key, trial in _trials.items()}
+
+
+class _Trial:
+    """The finalists of one plan taking turns on its calls, each call timed."""
+
+    def __init__(self, planned: Plan):
+        self.plan = planned
+        self.started = time.perf_counter()  # at the key's first call after the race
+        self.times: dict[str, list[float]] = {name: [] for name in planned.finalists}
+        self.turn: list[str] = []
+        self.order = random.Random(planned.key)  # a new order each turn, the same every run
+
+    def next(self) -> str:
+        if not self.turn:
+            self.turn = list(self.times)
+            self.order.shuffle(self.turn)
+        return self.turn.pop()
+
+    def record(self, name: str, seconds: float) -> Plan | None:
+        """Add one call's time; the settled plan once the trial is over, else None."""
+        self.times[name].append(seconds)
+        enough = min(map(len, self.times.values())) >= TRIAL_CALLS
+        if not enough or time.perf_counter() - self.started < TRIAL_SECONDS:
+            return None
+        medians = {name: statistics.median(times) for name, times in self.times.items()}
+        chosen = min(medians, key=medians.get)
+        return replace(self.plan, backend=chosen, trial=medians, settled=True)
+
+
+def _on_trial(key: str, pass_: str, a: np.ndarray, b: np.ndarray, padding: int) -> np.ndarray:
+    """One call of a plan on trial: the next finalist's, timed; settles the plan at the end."""
+    with _lock:
+        if key not in _trials:
+            _trials[key] = _Trial(_plans[key])
+        trial = _trials[key]
+        name = trial.next()
+    chosen = kernels.get(name)
+    method = chosen.convolve if pass_ == "forward" else getattr(chosen, pass_)
+    start = time.perf_counter()
+    result = method(a, b, padding)
+    taken = time.perf_counter() - start
+    with _lock:
+        if _trials.get(key) is trial:
+            settled = trial.record(name, taken)
+            if settled is not None:
+                del _trials[key]
+                _plans[key] = settled
+                _persist(key, settled)
+    return result
 
 
 def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, float | None]:
@@ -335,14 +443,18 @@ def _race(calls: dict[str, Callable[[], object]]) -> tuple[dict[str, float | Non
 
 def _dispatch(pass_: str):
     """The ``pass_`` function of the auto backend: the planned backend's, looked up per call by
-    (shapes, padding, dtype, budget); planning happens on the first call of a key."""
+    (shapes, padding, dtype, budget); planning happens on the first call of a key, and the
+    trial on the calls after it until the plan is settled."""
 
     def call(a: np.ndarray, b: np.ndarray, padding: int) -> np.ndarray:
         fast = (pass_, a.shape, b.shape, padding, a.dtype.str, threads.budget())
         chosen = _fast.get(fast)
         if chosen is None:
             x_shape, k_shape = _case_shapes(pass_, a.shape, b.shape, padding)
-            chosen = kernels.get(plan(pass_, x_shape, k_shape, padding, a.dtype).backend)
+            planned = plan(pass_, x_shape, k_shape, padding, a.dtype)
+            if not planned.settled:
+                return _on_trial(planned.key, pass_, a, b, padding)
+            chosen = kernels.get(planned.backend)
             _fast[fast] = chosen
         method = chosen.convolve if pass_ == "forward" else getattr(chosen, pass_)
         return method(a, b, padding)  # already validated by the front door

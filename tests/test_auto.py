@@ -34,14 +34,18 @@ def private_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("pass_", ["forward", "grad_inputs", "grad_kernels"])
-def test_auto_computes_the_convolution_with_a_verified_backend(pass_):
+def test_auto_computes_the_convolution_with_a_verified_backend(pass_, monkeypatch):
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.0)
     ops = operands(CASE)
     call = {"forward": kernels.convolve, "grad_inputs": kernels.grad_inputs,
             "grad_kernels": kernels.grad_kernels}[pass_]  # fmt: skip
+    for _ in range(auto.TRIAL_CALLS * len(kernels.available())):  # the trial, if there is one
+        call(*ops.arguments(pass_), CASE.padding, backend="auto")
+    assert auto.pending() == []
     result = call(*ops.arguments(pass_), CASE.padding, backend="auto")
     chosen = auto.plan(pass_, CASE.input_shape, CASE.kernel_shape, CASE.padding)
     assert chosen.backend in kernels.available() and chosen.source == "measured"
-    assert chosen.seconds[chosen.backend] is not None
+    assert chosen.seconds[chosen.backend] is not None and chosen.backend in chosen.finalists
     compare(pass_, result, ops.reference(pass_), dtype="float32", backend=chosen.backend,
             reduction=CASE.reduction_length(pass_)).check()  # fmt: skip
 
@@ -49,6 +53,7 @@ def test_auto_computes_the_convolution_with_a_verified_backend(pass_):
 def test_a_choice_is_reused_and_persisted(private_cache):
     first = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1) is first
+    assert first.settled == (len(first.finalists) == 1) and first.trial is None
     saved = json.loads(private_cache.read_text())
     assert saved["schema"] == auto.SCHEMA and saved["plans"][first.key]["backend"] == first.backend
     auto.forget()  # a new process, in effect
@@ -111,6 +116,52 @@ def test_a_slow_correct_backend_is_timed_and_not_chosen(tmp_path, monkeypatch):
     assert chosen.backend != "sleepy" and "sleepy" not in chosen.failed
     assert "sleepy" in chosen.seconds  # a candidate: verified, then timed or given up on
     sys.modules.pop("kernels.backend_sleepy", None)
+
+
+def test_a_plan_on_trial_settles_on_the_finalist_faster_in_use(
+    tmp_path, monkeypatch, private_cache
+):
+    """The race chose "sluggish"; in use, "quick" is faster. The calls alternate between them
+    (each result used, and right) until both have TRIAL_CALLS and TRIAL_SECONDS have passed."""
+    for name, pause in [("quick", 0.0), ("sluggish", 0.004)]:
+        _add_backend(tmp_path, monkeypatch, name, f"""
+            import time
+            from kernels.backend_im2col import convolve as right
+            CALLS = []
+            def convolve(inputs, kernels, padding):
+                CALLS.append(1)
+                time.sleep({pause})
+                return right(inputs, kernels, padding)
+        """)  # fmt: skip
+    monkeypatch.setattr(auto, "TRIAL_CALLS", 3)
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 60.0)
+    key = auto.key_for("forward", CASE.input_shape, CASE.kernel_shape, 1, "float32")
+    raced = auto.Plan(key, "sluggish", {"quick": 0.01, "sluggish": 0.009},
+                      finalists=("quick", "sluggish"), settled=False)  # fmt: skip
+    auto._plans[key] = raced
+    ops = operands(CASE)
+    for _ in range(8):
+        result = kernels.convolve(*ops.arguments("forward"), 1, backend="auto")
+        compare("forward", result, ops.reference("forward"), dtype="float32", backend="im2col",
+                reduction=CASE.reduction_length("forward")).check()  # fmt: skip
+    calls = {name: len(sys.modules[f"kernels.backend_{name}"].CALLS) for name in raced.finalists}
+    assert calls == {"quick": 4, "sluggish": 4}  # in turns; not settled before TRIAL_SECONDS
+    assert auto.pending() == [key] and auto.plan("forward", CASE.input_shape,
+                                                 CASE.kernel_shape, 1) is raced  # fmt: skip
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.0)
+    for _ in range(2):  # the turn's two calls; the second settles
+        kernels.convolve(*ops.arguments("forward"), 1, backend="auto")
+    settled = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert settled.settled and settled.backend == "quick" and auto.pending() == []
+    assert settled.trial["quick"] < 0.004 <= settled.trial["sluggish"]
+    assert settled.seconds == raced.seconds  # the race's times are kept beside the trial's
+    saved = json.loads(private_cache.read_text())["plans"][key]
+    assert saved["backend"] == "quick" and saved["settled"] and saved["trial"] == settled.trial
+    before = len(sys.modules["kernels.backend_quick"].CALLS)
+    kernels.convolve(*ops.arguments("forward"), 1, backend="auto")
+    assert len(sys.modules["kernels.backend_quick"].CALLS) == before + 1
+    for name in raced.finalists:
+        sys.modules.pop(f"kernels.backend_{name}", None)
 
 
 def test_a_backend_wrong_only_on_large_batches_is_caught_on_the_exact_shapes(tmp_path, monkeypatch):

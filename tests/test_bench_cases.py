@@ -363,8 +363,29 @@ def test_the_suite_times_auto_and_its_candidates_in_the_same_rounds(tmp_path, mo
     rounds = extra["beside_rounds_s"]
     assert set(rounds) == {"auto", CONTROL} | timed and len(timed) >= 2
     assert extra["auto_choice"] in timed
+    trial = extra["auto_trial"]  # warmed up: the finalists' trial is over, its winner recorded
+    assert trial is None or extra["auto_choice"] == min(trial, key=trial.get)
     assert {len(times) for times in rounds.values()} == {record["stats"]["rounds"]}
     assert record["stats"]["rounds"] == BESIDE_MIN_ROUNDS  # the budget alone gives MIN_ROUNDS
     assert extra["beside_median_s"] == {
         name: pytest.approx(statistics.median(times), abs=1e-7) for name, times in rounds.items()
     }
+
+
+def test_the_overhead_benchmark_runs_enough_rounds_for_its_ratio(tmp_path):
+    """The engine and twin steps, interleaved: at least the suite's minimum of rounds whatever
+    the budget, one twin time per timed round, and the ratio of the medians recorded."""
+    import json
+    import statistics
+
+    from tests.benchmarks.conftest import BESIDE_MIN_ROUNDS
+
+    if "torch" not in kernels.available():
+        pytest.skip("the torch kernel is not available")
+    out = tmp_path / "run.json"
+    assert bench.run_suite(out, keyword="test_engine_overhead", budget=1e-4) == 0
+    (record,) = json.loads(out.read_text())["benchmarks"]
+    extra, stats = record["extra_info"], record["stats"]
+    assert stats["rounds"] == BESIDE_MIN_ROUNDS == len(extra["twin_times_s"])
+    assert extra["twin_median_s"] == pytest.approx(statistics.median(extra["twin_times_s"]))
+    assert extra["ratio"] == pytest.approx(stats["median"] / extra["twin_median_s"])

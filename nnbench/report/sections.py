@@ -316,7 +316,8 @@ def _auto_section(ctx: Context) -> list[str]:
                 "",
                 (
                     'What `backend="auto"` ran for each benchmarked case and pass (its plan, made '
-                    "on its first call), its median, and the fastest single backend's median in the "
+                    "on its first call and, in runs since the trial, settled over its calls "
+                    "after it), its median, and the fastest single backend's median in the "
                     "same run. *timed* says how: *paired* where auto and that backend were timed "
                     "in the same rounds, in a new order each round (the medians of each, and the "
                     "median over the rounds of auto's time / the backend's in the same round), "

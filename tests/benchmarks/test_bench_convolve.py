@@ -4,13 +4,14 @@ Ids read ``<backend>-<pass>-<case id>`` (``im2col-forward-k3p1[128,16,16,16]->32
 each (case, pass) is one group, so a shape's backends sit side by side in the table. A backend
 whose ``supports`` declines a case is skipped with its reason. Every backend of a group gets the
 same operands (seeded from the case id). Every record carries where the backend's time went
-(``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``); ``auto`` records which
-backend it ran (``auto_choice``), and auto itself and the candidates it timed to the end are
-timed again in its rounds, in a new order each round (``beside_median_s``, ``beside_rounds_s``):
-auto against the fastest in the same machine state. The backend auto chose is timed there a
-second time (``control``, ``nnbench.report.metrics.CONTROL``): two identical calls, whose ratio
-is what noise alone gives at that many rounds. The quick set (``-m quick``: the report's)
-is the recipe layers and two kernel sizes.
+(``breakdown_s``) and the time of its GEMMs alone (``gemm_bound_s``). ``auto``, warmed up (its
+plan settled: ``auto.settle``), records which backend it ran (``auto_choice``); auto itself
+and the candidates it timed to the end are timed again in its rounds, in a new order each
+round (``beside_median_s``, ``beside_rounds_s``): auto against the fastest in the same machine
+state. The backend auto chose is timed there a second time (``control``,
+``nnbench.report.metrics.CONTROL``): two identical calls, whose ratio is what noise alone gives
+at that many rounds. The quick set (``-m quick``: the report's) is the recipe layers and two
+kernel sizes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from nnbench import bench
 from nnbench.report.metrics import CONTROL
 
 CASES = {case.id: case for case in bench.all_cases()}
-#: Every backend, and ``auto`` (its first call in a benchmark plans; the rounds reuse the plan).
+#: Every backend, and ``auto`` (planned and settled before the rounds, which reuse the plan).
 BACKENDS = [*kernels.available(), "auto"]
 QUICK = {case.id for case in bench.quick_cases()}
 
@@ -48,8 +49,10 @@ def test_convolve(measure, backend, pass_, case_id):
     if backend == "auto":
         from nnbench import auto
 
+        auto.settle(call.fn)  # warmed up: planned, and the finalists' trial on its calls over
         plan = auto.plan(pass_, case.input_shape, case.kernel_shape, case.padding, case.dtype)
-        more = {"auto_choice": plan.backend, "auto_seconds": plan.seconds}
+        more = {"auto_choice": plan.backend, "auto_seconds": plan.seconds,
+                "auto_trial": plan.trial}  # fmt: skip
         # auto itself and the candidates it timed to the end, timed in the same rounds, in a
         # new order each round: auto against the fastest in the same machine state
         timed = [name for name, seconds in plan.seconds.items() if seconds is not None]

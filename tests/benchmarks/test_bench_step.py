@@ -14,7 +14,7 @@ import contextlib
 import pytest
 
 import kernels
-from nnbench import bench
+from nnbench import auto, bench
 
 
 def _params():
@@ -35,7 +35,7 @@ def test_train_step(measure, model, backend):
         pytest.skip(f"{backend} does not support a layer of {model}: {exc}")
     beside = {}
     if backend == "auto":  # auto's step and every single-backend model's, in the same rounds
-        call.fn()  # plans every layer and pass, so that the rounds are sized on planned steps
+        auto.settle(call.fn)  # plans every layer and pass and ends their trials: warmed up
         beside["auto"] = call.fn
         for single in kernels.available():
             with contextlib.suppress(bench.Unsupported):
