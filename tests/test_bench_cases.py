@@ -350,7 +350,6 @@ def test_the_suite_times_auto_and_its_candidates_in_the_same_rounds(tmp_path, mo
     import json
     import statistics
 
-    from nnbench.report.metrics import CONTROL
     from tests.benchmarks.conftest import BESIDE_MIN_ROUNDS
 
     monkeypatch.setenv("NNBENCH_AUTO_CACHE", str(tmp_path / "plans.json"))
@@ -361,7 +360,7 @@ def test_the_suite_times_auto_and_its_candidates_in_the_same_rounds(tmp_path, mo
     extra = record["extra_info"]
     timed = {name for name, seconds in extra["auto_seconds"].items() if seconds is not None}
     rounds = extra["beside_rounds_s"]
-    assert set(rounds) == {"auto", CONTROL} | timed and len(timed) >= 2
+    assert set(rounds) == {"auto", bench.CONTROL} | timed and len(timed) >= 2
     assert extra["auto_choice"] in timed
     trial = extra["auto_trial"]  # warmed up: the finalists' trial is over, its winner recorded
     assert trial is None or extra["auto_choice"] == min(trial, key=trial.get)

@@ -37,6 +37,7 @@ from nnbench.bench.cases import (
 )
 from nnbench.bench.memory import memory_method, peak_memory_bytes
 from nnbench.bench.runner import (
+    CONTROL,
     choose_rounds,
     extra_info,
     interleaved,
@@ -49,6 +50,7 @@ from nnbench.bench.runner import (
 from nnbench.verify import PASSES
 
 __all__ = [
+    "CONTROL",
     "PASSES",
     "STEP_MODELS",
     "SUITES",

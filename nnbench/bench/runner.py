@@ -24,6 +24,10 @@ from nnbench.verify import ConvCase, Verdict
 
 #: Rounds of a timed benchmark are chosen so they take about the budget, within these bounds.
 MIN_ROUNDS, MAX_ROUNDS = 3, 100
+#: The name, in an auto record's rounds (``beside_rounds_s``), of a second call of the backend
+#: auto chose: two identical calls in the same rounds, whose ratio is what the machine's noise
+#: alone gives (``tests/benchmarks/test_bench_convolve.py``; the report reads it).
+CONTROL = "control"
 
 
 def choose_rounds(seconds_per_call: float, budget: float) -> int:
@@ -52,10 +56,10 @@ def interleaved(
 ) -> tuple[list[float], ...]:
     """Time ``calls`` in rounds, each once per round, ``rounds`` rounds (after one warm-up call
     of each, unless ``warm_up`` is false): every call sees the same machine state (turbo,
-    caches, neighbours) round by round. Each round runs them in a new random order (seeded: the same sequence of
-    orders for the same ``seed``), so that what a call leaves behind (cold caches, pool or
-    OpenMP threads asleep or spinning) is the same mix of costs for all of them; a fixed or
-    rotated order gives each call mostly one predecessor. One list of seconds per call, in the
+    caches, neighbours) round by round. Each round runs them in a new random order (seeded: the
+    same sequence of orders for the same ``seed``), so that what a call leaves behind (cold
+    caches, pool or OpenMP threads asleep or spinning) is the same mix of costs for all of them;
+    a fixed or rotated order gives each call mostly one predecessor. One list of seconds per call, in the
     order given."""
     if warm_up:
         for call in calls:

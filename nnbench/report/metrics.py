@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from nnbench import policy
+from nnbench.bench.runner import CONTROL
 from nnbench.report import tables
 from nnbench.report.tables import CONV_PASSES, NOT_ALGORITHMS, geomean, sig
 
@@ -209,12 +210,6 @@ def faster_than_im2col(frame: pd.DataFrame, column: str, backend: str) -> Measur
         f"; not benchmarked: {', '.join(missing)}" if missing else ""
     )
     return Measured(value, not missing, detail)
-
-
-#: The suite's name, in an auto record's rounds (``beside_rounds_s``), for a second call of the
-#: backend auto chose: two identical calls in the same rounds, whose ratio is what the machine's
-#: noise alone gives (``tests/benchmarks/test_bench_convolve.py``).
-CONTROL = "control"
 
 
 def _against_fastest(auto: pd.Series, single: pd.DataFrame, failed=frozenset()) -> dict | None:

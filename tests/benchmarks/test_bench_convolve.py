@@ -9,7 +9,7 @@ plan settled: ``auto.settle``), records which backend it ran (``auto_choice``); 
 and the candidates it timed to the end are timed again in its rounds, in a new order each
 round (``beside_median_s``, ``beside_rounds_s``): auto against the fastest in the same machine
 state. The backend auto chose is timed there a second time (``control``,
-``nnbench.report.metrics.CONTROL``): two identical calls, whose ratio is what noise alone gives
+``nnbench.bench.CONTROL``): two identical calls, whose ratio is what noise alone gives
 at that many rounds. The quick set (``-m quick``: the report's) is the recipe layers and two
 kernel sizes.
 """
@@ -20,7 +20,6 @@ import pytest
 
 import kernels
 from nnbench import bench
-from nnbench.report.metrics import CONTROL
 
 CASES = {case.id: case for case in bench.all_cases()}
 #: Every backend, and ``auto`` (planned and settled before the rounds, which reuse the plan).
@@ -59,6 +58,6 @@ def test_convolve(measure, backend, pass_, case_id):
         more["beside"] = {"auto": call.fn}
         more["beside"].update({name: bench.make_call(name, case, pass_).fn for name in timed})
         if plan.backend in timed:  # the control: the chosen backend twice in the same rounds
-            more["beside"][CONTROL] = bench.make_call(plan.backend, case, pass_).fn
+            more["beside"][bench.CONTROL] = bench.make_call(plan.backend, case, pass_).fn
     measure(call, group=f"{case.id} {pass_}", backend=backend, pass_=pass_, case=case,
             profile=backend != "auto", **more)  # fmt: skip
