@@ -20,18 +20,19 @@ backend that ``plan`` chose for that key:
 4. that race lasts a fraction of a second, and a machine's state can change within seconds (on
    a 2-core VM torch ran at 2.2x its usual time for stretches of a fraction of a second, and
    a plan made in one kept the wrong backend for good). So where the race left more than one
-   finalist, the plan is on trial: the key's next real calls go to the finalists in turn, in a
-   new random order each turn, and are timed (their results are used as any call's), until
-   each finalist has ``TRIAL_CALLS`` of them and ``TRIAL_SECONDS`` have passed since the
-   first.
-   The finalist with the smallest median over its calls in use is then kept (``settled``).
+   finalist, the plan is on trial: the key's real calls, from the one that planned, go to the
+   finalists in turn, in a new random order each turn, and are timed (their results are used
+   as any call's), until each finalist has ``TRIAL_CALLS`` of them and ``TRIAL_SECONDS`` have
+   passed since the first. The finalist with the smallest median over its calls in use is then
+   kept (``settled``). A finalist that raises is dropped from the trial (the call raises).
 
-Later calls with the same key reuse the settled choice (a dictionary lookup per call). Choices
-persist in a small JSON file in the user cache folder (``cache_path``; ``$NNBENCH_AUTO_CACHE``
-overrides it), keyed by machine and library versions and written atomically: when planned, and
-again when settled. A cache that is corrupt, of another schema or from another machine or
-versions is ignored with a warning, and a cached choice is verified again in each process before
-it is used as it is (it is not put on trial again). The key is the pass, the case (shapes,
+Later calls with the same key reuse the settled choice (a dictionary lookup per call). Settled
+choices persist in a small JSON file in the user cache folder (``cache_path``;
+``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library versions and written
+atomically when the plan settles (a plan still on trial when the process ends is made again in
+the next). A cache that is corrupt, of another schema or from another machine or versions is
+ignored with a warning, and a cached choice is verified again in each process before it is
+used, as it is. The key is the pass, the case (shapes,
 padding, dtype) and the thread budget (``kernels.threads.budget()``, which
 ``nnbench.machine.pinned_threads`` sets for torch too). ``plan(...)`` shows what auto would use
 and the times behind it; ``settle(fn)`` calls ``fn`` until the trials of the keys it uses are
@@ -93,7 +94,8 @@ REPEATS, MAX_REPEATS = 5, 60
 CLOSE_FACTOR, TIMING_SECONDS = 1.3, 0.25
 #: A candidate whose first call is this many times slower than the fastest is not timed further.
 GIVE_UP_FACTOR = 4.0
-#: The finalists' real calls, each, and the seconds since the race, before a plan is settled.
+#: The finalists' real calls, each, and the seconds since the trial's first call, before a plan
+#: is settled.
 TRIAL_CALLS, TRIAL_SECONDS = 8, 1.0
 #: Largest image side of the small case a candidate is verified on.
 CHECK_SIDE = 10
@@ -105,6 +107,7 @@ _supported: dict[tuple, str | None] = {}
 _verdicts: dict[tuple[str, str, str], object] = {}
 _loaded: dict[str, object] = {}
 _trials: dict[str, _Trial] = {}  # plan key -> the trial of its finalists in use
+_clock = time.perf_counter  # of the trial (the tests script it)
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,8 @@ class Plan:
     ``failed`` maps backends that failed verification to why; ``source`` says whether the
     choice was measured now or cached. ``finalists`` are the candidates the race could not
     part; while ``settled`` is False they take turns on the key's calls, and ``backend`` is the
-    race's choice. ``trial`` is the median seconds of each finalist over its calls in use
-    (after the trial; None before it, or when there was one finalist)."""
+    race's choice, not what the calls run. ``trial`` is the median seconds of each finalist
+    over its calls in use (once settled; None before, or when there was one finalist)."""
 
     key: str
     backend: str
@@ -155,7 +158,14 @@ def forget() -> None:
 
 
 def _fingerprint() -> dict:
-    """What a cached choice is only valid for: this machine and these libraries."""
+    """What a cached choice is only valid for: this machine and these libraries (computed once
+    per process: a settling call persists its plan)."""
+    if "fingerprint" not in _loaded:
+        _loaded["fingerprint"] = _describe_machine()
+    return _loaded["fingerprint"]
+
+
+def _describe_machine() -> dict:
     from threadpoolctl import threadpool_info
 
     from nnbench.machine import cpu_model
@@ -271,8 +281,9 @@ def _verified(backend: str, pass_: str, case: ConvCase) -> Verdict:
 
 def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -> Plan:
     """The backend auto runs for this call, and the times behind the choice (measured on first
-    use of the key, then reused). ``ValueError`` if no backend supports the case or none passes
-    verification."""
+    use of the key, then reused). While the plan is on trial (``settled`` False), ``backend`` is
+    the race's choice and the calls go to its ``finalists`` in turn. ``ValueError`` if no
+    backend supports the case or none passes verification."""
     if pass_ not in PASSES:
         raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
     key = key_for(pass_, input_shape, kernel_shape, padding, dtype)
@@ -281,14 +292,23 @@ def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -
             return _plans[key]
         case = ConvCase(input_shape, kernel_shape, padding, np.dtype(dtype).name)
         stored = _cached().get(key)
-        if isinstance(stored, dict) and stored.get("backend") in kernels.available():
+        if (
+            isinstance(stored, dict)
+            and stored.get("settled") is True
+            and stored.get("backend") in kernels.available()
+        ):
             name = stored["backend"]
             if not case.unsupported_by(name) and _verified(name, pass_, case).passed:
                 seconds = stored.get("seconds") if isinstance(stored.get("seconds"), dict) else {}
-                _plans[key] = Plan(key, name, seconds, {}, source="cache")
+                finalists = (
+                    stored.get("finalists") if isinstance(stored.get("finalists"), list) else []
+                )
+                trial = stored.get("trial") if isinstance(stored.get("trial"), dict) else None
+                _plans[key] = Plan(key, name, seconds, {}, "cache", tuple(finalists), trial)
                 return _plans[key]
         _plans[key] = _measure(key, pass_, case)
-        _persist(key, _plans[key])
+        if _plans[key].settled:
+            _persist(key, _plans[key])
         return _plans[key]
 
 
@@ -330,7 +350,8 @@ def pending() -> list[str]:
 
 def settle(fn: Callable[[], object], limit_s: float = 120.0) -> int:
     """Call ``fn`` (a step, a benchmark's call) until the plans on trial that its calls use are
-    settled; the number of calls made. ``RuntimeError`` after ``limit_s`` seconds."""
+    settled; the number of calls made. It stops at the first call that runs no trial, so ``fn``
+    must use its keys on every call. ``RuntimeError`` after ``limit_s`` seconds."""
     start, made = time.perf_counter(), 0
     while True:
         before = _trial_calls()
@@ -356,7 +377,7 @@ class _Trial:
 
     def __init__(self, planned: Plan):
         self.plan = planned
-        self.started = time.perf_counter()  # at the key's first call after the race
+        self.started = _clock()  # at the trial's first call
         self.times: dict[str, list[float]] = {name: [] for name in planned.finalists}
         self.turn: list[str] = []
         self.order = random.Random(planned.key)  # a new order each turn, the same every run
@@ -371,33 +392,59 @@ class _Trial:
         """Add one call's time; the settled plan once the trial is over, else None."""
         self.times[name].append(seconds)
         enough = min(map(len, self.times.values())) >= TRIAL_CALLS
-        if not enough or time.perf_counter() - self.started < TRIAL_SECONDS:
+        if not enough or _clock() - self.started < TRIAL_SECONDS:
             return None
-        medians = {name: statistics.median(times) for name, times in self.times.items()}
-        chosen = min(medians, key=medians.get)
-        return replace(self.plan, backend=chosen, trial=medians, settled=True)
+        return self._settled()
+
+    def drop(self, name: str) -> Plan | None:
+        """Take a finalist that raised out of the trial; the settled plan if one is left."""
+        self.times.pop(name, None)
+        self.turn = [other for other in self.turn if other != name]
+        return self._settled() if len(self.times) == 1 else None
+
+    def _settled(self) -> Plan:
+        medians = {name: statistics.median(t) for name, t in self.times.items() if t}
+        chosen = min(medians, key=medians.get) if medians else next(iter(self.times))
+        return replace(self.plan, backend=chosen, trial=medians or None, settled=True)
 
 
-def _on_trial(key: str, pass_: str, a: np.ndarray, b: np.ndarray, padding: int) -> np.ndarray:
+def _on_trial(planned: Plan, pass_: str, a: np.ndarray, b: np.ndarray, padding: int):
     """One call of a plan on trial: the next finalist's, timed; settles the plan at the end."""
+    key = planned.key
     with _lock:
-        if key not in _trials:
-            _trials[key] = _Trial(_plans[key])
-        trial = _trials[key]
-        name = trial.next()
+        current = _plans.get(key, planned)  # another thread may have settled or forgotten it
+        trial = _trials.get(key)
+        if current.settled:
+            trial, name = None, current.backend
+        else:
+            if trial is None or trial.plan is not current:
+                trial = _trials[key] = _Trial(current)
+            name = trial.next()
     chosen = kernels.get(name)
     method = chosen.convolve if pass_ == "forward" else getattr(chosen, pass_)
-    start = time.perf_counter()
-    result = method(a, b, padding)
-    taken = time.perf_counter() - start
+    if trial is None:
+        return method(a, b, padding)
+    start = _clock()
+    try:
+        result = method(a, b, padding)
+    except Exception:
+        with _lock:
+            if _trials.get(key) is trial:
+                _end_trial(key, trial.drop(name))
+        raise
+    taken = _clock() - start
     with _lock:
         if _trials.get(key) is trial:
-            settled = trial.record(name, taken)
-            if settled is not None:
-                del _trials[key]
-                _plans[key] = settled
-                _persist(key, settled)
+            _end_trial(key, trial.record(name, taken))
     return result
+
+
+def _end_trial(key: str, settled: Plan | None) -> None:
+    """With the lock held: put a settled plan in force, and persist it."""
+    if settled is not None:
+        del _trials[key]
+        _plans[key] = settled
+        _persist(key, settled)
 
 
 def time_candidates(calls: dict[str, Callable[[], object]]) -> dict[str, float | None]:
@@ -444,7 +491,7 @@ def _race(calls: dict[str, Callable[[], object]]) -> tuple[dict[str, float | Non
 def _dispatch(pass_: str):
     """The ``pass_`` function of the auto backend: the planned backend's, looked up per call by
     (shapes, padding, dtype, budget); planning happens on the first call of a key, and the
-    trial on the calls after it until the plan is settled."""
+    trial on its calls from that one until the plan is settled."""
 
     def call(a: np.ndarray, b: np.ndarray, padding: int) -> np.ndarray:
         fast = (pass_, a.shape, b.shape, padding, a.dtype.str, threads.budget())
@@ -453,7 +500,7 @@ def _dispatch(pass_: str):
             x_shape, k_shape = _case_shapes(pass_, a.shape, b.shape, padding)
             planned = plan(pass_, x_shape, k_shape, padding, a.dtype)
             if not planned.settled:
-                return _on_trial(planned.key, pass_, a, b, padding)
+                return _on_trial(planned, pass_, a, b, padding)
             chosen = kernels.get(planned.backend)
             _fast[fast] = chosen
         method = chosen.convolve if pass_ == "forward" else getattr(chosen, pass_)

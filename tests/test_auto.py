@@ -50,15 +50,22 @@ def test_auto_computes_the_convolution_with_a_verified_backend(pass_, monkeypatc
             reduction=CASE.reduction_length(pass_)).check()  # fmt: skip
 
 
-def test_a_choice_is_reused_and_persisted(private_cache):
+def test_a_settled_choice_is_reused_and_persisted(private_cache, monkeypatch):
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.0)
     first = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1) is first
     assert first.settled == (len(first.finalists) == 1) and first.trial is None
+    assert private_cache.exists() == first.settled  # persisted once settled
+    ops = operands(CASE)
+    auto.settle(lambda: kernels.convolve(*ops.arguments("forward"), 1, backend="auto"))
+    settled = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert settled.settled and (settled.trial is None) == (len(settled.finalists) == 1)
     saved = json.loads(private_cache.read_text())
-    assert saved["schema"] == auto.SCHEMA and saved["plans"][first.key]["backend"] == first.backend
+    stored = saved["plans"][settled.key]
+    assert saved["schema"] == auto.SCHEMA and stored["backend"] == settled.backend
     auto.forget()  # a new process, in effect
     again = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
-    assert again.source == "cache" and again.backend == first.backend
+    assert again.source == "cache" and again.backend == settled.backend
 
 
 @pytest.mark.parametrize(
@@ -78,8 +85,16 @@ def test_an_unusable_cache_is_ignored_with_a_warning(private_cache, content, rea
     assert chosen.source == "measured"
 
 
-def test_a_cache_from_another_machine_is_not_trusted(private_cache):
-    auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+def _settled_plan(monkeypatch) -> auto.Plan:
+    """CASE's forward plan, its trial (if any) run to the end on auto's calls."""
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.0)
+    ops = operands(CASE)
+    auto.settle(lambda: kernels.convolve(*ops.arguments("forward"), 1, backend="auto"))
+    return auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+
+
+def test_a_cache_from_another_machine_is_not_trusted(private_cache, monkeypatch):
+    _settled_plan(monkeypatch)
     saved = json.loads(private_cache.read_text())
     key = next(iter(saved["plans"]))
     saved["machine"]["cpu_model"] = "some other CPU"
@@ -118,50 +133,109 @@ def test_a_slow_correct_backend_is_timed_and_not_chosen(tmp_path, monkeypatch):
     sys.modules.pop("kernels.backend_sleepy", None)
 
 
-def test_a_plan_on_trial_settles_on_the_finalist_faster_in_use(
-    tmp_path, monkeypatch, private_cache
-):
-    """The race chose "sluggish"; in use, "quick" is faster. The calls alternate between them
-    (each result used, and right) until both have TRIAL_CALLS and TRIAL_SECONDS have passed."""
-    for name, pause in [("quick", 0.0), ("sluggish", 0.004)]:
-        _add_backend(tmp_path, monkeypatch, name, f"""
-            import time
-            from kernels.backend_im2col import convolve as right
-            CALLS = []
-            def convolve(inputs, kernels, padding):
-                CALLS.append(1)
-                time.sleep({pause})
-                return right(inputs, kernels, padding)
-        """)  # fmt: skip
-    monkeypatch.setattr(auto, "TRIAL_CALLS", 3)
-    monkeypatch.setattr(auto, "TRIAL_SECONDS", 60.0)
+FINALIST = """
+from kernels.backend_im2col import convolve as right
+CALLS = []
+FAIL = False
+def convolve(inputs, kernels, padding):
+    if FAIL:
+        raise MemoryError("out of memory")
+    CALLS.append(1)
+    return right(inputs, kernels, padding)
+"""
+
+
+@pytest.fixture
+def on_trial(tmp_path, monkeypatch):
+    """A plan on trial whose race chose "sluggish" over "quick", two right backends that take
+    4 ms and 1 ms a call on a scripted clock (auto's trial clock: the sum of the calls made).
+    Yields the plan, a call of auto on its key, and the backends' modules."""
+    durations = {"quick": 0.001, "sluggish": 0.004}
+    for name in durations:
+        _add_backend(tmp_path, monkeypatch, name, FINALIST)
+    modules = {name: kernels.get(name).module for name in durations}
+    monkeypatch.setattr(
+        auto, "_clock", lambda: sum(len(modules[n].CALLS) * d for n, d in durations.items())
+    )
     key = auto.key_for("forward", CASE.input_shape, CASE.kernel_shape, 1, "float32")
     raced = auto.Plan(key, "sluggish", {"quick": 0.01, "sluggish": 0.009},
                       finalists=("quick", "sluggish"), settled=False)  # fmt: skip
     auto._plans[key] = raced
     ops = operands(CASE)
-    for _ in range(8):
+
+    def call():
         result = kernels.convolve(*ops.arguments("forward"), 1, backend="auto")
         compare("forward", result, ops.reference("forward"), dtype="float32", backend="im2col",
                 reduction=CASE.reduction_length("forward")).check()  # fmt: skip
-    calls = {name: len(sys.modules[f"kernels.backend_{name}"].CALLS) for name in raced.finalists}
-    assert calls == {"quick": 4, "sluggish": 4}  # in turns; not settled before TRIAL_SECONDS
-    assert auto.pending() == [key] and auto.plan("forward", CASE.input_shape,
-                                                 CASE.kernel_shape, 1) is raced  # fmt: skip
-    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.0)
-    for _ in range(2):  # the turn's two calls; the second settles
-        kernels.convolve(*ops.arguments("forward"), 1, backend="auto")
+
+    yield raced, call, modules
+    for name in durations:
+        sys.modules.pop(f"kernels.backend_{name}", None)
+
+
+def test_a_plan_on_trial_settles_on_the_finalist_faster_in_use(
+    on_trial, monkeypatch, private_cache
+):
+    """The calls go to the finalists in turns (each result used, and right) until each has
+    TRIAL_CALLS and TRIAL_SECONDS have passed; the one of smallest median in use is kept."""
+    raced, call, modules = on_trial
+    monkeypatch.setattr(auto, "TRIAL_CALLS", 3)
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.0495)  # 9 turns of 5 ms are not enough, 10 are
+    for _ in range(19):
+        call()
+    calls = {name: len(module.CALLS) for name, module in modules.items()}
+    assert sorted(calls.values()) == [9, 10]  # in turns
+    assert auto.pending() == [raced.key] and auto.plan("forward", CASE.input_shape,
+                                                       CASE.kernel_shape, 1) is raced  # fmt: skip
+    assert not private_cache.exists()  # a plan on trial is not persisted
+    call()
     settled = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert settled.settled and settled.backend == "quick" and auto.pending() == []
-    assert settled.trial["quick"] < 0.004 <= settled.trial["sluggish"]
+    assert settled.trial == pytest.approx({"quick": 0.001, "sluggish": 0.004})
     assert settled.seconds == raced.seconds  # the race's times are kept beside the trial's
-    saved = json.loads(private_cache.read_text())["plans"][key]
+    saved = json.loads(private_cache.read_text())["plans"][raced.key]
     assert saved["backend"] == "quick" and saved["settled"] and saved["trial"] == settled.trial
-    before = len(sys.modules["kernels.backend_quick"].CALLS)
-    kernels.convolve(*ops.arguments("forward"), 1, backend="auto")
-    assert len(sys.modules["kernels.backend_quick"].CALLS) == before + 1
-    for name in raced.finalists:
-        sys.modules.pop(f"kernels.backend_{name}", None)
+    call()
+    assert len(modules["quick"].CALLS) == 11 and len(modules["sluggish"].CALLS) == 10
+    # a call that planned before another settled the key runs the settled choice, no new trial
+    ops = operands(CASE)
+    auto._on_trial(raced, "forward", *ops.arguments("forward"), 1)
+    assert len(modules["quick"].CALLS) == 12 and auto._trials == {}
+    auto.forget()  # a new process, in effect: the settled plan comes back from the cache
+    again = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert (again.source, again.backend, again.settled) == ("cache", "quick", True)
+    assert again.finalists == raced.finalists and again.trial == settled.trial
+
+
+def test_a_trial_needs_its_calls_of_every_finalist(on_trial, monkeypatch):
+    _, call, _ = on_trial
+    monkeypatch.setattr(auto, "TRIAL_CALLS", 3)
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.0)
+    assert auto.settle(call) == 6  # settle calls until the trial is over: 3 turns of 2 calls
+    assert auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1).backend == "quick"
+    assert auto.settle(call) == 1  # nothing on trial: one call
+
+
+def test_settle_gives_up_on_a_trial_that_does_not_end(on_trial, monkeypatch):
+    raced, call, _ = on_trial
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 1e9)
+    with pytest.raises(RuntimeError, match=r"still on trial after 1 calls .*forward k3p1"):
+        auto.settle(call, limit_s=0)
+    assert auto.pending() == [raced.key]
+
+
+def test_a_finalist_that_raises_is_dropped_from_the_trial(on_trial, monkeypatch):
+    _, call, modules = on_trial
+    modules["sluggish"].FAIL = True
+    with pytest.raises(MemoryError):  # the call that went to it raises, as it would alone
+        for _ in range(2):
+            call()
+    settled = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert (
+        settled.settled and settled.backend == "quick" and "sluggish" not in (settled.trial or {})
+    )
+    call()
+    assert auto.pending() == []
 
 
 def test_a_backend_wrong_only_on_large_batches_is_caught_on_the_exact_shapes(tmp_path, monkeypatch):
@@ -189,10 +263,16 @@ def test_the_cache_is_reused_by_a_new_process(private_cache):
         import warnings
         warnings.simplefilter("error")
         import nnbench
+        import numpy as np
+        import kernels
         from nnbench import auto
         from nnbench.machine import pinned_threads
+        auto.TRIAL_SECONDS = 0.0
+        x, k = np.ones({CASE.input_shape}, np.float32), np.ones({CASE.kernel_shape}, np.float32)
         with pinned_threads(1):
-            print(auto.plan("forward", {CASE.input_shape}, {CASE.kernel_shape}, 1).source)
+            source = auto.plan("forward", x.shape, k.shape, 1).source
+            auto.settle(lambda: kernels.convolve(x, k, 1, backend="auto"))
+            print(source)
     """)
     env = {**os.environ, auto.CACHE_ENV: str(private_cache)}
     runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
@@ -227,11 +307,15 @@ def test_auto_never_picks_a_backend_that_fails_verification(wrong_fast_backend):
     assert chosen.backend != "fastwrong" and "fastwrong" not in chosen.seconds
 
 
-def test_a_cached_choice_that_now_fails_is_planned_again(private_cache, wrong_fast_backend):
-    key = auto.key_for("forward", CASE.input_shape, CASE.kernel_shape, 1, "float32")
-    auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+@pytest.mark.parametrize(
+    "change", [{"backend": "fastwrong"}, {"settled": False}], ids=["now-fails", "not-settled"]
+)
+def test_a_cached_choice_that_now_fails_or_never_settled_is_planned_again(
+    private_cache, wrong_fast_backend, monkeypatch, change
+):
+    settled = _settled_plan(monkeypatch)
     saved = json.loads(private_cache.read_text())
-    saved["plans"][key]["backend"] = "fastwrong"
+    saved["plans"][settled.key].update(change)
     private_cache.write_text(json.dumps(saved))
     auto.forget()
     chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)

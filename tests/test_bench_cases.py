@@ -362,8 +362,12 @@ def test_the_suite_times_auto_and_its_candidates_in_the_same_rounds(tmp_path, mo
     rounds = extra["beside_rounds_s"]
     assert set(rounds) == {"auto", bench.CONTROL} | timed and len(timed) >= 2
     assert extra["auto_choice"] in timed
-    trial = extra["auto_trial"]  # warmed up: the finalists' trial is over, its winner recorded
-    assert trial is None or extra["auto_choice"] == min(trial, key=trial.get)
+    # warmed up: planned now, and the finalists' trial, if there were several, over
+    finalists, trial = extra["auto_finalists"], extra["auto_trial"]
+    assert extra["auto_source"] == "measured" and extra["auto_choice"] in finalists
+    assert (trial is None) == (len(finalists) == 1) and (
+        trial is None or set(trial) == set(finalists)
+    )
     assert {len(times) for times in rounds.values()} == {record["stats"]["rounds"]}
     assert record["stats"]["rounds"] == BESIDE_MIN_ROUNDS  # the budget alone gives MIN_ROUNDS
     assert extra["beside_median_s"] == {

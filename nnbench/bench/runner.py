@@ -59,8 +59,8 @@ def interleaved(
     caches, neighbours) round by round. Each round runs them in a new random order (seeded: the
     same sequence of orders for the same ``seed``), so that what a call leaves behind (cold
     caches, pool or OpenMP threads asleep or spinning) is the same mix of costs for all of them;
-    a fixed or rotated order gives each call mostly one predecessor. One list of seconds per call, in the
-    order given."""
+    a fixed or rotated order gives each call mostly one predecessor. One list of seconds per
+    call, in the order given."""
     if warm_up:
         for call in calls:
             call()

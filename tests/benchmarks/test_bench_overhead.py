@@ -4,9 +4,9 @@ same network and batch in plain torch (``nnbench.torch_twin``), steps interleave
 Each round times one twin step (pytest-benchmark's untimed ``setup``, timed here) and then one
 engine step (timed by pytest-benchmark), so both see the same machine state; the record is the
 engine's, with the twin's median and the ratio of medians in ``extra_info``. It runs at least
-``BESIDE_MIN_ROUNDS`` rounds, as the benchmarks with calls beside them: at the 3 rounds that
-``--bench-budget 0.5`` alone gives, the ratio came out 1.14 to 1.22 where longer runs gave 1.12
-to 1.16.
+``BESIDE_MIN_ROUNDS`` rounds, as the benchmarks with calls beside them: in the 2-core runs of
+bc9fd76, the 3 rounds that ``--bench-budget 0.5`` alone gave put the ratio at 1.14 to 1.22, where
+runs of 20 rounds and more gave 1.12 to 1.16.
 """
 
 from __future__ import annotations
