@@ -19,12 +19,14 @@ backend that ``plan`` chose for that key:
    first call is not timed further (its time is None);
 4. that race lasts a fraction of a second, and a machine's state can change within seconds (on
    a 2-core VM torch ran at 2.2x its usual time for stretches of a fraction of a second, and
-   a plan made in one kept the wrong backend for good). So where the race left more than one
-   finalist, the plan is on trial: the key's real calls, from the one that planned, go to the
-   finalists in turn, in a new random order each turn, and are timed (their results are used
-   as any call's), until each finalist has ``TRIAL_CALLS`` of them and ``TRIAL_SECONDS`` have
-   passed since the first. The finalist with the smallest median over its calls in use is then
-   kept (``settled``). A finalist that raises is dropped from the trial (the call raises).
+   a plan made in one kept the wrong backend for good). So the plan goes on trial where the
+   race left more than one candidate within ``TRIAL_FACTOR`` of its choice's median (wide
+   enough to keep a backend the race caught in such a state): the key's real calls, from the
+   one that planned, go to those ``finalists`` in turn, in a new random order each turn, and
+   are timed (their results are used as any call's), until each has ``TRIAL_CALLS`` of them
+   and ``TRIAL_SECONDS`` have passed since the first. The finalist with the smallest median
+   over its calls in use is then kept (``settled``). A finalist that raises is dropped from
+   the trial (the call raises).
 
 Later calls with the same key reuse the settled choice (a dictionary lookup per call). Settled
 choices persist in a small JSON file in the user cache folder (``cache_path``;
@@ -74,6 +76,7 @@ __all__ = [
     "REPEATS",
     "TIMING_SECONDS",
     "TRIAL_CALLS",
+    "TRIAL_FACTOR",
     "TRIAL_SECONDS",
     "Plan",
     "cache_path",
@@ -94,6 +97,8 @@ REPEATS, MAX_REPEATS = 5, 60
 CLOSE_FACTOR, TIMING_SECONDS = 1.3, 0.25
 #: A candidate whose first call is this many times slower than the fastest is not timed further.
 GIVE_UP_FACTOR = 4.0
+#: The candidates whose race median is within this factor of the race's choice go on trial.
+TRIAL_FACTOR = 2.5
 #: The finalists' real calls, each, and the seconds since the trial's first call, before a plan
 #: is settled.
 TRIAL_CALLS, TRIAL_SECONDS = 8, 1.0
@@ -116,8 +121,8 @@ class Plan:
     in the race (None: its first call took over ``GIVE_UP_FACTOR`` times the fastest first
     call, so it was not timed further).
     ``failed`` maps backends that failed verification to why; ``source`` says whether the
-    choice was measured now or cached. ``finalists`` are the candidates the race could not
-    part; while ``settled`` is False they take turns on the key's calls, and ``backend`` is the
+    choice was measured now or cached. ``finalists`` are the candidates within ``TRIAL_FACTOR``
+    of the race's choice; while ``settled`` is False they take turns on the key's calls, and ``backend`` is the
     race's choice, not what the calls run. ``trial`` is the median seconds of each finalist
     over its calls in use (once settled; None before, or when there was one finalist)."""
 
@@ -336,10 +341,13 @@ def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
         )
         for name in verified
     }
-    seconds, finalists = _race(calls)
-    chosen = min(finalists, key=seconds.get)
-    return Plan(key, chosen, seconds, failed, finalists=tuple(finalists),
-                settled=len(finalists) == 1)  # fmt: skip
+    seconds, close = _race(calls)
+    chosen = min(close, key=seconds.get)
+    limit = TRIAL_FACTOR * seconds[chosen]
+    finalists = tuple(
+        name for name, taken in seconds.items() if taken is not None and taken <= limit
+    )
+    return Plan(key, chosen, seconds, failed, finalists=finalists, settled=len(finalists) == 1)
 
 
 def pending() -> list[str]:

@@ -238,6 +238,17 @@ def test_a_finalist_that_raises_is_dropped_from_the_trial(on_trial, monkeypatch)
     assert auto.pending() == []
 
 
+def test_the_candidates_within_the_trial_factor_go_on_trial(monkeypatch):
+    """A race choice of 1 ms: a candidate at 2 ms (a backend the race caught in a slow moment)
+    goes on trial with it; one at 3 ms and one given up on (None) do not."""
+    race = {"im2col": 1e-3, "loop": 2e-3, "fft": 3e-3, "torch": None, "winograd": 3e-3}
+    monkeypatch.setattr(auto, "_race", lambda calls: ({n: race[n] for n in calls}, ["im2col"]))
+    monkeypatch.setattr(auto, "TRIAL_FACTOR", 2.5)
+    chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert chosen.backend == "im2col" and not chosen.settled
+    assert set(chosen.finalists) == {"im2col", "loop"}
+
+
 def test_a_backend_wrong_only_on_large_batches_is_caught_on_the_exact_shapes(tmp_path, monkeypatch):
     """The small check case has a batch of 2; this backend is right there and wrong beyond."""
     _add_backend(
