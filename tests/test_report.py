@@ -975,6 +975,31 @@ def test_auto_alone_is_judged_on_its_rounds_and_its_control_is_not_a_backend(wor
     assert metrics.auto_choices(frame, column).empty
 
 
+def test_auto_shows_what_its_trial_did_to_the_race(workdir):
+    """The race's choice is the finalist (a key of ``auto_trial``) of smallest race median:
+    "kept" where the trial kept it, "from <it>" where the trial changed it, "—" without a
+    trial; the detail counts the changes."""
+    rounds = {"auto": [1.0e-3] * 5, "torch": [1.0e-3] * 5, "im2col": [2.0e-3] * 5}
+    column = "Small Xeon 2c · 2 thr"
+    records = recipe_records(beside_rounds_s=rounds)
+    autos = [r["extra_info"] for r in records if r["extra_info"]["backend"] == "auto"]
+    assert len(autos) == 9 and {a["auto_choice"] for a in autos} == {"torch"}
+    raced = {"torch": 1.0e-3, "im2col": 0.9e-3, "fft": 5e-3, "loop": None}
+    for extra in autos[:2]:  # the race chose im2col (fft was not a finalist); the trial, torch
+        extra.update(auto_seconds=raced, auto_trial={"torch": 1.0e-3, "im2col": 1.3e-3})
+    for extra in autos[2:5]:  # the race chose torch, and the trial kept it
+        extra.update(auto_seconds={**raced, "im2col": 1.2e-3}, auto_trial={"torch": 1e-3,
+                     "im2col": 1.1e-3})  # fmt: skip
+    for extra in autos[5:7]:  # one finalist: no trial
+        extra.update(auto_seconds=raced, auto_trial=None)
+    frame = frame_of(write_run(workdir / "trial.json", records))
+    table = metrics.auto_choices(frame, column)
+    assert list(table["trial"]) == ["from im2col"] * 2 + ["kept"] * 3 + ["—"] * 4
+    assert "the trial changed the race's choice in 2 of 5" in (
+        metrics.auto_vs_fastest(frame, column).detail
+    )
+
+
 def test_the_auto_step_is_judged_on_paired_rounds(workdir):
     rounds = {
         "auto": [0.52, 0.61, 0.50, 0.70, 0.51],

@@ -278,9 +278,11 @@ def _row(mine, theirs, fastest: str, paired: float | None, timed: str) -> dict:
 
 
 def auto_choices(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per benchmarked (case, pass) with an ``auto`` record: its choice, its median, the fastest
-    single backend's and the ratio (``_against_fastest``); an auto record whose rounds timed its
-    candidates is judged without single-backend records (a run of auto alone)."""
+    """Per benchmarked (case, pass) with an ``auto`` record: its choice, what its trial did to
+    the race's ("kept", "from <the race's choice>", "—" where there was no trial), its median,
+    the fastest single backend's and the ratio (``_against_fastest``); an auto record whose
+    rounds timed its candidates is judged without single-backend records (a run of auto
+    alone)."""
     rows = frame[(frame["column"] == column) & frame["pass"].isin(CONV_PASSES)]
     table = []
     for (suite, label, pass_), group in rows.groupby(["suite", "label", "pass"], sort=False):
@@ -293,8 +295,10 @@ def auto_choices(frame: pd.DataFrame, column: str) -> pd.DataFrame:
         a = auto.iloc[0]
         row = _against_fastest(a, single, failed)
         if row is not None:
+            ran, race = a["auto_choice"] or "—", a["auto_race"]
+            trial = "—" if not isinstance(race, str) else "kept" if race == ran else f"from {race}"
             table.append(
-                {"suite": suite, "case": label, "pass": pass_, "auto ran": a["auto_choice"] or "—"}
+                {"suite": suite, "case": label, "pass": pass_, "auto ran": ran, "trial": trial}
                 | row
             )
     return pd.DataFrame(table)
@@ -310,6 +314,10 @@ def auto_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> 
         f"largest at {worst['case']} {worst['pass']}, over {len(table)} (case, pass); timed "
         + ", ".join(f"{how} {count}" for how, count in timed.items())
     )
+    tried = table[table["trial"] != "—"]
+    if not tried.empty:
+        changed = int(tried["trial"].str.startswith("from ").sum())
+        detail += f"; the trial changed the race's choice in {changed} of {len(tried)}"
     control = table.get("control / choice", pd.Series(dtype=float)).dropna()
     if not control.empty:  # what two identical calls in the same rounds give: the resolution
         detail += (

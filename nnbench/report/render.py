@@ -114,6 +114,7 @@ def _threads_text(machine: dict, short: bool = False) -> str:
     for pool in threads.get("blas") or []:
         name = "BLAS" if short else f"BLAS {pool.get('library')} {pool.get('version') or ''}"
         parts.append(f"{name.rstrip()}: {pool.get('threads')}" + ("" if short else " threads"))
+    parts.sort()  # the pools come in the order the libraries were loaded, which varies
     if threads.get("torch_threads") is not None:
         parts.append(f"torch: {threads['torch_threads']}" + ("" if short else " threads"))
     return ", ".join(dict.fromkeys(parts)) or ("—" if short else "unknown")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 import kernels
-from nnbench import policy
+from nnbench import auto, policy
 from nnbench.report import metrics, plots, tables, verify
 from nnbench.report.load import VERIFICATION_NAME, AccuracyRun
 
@@ -315,10 +315,14 @@ def _auto_section(ctx: Context) -> list[str]:
                 "### auto's choices",
                 "",
                 (
-                    'What `backend="auto"` ran for each benchmarked case and pass (its plan, made '
-                    "on its first call and, in runs since the trial, settled over its calls "
-                    "after it), its median, and the fastest single backend's median in the "
-                    "same run. *timed* says how: *paired* where auto and that backend were timed "
+                    'What `backend="auto"` ran for each benchmarked case and pass, once warmed '
+                    "up, its median, and the fastest single backend's median in the same run. "
+                    "auto plans on a key's first call, by a race of its candidates; those within "
+                    f"{auto.TRIAL_FACTOR:g}× of the race's choice then take turns on the key's "
+                    "calls, and the one fastest in use is kept: *trial* says whether that kept "
+                    "the race's choice or changed it (*from* the race's), and is — where there "
+                    f"was no trial (one candidate within {auto.TRIAL_FACTOR:g}×, or runs from "
+                    "before the trial). *timed* says how: *paired* where auto and that backend were timed "
                     "in the same rounds, in a new order each round (the medians of each, and the "
                     "median over the rounds of auto's time / the backend's in the same round), "
                     "*interleaved* where that backend was timed just before auto in each round "

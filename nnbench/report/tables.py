@@ -164,11 +164,23 @@ FRAME_COLUMNS = [
     "breakdown_s",
     "gemm_bound_s",
     "auto_choice",
+    "auto_race",
     "beside_median_s",
     "beside_rounds_s",
     "ratio",
     "twin_median_s",
 ]
+
+
+def _race_choice(extra: dict) -> str | None:
+    """What auto's race chose, in a record whose plan then went through a trial (its finalists,
+    the keys of ``auto_trial``, taking turns on auto's calls): the finalist of smallest race
+    median. None for a plan with no trial (one finalist) and for records of before the trial."""
+    trial, raced = extra.get("auto_trial"), extra.get("auto_seconds")
+    if not isinstance(trial, dict) or not isinstance(raced, dict):
+        return None
+    finalists = [name for name in trial if isinstance(raced.get(name), (int, float))]
+    return min(finalists, key=raced.get) if finalists else None
 
 
 def _quartiles(stats: dict) -> tuple[float, float]:
@@ -260,6 +272,7 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
                 "breakdown_s": extra.get("breakdown_s") or None,
                 "gemm_bound_s": _float(extra.get("gemm_bound_s")),
                 "auto_choice": extra.get("auto_choice"),
+                "auto_race": _race_choice(extra),
                 "beside_median_s": extra.get("beside_median_s") or None,
                 "beside_rounds_s": extra.get("beside_rounds_s") or None,
                 "ratio": _float(extra.get("ratio")),
