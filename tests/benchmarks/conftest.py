@@ -45,6 +45,12 @@ BOUND_ROUNDS = 15
 BESIDE_MIN_ROUNDS = 11
 
 
+def paired_rounds(seconds: float, budget: float) -> int:
+    """Rounds of a benchmark whose result is a ratio of calls timed in the same rounds, one
+    round of them taking ``seconds``: what ``budget`` gives, and at least ``BESIDE_MIN_ROUNDS``."""
+    return max(bench.choose_rounds(seconds, budget), BESIDE_MIN_ROUNDS)
+
+
 def _setting(config, option: str, env: str, convert, default):
     value = config.getoption(option, default=None)
     if value is None and os.environ.get(env):
@@ -136,9 +142,10 @@ def measure(benchmark, bench_threads, bench_budget):
         benchmark.group = group
         beside = beside or {}
         seconds = bench.time_call(call.fn) + sum(map(bench.time_call, beside.values()))
-        rounds = bench.choose_rounds(seconds, bench_budget * (2 if beside else 1))
         if beside:
-            rounds = max(rounds, BESIDE_MIN_ROUNDS)
+            rounds = paired_rounds(seconds, bench_budget * 2)
+        else:
+            rounds = bench.choose_rounds(seconds, bench_budget)
         beside_times = {name: [] for name in beside}
 
         def setup():  # the calls beside, one round of ``bench.interleaved`` before every

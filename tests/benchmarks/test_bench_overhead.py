@@ -17,7 +17,7 @@ import pytest
 
 import kernels
 from nnbench import bench
-from tests.benchmarks.conftest import BESIDE_MIN_ROUNDS
+from tests.benchmarks.conftest import paired_rounds
 
 
 @pytest.mark.quick
@@ -27,9 +27,8 @@ def test_engine_overhead(benchmark, bench_threads, bench_budget, model):
         pytest.skip("the torch kernel is not available")
     engine = bench.train_step_call(model, "torch")
     twin = bench.twin_step_call(model)
-    rounds = bench.choose_rounds(bench.time_call(engine.fn) + bench.time_call(twin.fn),
-                                 bench_budget)  # fmt: skip
-    rounds = max(rounds, BESIDE_MIN_ROUNDS)  # a ratio of medians needs rounds, whatever the budget
+    # a ratio of medians needs rounds, whatever the budget
+    rounds = paired_rounds(bench.time_call(engine.fn) + bench.time_call(twin.fn), bench_budget)
     twin_times: list[float] = []
     benchmark.group = f"overhead {model}"
     loss = benchmark.pedantic(
