@@ -34,11 +34,10 @@ choices persist in a small JSON file in the user cache folder (``cache_path``;
 atomically when the plan settles (a plan still on trial when the process ends is made again in
 the next). A cache that is corrupt, of another schema or from another machine or versions is
 ignored with a warning, and a cached choice is verified again in each process before it is
-used, as it is. The key is the pass, the case (shapes,
-padding, dtype) and the thread budget (``kernels.threads.budget()``, which
-``nnbench.machine.pinned_threads`` sets for torch too). ``plan(...)`` shows what auto would use
-and the times behind it; ``settle(fn)`` calls ``fn`` until the trials of the keys it uses are
-over (a warm-up).
+used, as it is. The key is the pass, the case (shapes, padding, dtype) and the thread budget
+(``kernels.threads.budget()``, which ``nnbench.machine.pinned_threads`` sets for torch too).
+``plan(...)`` shows what auto would use and the times behind it; ``settle(fn)`` calls ``fn``
+until the trials of the keys it uses are over (a warm-up).
 
 ``auto`` lives in nnbench (it uses the verification core) and registers itself with
 ``kernels`` when nnbench is imported; ``kernels`` alone does not offer it.
@@ -119,12 +118,14 @@ _clock = time.perf_counter  # of the trial (the tests script it)
 class Plan:
     """What auto runs for one key: ``backend`` and the median seconds of every candidate timed
     in the race (None: its first call took over ``GIVE_UP_FACTOR`` times the fastest first
-    call, so it was not timed further).
-    ``failed`` maps backends that failed verification to why; ``source`` says whether the
-    choice was measured now or cached. ``finalists`` are the candidates within ``TRIAL_FACTOR``
-    of the race's choice; while ``settled`` is False they take turns on the key's calls, and ``backend`` is the
-    race's choice, not what the calls run. ``trial`` is the median seconds of each finalist
-    over its calls in use (once settled; None before, or when there was one finalist)."""
+    call, so it was not timed further). ``failed`` maps backends that failed verification to
+    why; ``source`` says whether the choice was measured now or cached.
+
+    ``race`` is the race's choice and ``finalists`` the candidates within ``TRIAL_FACTOR`` of
+    its median. While ``settled`` is False they take turns on the key's calls, and ``backend``
+    is the race's choice, not what the calls run. ``trial`` is the median seconds of each
+    finalist over its calls in use (once settled; None before, or when there was one
+    finalist). A plan cached before ``race`` was kept has None there."""
 
     key: str
     backend: str
@@ -134,11 +135,12 @@ class Plan:
     finalists: tuple[str, ...] = ()
     trial: dict[str, float] | None = None
     settled: bool = True
+    race: str | None = None
 
     def as_dict(self) -> dict:
         return {"backend": self.backend, "seconds": self.seconds, "failed": self.failed,
                 "finalists": list(self.finalists), "trial": self.trial,
-                "settled": self.settled}  # fmt: skip
+                "settled": self.settled, "race": self.race}  # fmt: skip
 
 
 def cache_path() -> Path:
@@ -309,7 +311,10 @@ def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -
                     stored.get("finalists") if isinstance(stored.get("finalists"), list) else []
                 )
                 trial = stored.get("trial") if isinstance(stored.get("trial"), dict) else None
-                _plans[key] = Plan(key, name, seconds, {}, "cache", tuple(finalists), trial)
+                race = stored.get("race") if isinstance(stored.get("race"), str) else None
+                _plans[key] = Plan(
+                    key, name, seconds, {}, "cache", tuple(finalists), trial, race=race
+                )
                 return _plans[key]
         _plans[key] = _measure(key, pass_, case)
         if _plans[key].settled:
@@ -347,7 +352,9 @@ def _measure(key: str, pass_: str, case: ConvCase) -> Plan:
     finalists = tuple(
         name for name, taken in seconds.items() if taken is not None and taken <= limit
     )
-    return Plan(key, chosen, seconds, failed, finalists=finalists, settled=len(finalists) == 1)
+    return Plan(
+        key, chosen, seconds, failed, finalists=finalists, settled=len(finalists) == 1, race=chosen
+    )
 
 
 def pending() -> list[str]:

@@ -159,7 +159,7 @@ def on_trial(tmp_path, monkeypatch):
     )
     key = auto.key_for("forward", CASE.input_shape, CASE.kernel_shape, 1, "float32")
     raced = auto.Plan(key, "sluggish", {"quick": 0.01, "sluggish": 0.009},
-                      finalists=("quick", "sluggish"), settled=False)  # fmt: skip
+                      finalists=("quick", "sluggish"), settled=False, race="sluggish")  # fmt: skip
     auto._plans[key] = raced
     ops = operands(CASE)
 
@@ -193,6 +193,7 @@ def test_a_plan_on_trial_settles_on_the_finalist_faster_in_use(
     assert settled.settled and settled.backend == "quick" and auto.pending() == []
     assert settled.trial == pytest.approx({"quick": 0.001, "sluggish": 0.004})
     assert settled.seconds == raced.seconds  # the race's times are kept beside the trial's
+    assert settled.race == "sluggish"  # and so is its choice
     saved = json.loads(private_cache.read_text())["plans"][raced.key]
     assert saved["backend"] == "quick" and saved["settled"] and saved["trial"] == settled.trial
     call()
@@ -205,6 +206,7 @@ def test_a_plan_on_trial_settles_on_the_finalist_faster_in_use(
     again = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert (again.source, again.backend, again.settled) == ("cache", "quick", True)
     assert again.finalists == raced.finalists and again.trial == settled.trial
+    assert again.race == "sluggish"
 
 
 def test_a_trial_needs_its_calls_of_every_finalist(on_trial, monkeypatch):
@@ -245,7 +247,7 @@ def test_the_candidates_within_the_trial_factor_go_on_trial(monkeypatch):
     monkeypatch.setattr(auto, "_race", lambda calls: ({n: race[n] for n in calls}, ["im2col"]))
     monkeypatch.setattr(auto, "TRIAL_FACTOR", 2.5)
     chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
-    assert chosen.backend == "im2col" and not chosen.settled
+    assert chosen.backend == chosen.race == "im2col" and not chosen.settled
     assert set(chosen.finalists) == {"im2col", "loop"}
 
 

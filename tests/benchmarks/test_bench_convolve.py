@@ -51,8 +51,8 @@ def test_convolve(measure, backend, pass_, case_id):
         auto.settle(call.fn)  # warmed up: planned, and the finalists' trial on its calls over
         plan = auto.plan(pass_, case.input_shape, case.kernel_shape, case.padding, case.dtype)
         more = {"auto_choice": plan.backend, "auto_seconds": plan.seconds,
-                "auto_finalists": list(plan.finalists), "auto_trial": plan.trial,
-                "auto_source": plan.source}  # fmt: skip
+                "auto_race": plan.race, "auto_finalists": list(plan.finalists),
+                "auto_trial": plan.trial, "auto_source": plan.source}  # fmt: skip
         # auto itself and the candidates it timed to the end, timed in the same rounds, in a
         # new order each round: auto against the fastest in the same machine state
         timed = [name for name, seconds in plan.seconds.items() if seconds is not None]
