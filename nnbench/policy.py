@@ -101,6 +101,9 @@ METRICS = {
     "layers (geometric mean, all cores)",
     "scaling_vs_gemm": "{scope}'s speed-up from 1 thread to all cores ≥ {threshold:g}× that of "
     "a bare GEMM of the same size (recipe layers, geometric mean)",
+    "slowdown_with_threads": "{scope} no slower with more threads: each step up the thread "
+    "ladder, and from the cores to twice the cores (oversubscribed), ≤ {threshold:g}× the time "
+    "before it (recipe layers, geometric mean)",
     "engine_overhead": "engine + torch kernel ≤ {threshold:g}× the plain-torch twin (CIFAR-10 "
     "fast training step, interleaved, medians)",
     "faster_than_im2col": "{scope} forward ≥ {threshold:g}× im2col on the recipe's conv2 and "
@@ -145,6 +148,9 @@ SPEED_TARGETS: tuple[SpeedTarget, ...] = (
     SpeedTarget("im2col_scaling", "scaling_vs_gemm", "im2col", 0.8),
     SpeedTarget("loop_scaling", "scaling_vs_gemm", "loop", 0.8),
     SpeedTarget("fft_scaling", "scaling_vs_gemm", "fft", 0.8),
+    SpeedTarget("im2col_no_slowdown", "slowdown_with_threads", "im2col", 1.1, higher=False),
+    SpeedTarget("loop_no_slowdown", "slowdown_with_threads", "loop", 1.1, higher=False),
+    SpeedTarget("fft_no_slowdown", "slowdown_with_threads", "fft", 1.1, higher=False),
     SpeedTarget("engine_overhead", "engine_overhead", "torch", 1.15, higher=False),
     SpeedTarget("winograd_vs_im2col", "faster_than_im2col", "winograd", 1.2),
     SpeedTarget("auto_vs_fastest", "auto_vs_fastest", "auto", 1.15, higher=False),

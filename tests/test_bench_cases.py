@@ -66,6 +66,11 @@ def test_thread_ladder_doubles_up_to_the_cores(cores, ladder):
     assert bench.thread_ladder(cores) == ladder
 
 
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_the_oversubscribed_count_asks_for_more_threads_than_cores(cores):
+    assert bench.oversubscribed_threads(cores) == bench.OVERSUBSCRIPTION * cores > cores
+
+
 # --- make_call and its verdict --------------------------------------------------------------
 
 

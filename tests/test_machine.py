@@ -48,6 +48,22 @@ def test_pinned_threads_rejects_zero():
         pass
 
 
+def test_thread_switch_sets_blas_and_torch_and_pinned_threads_restores():
+    before = torch.get_num_threads()
+    with machine.pinned_threads(1):
+        switch = machine.thread_switch(3)
+        assert torch.get_num_threads() == 1  # nothing happens until it is called
+        switch()
+        assert torch.get_num_threads() == 3
+        assert _blas_threads() == {3}
+    assert torch.get_num_threads() == before
+
+
+def test_thread_switch_rejects_zero():
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        machine.thread_switch(0)
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc-only")
 def test_tune_allocator_applies_on_glibc():
     # In a child process: the setting is process-wide and has no way back.

@@ -263,6 +263,33 @@ def scaling_records(ladder=(1, 2, 4)) -> list[dict]:
     return records
 
 
+def oversubscribed_records(cores, ratio=1.0, backends=("im2col",)) -> list[dict]:
+    """The oversubscribed test at twice ``cores``: each call at the cores takes im2col's top
+    time of ``scaling_records``, oversubscribed ``ratio`` times that (``ratio``: a number, or
+    {pass: number}, 1 for the passes it leaves out)."""
+    records = []
+    for label, (x, k) in list(LAYERS.items())[:2]:
+        for backend in backends:
+            for pass_ in PASSES:
+                at_cores = 8e-3 / min(cores, 2)
+                factor = ratio.get(pass_, 1.0) if isinstance(ratio, dict) else ratio
+                records.append(
+                    _record(
+                        backend,
+                        pass_,
+                        "oversubscribed",
+                        label,
+                        at_cores * factor,
+                        kernel=k,
+                        input_shape=x,
+                        threads=2 * cores,
+                        beside_median_s={"cores": at_cores},
+                        cores_threads=cores,
+                    )
+                )
+    return records
+
+
 def machine(
     cpu="Small Xeon", cores=2, threads=2, arch="Haswell", commit=None, dirty=False, note=None
 ) -> dict:
@@ -688,6 +715,7 @@ def two_machines(workdir) -> tuple[Path, Path]:
         workdir / "big.json",
         recipe_records(threads=16, scale=0.25)
         + scaling_records(ladder=(1, 2, 4, 8, 16))
+        + oversubscribed_records(cores=16)
         + [sgemm_record(threads=16, median=0.01)],
         nnbench=machine(cpu="Big Xeon", cores=16, threads=16, arch="SkylakeX"),
     )
@@ -713,6 +741,11 @@ def test_every_speed_target_is_judged_in_each_column(two_machines):
     assert judged[("im2col_scaling", big)].measured.value == pytest.approx(2 / 16)
     assert judged[("im2col_scaling", small)].verdict == "not measured"
     assert judged[("loop_scaling", big)].verdict == "not measured"  # no loop in the group
+    # slowdown_with_threads: im2col is 2x faster from 1 to 2 threads, then flat up the ladder
+    # and oversubscribed; the 2-core column has no scaling group.
+    assert judged[("im2col_no_slowdown", big)].measured.value == pytest.approx(1.0)
+    assert judged[("im2col_no_slowdown", big)].verdict == "met"
+    assert judged[("im2col_no_slowdown", small)].verdict == "not measured"
     # engine_overhead: the overhead record's ratio.
     assert judged[("engine_overhead", small)].measured.value == pytest.approx(1.2)
     assert judged[("engine_overhead", small)].verdict == "MISSED"
@@ -752,7 +785,14 @@ def test_runs_side_by_side_one_column_per_machine_and_threads(two_machine_report
         "Big Xeon 16c · 16 thr",
     }
     targets = _table_rows(_section(text, "### Speed targets"), "target")
-    assert {"Small Xeon 2c · 2 thr", "Big Xeon 16c · 16 thr"} <= set(targets[0])
+    assert {"Small Xeon 2c · 2 thr", "Big Xeon 16c · 16 thr"} == set(targets[0]) - {"target"}
+    # the steps in threads, up to the oversubscribed one, and that test's own rows
+    scaling = text.split("### Scaling with threads\n", 1)[1].split("\n### ", 1)[0]
+    steps = {row["backend"]: row for row in _table_rows(scaling, "backend")}
+    assert steps["im2col"]["1→2"] == "0.50×" and steps["im2col"]["16→32 oversubscribed"] == "1.00×"
+    oversubscribed = _table_rows(scaling.split("Oversubscribed, each layer and pass:")[1], "layer")
+    assert len(oversubscribed) == 2 * len(PASSES)
+    assert {row["threads"] for row in oversubscribed} == {"16→32"}
     glance = _section(text, "## At a glance")
     assert "**Mixed sources**" in glance and "2 machines" in glance
     # The SGEMM peak says which BLAS kernels and which machine it was measured with.
@@ -831,6 +871,58 @@ def test_a_run_of_one_thread_count_is_no_scaling_measure(workdir):
     assert judged.measured.value == pytest.approx(1.0)  # 1 -> 2 threads: im2col 2x, GEMM 2x
     top_alone = tables.benchmark_frame([runs[1]])
     assert not metrics.scaling_vs_gemm(top_alone, "Small Xeon 2c · 2 thr", "im2col").complete
+
+
+def _steps_run(workdir, name, ladder_extra=None, **oversubscribed):
+    """A 4-core run: the scaling group at 1, 2, 4 threads (im2col times ``ladder_extra`` at
+    4 threads), and, with ``oversubscribed``, the oversubscribed test at 8."""
+    records = scaling_records(ladder=(1, 2, 4))
+    for record in records:
+        extra = record["extra_info"]
+        if ladder_extra and extra["backend"] == "im2col" and extra["threads"] == 4:
+            record["stats"]["median"] *= ladder_extra
+    if oversubscribed:
+        records += oversubscribed_records(cores=4, **oversubscribed)
+    path = write_run(workdir / name, records, nnbench=machine(cores=4, threads=4))
+    return frame_of(path)
+
+
+def test_thread_steps_go_up_the_ladder_then_oversubscribed(workdir):
+    frame = _steps_run(workdir, "steps.json", ratio={"forward": 1.3})
+    steps = metrics.thread_steps(frame, "Small Xeon 4c")
+    assert list(steps.columns) == ["backend", "1→2", "2→4", "4→8 oversubscribed"]
+    im2col = steps.set_index("backend").loc["im2col"]
+    assert (im2col["1→2"], im2col["2→4"]) == (pytest.approx(0.5), pytest.approx(1.0))
+    # 1.3x on forward, 1x on the other passes, over two layers: 1.3 ** (2 / 6)
+    assert im2col["4→8 oversubscribed"] == pytest.approx(1.3 ** (1 / 3))
+    judged = metrics.slowdown_with_threads(frame, "Small Xeon 4c · 4 thr", "im2col")
+    assert judged.complete and judged.value == pytest.approx(1.3 ** (1 / 3))
+    assert "largest at 4→8 oversubscribed threads" in judged.detail
+    target = next(t for t in policy.SPEED_TARGETS if t.key == "im2col_no_slowdown")
+    assert policy.judge(judged.value, target.threshold, target.higher) == "met"  # 1.09 <= 1.1
+    # the oversubscribed records' column is no column of its own for the targets
+    assert metrics.target_columns(frame) == ["Small Xeon 4c · 4 thr"]
+
+
+@pytest.mark.parametrize(
+    ("ladder_extra", "ratio", "worst"),
+    [(1.0, 2.0, "4→8 oversubscribed"), (1.5, 1.0, "2→4")],
+    ids=["oversubscription-collapses", "slower-up-the-ladder"],
+)
+def test_a_backend_slower_with_more_threads_misses(workdir, ladder_extra, ratio, worst):
+    frame = _steps_run(workdir, f"slow-{worst}.json", ladder_extra=ladder_extra, ratio=ratio)
+    judged = metrics.slowdown_with_threads(frame, "Small Xeon 4c · 4 thr", "im2col")
+    assert judged.value == pytest.approx(max(ladder_extra, ratio))
+    assert f"largest at {worst} threads" in judged.detail
+    assert policy.judge(judged.value, 1.1, higher=False) == "MISSED"
+
+
+def test_no_oversubscribed_test_leaves_the_slowdown_partial(workdir):
+    judged = metrics.slowdown_with_threads(
+        _steps_run(workdir, "ladder-only.json"), "Small Xeon 4c · 4 thr", "im2col"
+    )
+    assert judged.value == pytest.approx(1.0) and not judged.complete
+    assert "no oversubscribed test in this run" in judged.detail
 
 
 def test_at_a_glance_answers_from_the_data(two_machine_report):
@@ -976,9 +1068,9 @@ def test_auto_alone_is_judged_on_its_rounds_and_its_control_is_not_a_backend(wor
 
 
 def test_auto_shows_what_its_trial_did_to_the_race(workdir):
-    """The race's choice is the finalist (a key of ``auto_trial``) of smallest race median:
-    "kept" where the trial kept it, "from <it>" where the trial changed it, "—" without a
-    trial; the detail counts the changes."""
+    """The race's choice (``auto_race``, or in older records the finalist, a key of
+    ``auto_trial``, of smallest race median): "kept" where the trial kept it, "from <it>" where
+    the trial changed it, "—" without a trial; the detail counts the changes."""
     rounds = {"auto": [1.0e-3] * 5, "torch": [1.0e-3] * 5, "im2col": [2.0e-3] * 5}
     column = "Small Xeon 2c · 2 thr"
     records = recipe_records(beside_rounds_s=rounds)
@@ -992,10 +1084,16 @@ def test_auto_shows_what_its_trial_did_to_the_race(workdir):
                      "im2col": 1.1e-3})  # fmt: skip
     for extra in autos[5:7]:  # one finalist: no trial
         extra.update(auto_seconds=raced, auto_trial=None)
+    # recorded: the race chose loop (in rounds after the first five, which the medians lack)
+    autos[7].update(auto_seconds=raced, auto_trial={"torch": 1e-3, "loop": 2e-3},
+                    auto_race="loop")  # fmt: skip
     frame = frame_of(write_run(workdir / "trial.json", records))
     table = metrics.auto_choices(frame, column)
-    assert list(table["trial"]) == ["from im2col"] * 2 + ["kept"] * 3 + ["—"] * 4
-    assert "the trial changed the race's choice in 2 of 5" in (
+    assert list(table["trial"]) == ["from im2col"] * 2 + ["kept"] * 3 + ["—"] * 2 + [
+        "from loop",
+        "—",
+    ]
+    assert "the trial changed the race's choice in 3 of 6" in (
         metrics.auto_vs_fastest(frame, column).detail
     )
 

@@ -1,7 +1,8 @@
 """The benchmark suite's building blocks, shared by ``tests/benchmarks`` and the report.
 
-* ``cases``   which convolutions are timed (``recipe_cases``, the sweeps, ``quick_cases``,
-              ``thread_ladder``), each a ``nnbench.verify.ConvCase`` with its suite;
+* ``cases``   which convolutions are timed (``recipe_cases``, the sweeps, ``quick_cases``),
+              each a ``nnbench.verify.ConvCase`` with its suite, and at which thread counts
+              the scaling group times them (``thread_ladder``, ``oversubscribed_threads``);
 * ``calls``   the timed calls and their checks (``make_call``, ``layer_call``,
               ``train_step_call``, ``twin_step_call``, ``sgemm_call``, ``gemm_reference_call``,
               ``profile_call``);
@@ -25,12 +26,14 @@ from nnbench.bench.calls import (
     twin_step_call,
 )
 from nnbench.bench.cases import (
+    OVERSUBSCRIPTION,
     SUITES,
     BenchCase,
     all_cases,
     batch_sweep,
     channel_sweep,
     kernel_size_sweep,
+    oversubscribed_threads,
     quick_cases,
     recipe_cases,
     thread_ladder,
@@ -51,6 +54,7 @@ from nnbench.verify import PASSES
 
 __all__ = [
     "CONTROL",
+    "OVERSUBSCRIPTION",
     "PASSES",
     "STEP_MODELS",
     "SUITES",
@@ -71,6 +75,7 @@ __all__ = [
     "make_call",
     "median_seconds",
     "memory_method",
+    "oversubscribed_threads",
     "peak_memory_bytes",
     "profile_call",
     "quick_cases",

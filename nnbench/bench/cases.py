@@ -124,3 +124,13 @@ def thread_ladder(cores: int) -> list[int]:
     if ladder[-1] != cores:
         ladder.append(cores)
     return ladder
+
+
+#: How many times the cores the scaling group's oversubscribed test asks for.
+OVERSUBSCRIPTION = 2
+
+
+def oversubscribed_threads(cores: int) -> int:
+    """The thread count the scaling group's oversubscribed test pins: ``OVERSUBSCRIPTION``
+    times the cores, more threads than there are cores to run them."""
+    return OVERSUBSCRIPTION * cores

@@ -10,6 +10,11 @@ A column is a machine at one thread count (``tables.benchmark_frame``). Each met
 * ``scaling_vs_gemm``: geometric mean over the scaling group's (layer, pass) of the backend's
   speed-up from 1 thread to the most threads / the bare GEMM's speed-up over the same counts;
   judged in the column of the machine at its most threads;
+* ``slowdown_with_threads``: the largest, over the steps up the scaling group's thread ladder
+  and the step from the cores to more threads than cores (the oversubscribed test, same
+  rounds), of the geometric mean over the recipe's (layer, pass) of the backend's median after
+  the step / before it (``thread_steps``); judged in the column of the machine at its most
+  threads, and complete only with both kinds of step;
 * ``engine_overhead``: the overhead benchmark's engine median / plain-torch twin median;
 * ``faster_than_im2col``: im2col's median / the backend's on the forward pass of the recipe's
   conv2 and conv3 and the channel sweep's c64 layer, the smallest of the three;
@@ -21,6 +26,7 @@ A column is a machine at one thread count (``tables.benchmark_frame``). Each met
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass
@@ -33,6 +39,8 @@ from nnbench.bench.runner import CONTROL
 from nnbench.report import tables
 from nnbench.report.tables import CONV_PASSES, NOT_ALGORITHMS, geomean, sig
 
+#: The suites that time the recipe layers at other thread counts than the run's own.
+THREAD_SUITES = ("scaling", "oversubscribed")
 #: The layers the ``faster_than_im2col`` target names: (suite, label ending).
 WINOGRAD_LAYERS = (("recipe", "conv2"), ("recipe", "conv3"), ("channels", "c64"))
 
@@ -177,6 +185,88 @@ def scaling_vs_gemm(frame: pd.DataFrame, column: str, backend: str) -> Measured:
         f"geometric mean over {len(mine)} (layer, pass), threads {span}; GEMM timed "
         + ", ".join(f"{how} {count}" for how, count in timed.items()),
     )
+
+
+def oversubscription(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
+    """Per (layer, pass, backend) of ``machine``'s oversubscribed test: the median at the cores
+    and at more threads than cores, from the same rounds, and their ratio."""
+    rows = frame[(frame["suite"] == "oversubscribed") & (frame["machine"] == machine)]
+    table = []
+    for _, r in rows.iterrows():
+        beside = r["beside_median_s"] if isinstance(r["beside_median_s"], dict) else {}
+        at_cores = beside.get("cores") or math.nan
+        cores = r["cores_threads"]
+        table.append(
+            {
+                "layer": r["label"],
+                "pass": r["pass"],
+                "backend": r["backend"],
+                "threads": f"{_count(cores)}→{_count(r['threads'])}",
+                "at the cores (ms)": at_cores * 1e3,
+                "oversubscribed (ms)": r["median_ms"],
+                "ratio": r["median_s"] / at_cores,
+            }
+        )
+    return pd.DataFrame(table)
+
+
+def _count(value: object) -> str:
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return "?"
+
+
+def thread_steps(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
+    """One row per backend of ``machine``'s scaling group, one column per step in threads
+    ("1→2", "2→4", ..., and "2→4 oversubscribed" from the oversubscribed test): the geometric
+    mean over the recipe's (layer, pass) timed at both ends of the median after the step / the
+    median before it (below 1: faster with more threads). The ladder's steps compare records
+    of the same run minutes apart; the oversubscribed step, medians of the same rounds."""
+    rows = frame[(frame["suite"] == "scaling") & (frame["machine"] == machine)]
+    rows = rows[rows["backend"] != "gemm"]
+    over = oversubscription(frame, machine)
+    table = []
+    for backend in tables.backend_order(list(rows["backend"]) + list(over.get("backend", []))):
+        line = {"backend": backend}
+        mine = rows[rows["backend"] == backend]
+        counts = sorted({int(t) for t in mine["threads"]})
+        medians = {
+            (r["label"], r["pass"], int(r["threads"])): r["median_s"] for _, r in mine.iterrows()
+        }
+        for low, high in itertools.pairwise(counts):
+            ratios = [
+                medians[(label, pass_, high)] / median
+                for (label, pass_, threads), median in medians.items()
+                if threads == low and (label, pass_, high) in medians
+            ]
+            line[f"{low}→{high}"] = geomean(ratios)
+        if not over.empty:
+            for step, group in over[over["backend"] == backend].groupby("threads", sort=False):
+                line[f"{step} oversubscribed"] = geomean(group["ratio"])
+        table.append(line)
+    return pd.DataFrame(table)
+
+
+def slowdown_with_threads(frame: pd.DataFrame, column: str, backend: str) -> Measured:
+    machines = [m for m, top in scaling_top(frame).items() if top == column]
+    if not machines:
+        return _missing("no scaling group judged in this column")
+    table = thread_steps(frame, machines[0])
+    mine = table[table["backend"] == backend]
+    if mine.empty:
+        return _missing(f"no scaling records of {backend}")
+    steps = mine.iloc[0].drop("backend").dropna()
+    if steps.empty:
+        return _missing(f"{backend} was timed at one thread count only")
+    worst = steps.idxmax()
+    oversubscribed = any(step.endswith("oversubscribed") for step in steps.index)
+    detail = f"largest at {worst} threads; " + ", ".join(
+        f"{step} {value:.2f}×" for step, value in steps.items()
+    )
+    if not oversubscribed:
+        detail += "; no oversubscribed test in this run"
+    return Measured(float(steps.max()), oversubscribed and len(steps) > 1, detail)
 
 
 def engine_overhead(frame: pd.DataFrame, column: str, backend: str = "torch") -> Measured:
@@ -356,6 +446,7 @@ METRIC_FUNCTIONS = {
     "ratio_to_torch": ratio_to_torch,
     "distance_to_bound": distance_to_bound,
     "scaling_vs_gemm": scaling_vs_gemm,
+    "slowdown_with_threads": slowdown_with_threads,
     "engine_overhead": engine_overhead,
     "faster_than_im2col": faster_than_im2col,
     "auto_vs_fastest": auto_vs_fastest,
@@ -372,11 +463,11 @@ def measure(frame: pd.DataFrame, column: str, target: policy.SpeedTarget) -> Mea
 
 
 def target_columns(frame: pd.DataFrame) -> list[str]:
-    """The columns a target can be judged in: any with records outside the scaling group, and
-    each scaling group's column of most threads."""
+    """The columns a target can be judged in: any with records outside the scaling group (and
+    its oversubscribed test), and each scaling group's column of most threads."""
     if frame.empty:
         return []
-    judged = set(frame.loc[frame["suite"] != "scaling", "column"]) | set(
+    judged = set(frame.loc[~frame["suite"].isin(THREAD_SUITES), "column"]) | set(
         scaling_top(frame).values()
     )
     return [c for c in tables.column_order(frame) if c in judged]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 import kernels
-from nnbench import auto, policy
+from nnbench import auto, bench, policy
 from nnbench.report import metrics, plots, tables, verify
 from nnbench.report.load import VERIFICATION_NAME, AccuracyRun
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 BENCH_COMMANDS = "`tox -e bench` (or `pytest --benchmark-only --benchmark-autosave`)"
 REPORT_COMMAND = "`python -m nnbench.report`"
-EXPECTED_SUITES = ("recipe", "kernel_size", "channels", "batch", "step", "scaling", "overhead")
+EXPECTED_SUITES = tables.SUITE_ORDER
 
 
 @dataclass
@@ -281,6 +281,36 @@ def _scaling_section(ctx: Context) -> list[str]:
             "ratio to GEMM": tables.times,
         }
         out += ["Median ms at each thread count:", "", tables.markdown(table, formats), ""]
+        out += _thread_steps(ctx, machine)
+    return out
+
+
+def _thread_steps(ctx: Context, machine: str) -> list[str]:
+    """Whether a backend got slower with more threads, up the ladder and oversubscribed."""
+    steps = metrics.thread_steps(ctx.frame, machine)
+    if steps.empty:
+        return []
+    steps["backend"] = [tables.backend_cell(b, ctx.failed) for b in steps["backend"]]
+    formats = {c: tables.times for c in steps.columns if c != "backend"}
+    out = [
+        (
+            "Time after each step in threads / time before it, geometric mean over the layers "
+            "and passes (below 1×: faster with more threads). *oversubscribed*: asking for "
+            f"{bench.OVERSUBSCRIPTION}× as many threads as there are cores, timed in the same "
+            "rounds as the same call at the cores; the engine's own threads stay within the "
+            "cores (`kernels.threads.budget`), the BLAS and torch get what was asked for."
+        ),
+        "",
+        tables.markdown(steps, formats),
+        "",
+    ]
+    over = metrics.oversubscription(ctx.frame, machine)
+    if not over.empty:
+        over["backend"] = [
+            tables.backend_cell(b, ctx.failed, p) for b, p in zip(over["backend"], over["pass"])
+        ]
+        formats = {"ratio": tables.times}
+        out += ["Oversubscribed, each layer and pass:", "", tables.markdown(over, formats), ""]
     return out
 
 

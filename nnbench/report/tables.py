@@ -32,7 +32,9 @@ from nnbench.report.load import AccuracyRun, BenchmarkRun
 
 PASS_ORDER = ("forward", "grad_inputs", "grad_kernels", "layer", "step", "overhead", "sgemm")
 CONV_PASSES = ("forward", "grad_inputs", "grad_kernels")
-SUITE_ORDER = ("recipe", "kernel_size", "channels", "batch", "step", "scaling", "overhead")
+SUITE_ORDER = (
+    "recipe", "kernel_size", "channels", "batch", "step", "scaling", "oversubscribed", "overhead"
+)  # fmt: skip
 SUITE_TITLES = {
     "recipe": "Conv layers of the CIFAR-10 recipe",
     "kernel_size": "Kernel-size sweep",
@@ -40,6 +42,7 @@ SUITE_TITLES = {
     "batch": "Batch sweep",
     "step": "Training steps",
     "scaling": "Scaling with threads",
+    "oversubscribed": "More threads than cores",
     "overhead": "Engine overhead",
     "sgemm": "SGEMM calibration",
 }
@@ -169,16 +172,21 @@ FRAME_COLUMNS = [
     "beside_rounds_s",
     "ratio",
     "twin_median_s",
+    "cores_threads",
 ]
 
 
 def _race_choice(extra: dict) -> str | None:
     """What auto's race chose, in a record whose plan then went through a trial (its finalists,
-    the keys of ``auto_trial``, taking turns on auto's calls): the finalist of smallest race
-    median. None for a plan with no trial (one finalist) and for records of before the trial."""
+    the keys of ``auto_trial``, taking turns on auto's calls): as recorded (``auto_race``), or
+    in records of before it was, the finalist of smallest race median (the race's choice but
+    where the close candidates' medians rose by over ``auto.CLOSE_FACTOR`` in the race's later
+    rounds). None for a plan with no trial (one finalist) and for records of before the trial."""
     trial, raced = extra.get("auto_trial"), extra.get("auto_seconds")
     if not isinstance(trial, dict) or not isinstance(raced, dict):
         return None
+    if isinstance(extra.get("auto_race"), str):
+        return extra["auto_race"]
     finalists = [name for name in trial if isinstance(raced.get(name), (int, float))]
     return min(finalists, key=raced.get) if finalists else None
 
@@ -277,6 +285,7 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
                 "beside_rounds_s": extra.get("beside_rounds_s") or None,
                 "ratio": _float(extra.get("ratio")),
                 "twin_median_s": _float(extra.get("twin_median_s")),
+                "cores_threads": _float(extra.get("cores_threads")),
             }
             key = (row["column"], test) if merge else (run.run_id, row["column"], test)
             rows.pop(key, None)
