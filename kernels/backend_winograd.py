@@ -69,11 +69,11 @@ element operations per input value. Here the transforms and copies already take 
 the GEMM, so its smaller GEMM is paid for with more memory passes. Measured on the 2-core AMD
 EPYC (2026-11-30), forward, normal operands: a prototype (6x6 tiles gathered into one buffer,
 each transform one matmul with B^T kron B^T and A^T kron A^T, the batch shared over the
-threads as here) ran conv2, conv3 and c64 at 0.79, 0.69-0.73 and 0.75x im2col's speed at 2
-threads, where this F(2x2) ran at 0.79-0.80, 0.75-0.77 and 0.88-0.89x in the same runs; on one
-thread 0.83-0.86, 0.91 and 1.11-1.33x against 0.85, 0.95-0.98 and 1.10-1.19x. Its float32
-error was 4.1e-6 to 6.8e-6 of max|y|, against 2.0e-7 to 4.2e-7 for F(2x2) and 5.2e-7 to
-6.4e-7 for im2col.
+threads as here) ran conv2, conv3 and c64 at 0.79-0.82, 0.69-0.73 and 0.75x im2col's speed
+at 2 threads, where this F(2x2) ran at 0.79-0.80, 0.75-0.77 and 0.88-0.89x in the same runs;
+on one thread 0.83-0.86, 0.91 and 1.11-1.33x against 0.85, 0.95-0.98 and 1.10-1.19x. Its
+float32 error was 4.1e-6 to 6.8e-6 of max|y|, against 2.0e-7 to 4.2e-7 for F(2x2) and
+5.2e-7 to 6.4e-7 for im2col.
 
 What bounds it: memory traffic more than flops. The transformed tiles V are 4x the input and
 the products M 4x the output (per channel), so steps 1, 2, 4 and 5 stream several times the
