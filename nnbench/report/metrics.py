@@ -256,7 +256,7 @@ def slowdown_with_threads(frame: pd.DataFrame, column: str, backend: str) -> Mea
     mine = table[table["backend"] == backend]
     if mine.empty:
         return _missing(f"no scaling records of {backend}")
-    steps = mine.iloc[0].drop("backend").dropna()
+    steps = mine.iloc[0].drop("backend").dropna().astype(float)
     if steps.empty:
         return _missing(f"{backend} was timed at one thread count only")
     worst = steps.idxmax()
