@@ -49,14 +49,14 @@ def test_pinned_threads_rejects_zero():
 
 
 def test_thread_switch_sets_blas_and_torch_and_pinned_threads_restores():
-    before = torch.get_num_threads()
+    before, blas_before = torch.get_num_threads(), _blas_threads()
     with machine.pinned_threads(1):
         switch = machine.thread_switch(3)
         assert torch.get_num_threads() == 1  # nothing happens until it is called
         switch()
         assert torch.get_num_threads() == 3
         assert _blas_threads() == {3}
-    assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before and _blas_threads() == blas_before
 
 
 def test_thread_switch_rejects_zero():

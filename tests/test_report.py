@@ -888,16 +888,22 @@ def _steps_run(workdir, name, ladder_extra=None, **oversubscribed):
 
 
 def test_thread_steps_go_up_the_ladder_then_oversubscribed(workdir):
-    frame = _steps_run(workdir, "steps.json", ratio={"forward": 1.3})
+    # torch was timed oversubscribed only: its row has no ladder step, the columns keep order
+    frame = _steps_run(workdir, "steps.json", ratio={"forward": 1.3}, backends=("torch", "im2col"))
     steps = metrics.thread_steps(frame, "Small Xeon 4c")
     assert list(steps.columns) == ["backend", "1→2", "2→4", "4→8 oversubscribed"]
     im2col = steps.set_index("backend").loc["im2col"]
     assert (im2col["1→2"], im2col["2→4"]) == (pytest.approx(0.5), pytest.approx(1.0))
     # 1.3x on forward, 1x on the other passes, over two layers: 1.3 ** (2 / 6)
     assert im2col["4→8 oversubscribed"] == pytest.approx(1.3 ** (1 / 3))
+    torch = steps.set_index("backend").loc["torch"]
+    assert torch.isna().tolist() == [True, True, False]
     judged = metrics.slowdown_with_threads(frame, "Small Xeon 4c · 4 thr", "im2col")
     assert judged.complete and judged.value == pytest.approx(1.3 ** (1 / 3))
     assert "largest at 4→8 oversubscribed threads" in judged.detail
+    # the geometric mean does not hide which call got slower, nor by how much
+    assert "slowest single (layer, pass):" in judged.detail
+    assert "forward at 4→8 oversubscribed, 1.30×" in judged.detail
     target = next(t for t in policy.SPEED_TARGETS if t.key == "im2col_no_slowdown")
     assert policy.judge(judged.value, target.threshold, target.higher) == "met"  # 1.09 <= 1.1
     # the oversubscribed records' column is no column of its own for the targets
@@ -922,7 +928,15 @@ def test_no_oversubscribed_test_leaves_the_slowdown_partial(workdir):
         _steps_run(workdir, "ladder-only.json"), "Small Xeon 4c · 4 thr", "im2col"
     )
     assert judged.value == pytest.approx(1.0) and not judged.complete
-    assert "no oversubscribed test in this run" in judged.detail
+    assert "no oversubscribed step measured" in judged.detail
+
+
+def test_one_core_is_judged_on_its_oversubscribed_step_alone(workdir):
+    records = scaling_records(ladder=(1,)) + oversubscribed_records(cores=1, ratio=1.05)
+    path = write_run(workdir / "one-core.json", records, nnbench=machine(cores=1, threads=1))
+    judged = metrics.slowdown_with_threads(frame_of(path), "Small Xeon 1c · 1 thr", "im2col")
+    assert judged.complete and judged.value == pytest.approx(1.05)
+    assert "largest at 1→2 oversubscribed threads" in judged.detail
 
 
 def test_at_a_glance_answers_from_the_data(two_machine_report):

@@ -189,19 +189,20 @@ def scaling_vs_gemm(frame: pd.DataFrame, column: str, backend: str) -> Measured:
 
 def oversubscription(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
     """Per (layer, pass, backend) of ``machine``'s oversubscribed test: the median at the cores
-    and at more threads than cores, from the same rounds, and their ratio."""
+    and at more threads than cores, from the same rounds, their ratio, and the BLAS and torch
+    thread counts in force during the oversubscribed calls (as the record read them)."""
     rows = frame[(frame["suite"] == "oversubscribed") & (frame["machine"] == machine)]
     table = []
     for _, r in rows.iterrows():
         beside = r["beside_median_s"] if isinstance(r["beside_median_s"], dict) else {}
         at_cores = beside.get("cores") or math.nan
-        cores = r["cores_threads"]
         table.append(
             {
                 "layer": r["label"],
                 "pass": r["pass"],
                 "backend": r["backend"],
-                "threads": f"{_count(cores)}→{_count(r['threads'])}",
+                "threads": f"{_count(r['cores_threads'])}→{_count(r['threads'])}",
+                "in force (BLAS/torch)": f"{_count(r['blas_threads'])}/{_count(r['torch_threads'])}",
                 "at the cores (ms)": at_cores * 1e3,
                 "oversubscribed (ms)": r["median_ms"],
                 "ratio": r["median_s"] / at_cores,
@@ -217,56 +218,81 @@ def _count(value: object) -> str:
         return "?"
 
 
-def thread_steps(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
-    """One row per backend of ``machine``'s scaling group, one column per step in threads
-    ("1→2", "2→4", ..., and "2→4 oversubscribed" from the oversubscribed test): the geometric
-    mean over the recipe's (layer, pass) timed at both ends of the median after the step / the
-    median before it (below 1: faster with more threads). The ladder's steps compare records
-    of the same run minutes apart; the oversubscribed step, medians of the same rounds."""
+STEP_COLUMNS = ["backend", "step", "layer", "pass", "ratio"]
+
+
+def step_ratios(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
+    """Per backend, step in threads and recipe (layer, pass) of ``machine``: the median after
+    the step / the median before it (below 1: faster with more threads). Steps are "1→2",
+    "2→4", ... up the scaling group's ladder, from the records of each count (in a frame that
+    merges runs, possibly of different runs), and "2→4 oversubscribed", from the
+    oversubscribed test (medians of the same rounds). Sorted by backend, then step."""
     rows = frame[(frame["suite"] == "scaling") & (frame["machine"] == machine)]
-    rows = rows[rows["backend"] != "gemm"]
-    over = oversubscription(frame, machine)
-    table = []
-    for backend in tables.backend_order(list(rows["backend"]) + list(over.get("backend", []))):
-        line = {"backend": backend}
-        mine = rows[rows["backend"] == backend]
-        counts = sorted({int(t) for t in mine["threads"]})
+    out = []
+    for backend, mine in rows[rows["backend"] != "gemm"].groupby("backend", sort=False):
         medians = {
             (r["label"], r["pass"], int(r["threads"])): r["median_s"] for _, r in mine.iterrows()
         }
+        counts = sorted({threads for _, _, threads in medians})
         for low, high in itertools.pairwise(counts):
-            ratios = [
-                medians[(label, pass_, high)] / median
-                for (label, pass_, threads), median in medians.items()
-                if threads == low and (label, pass_, high) in medians
-            ]
-            line[f"{low}→{high}"] = geomean(ratios)
-        if not over.empty:
-            for step, group in over[over["backend"] == backend].groupby("threads", sort=False):
-                line[f"{step} oversubscribed"] = geomean(group["ratio"])
-        table.append(line)
-    return pd.DataFrame(table)
+            for (label, pass_, threads), median in medians.items():
+                if threads == low and (label, pass_, high) in medians:
+                    ratio = medians[(label, pass_, high)] / median
+                    out.append([backend, f"{low}→{high}", label, pass_, ratio])
+    for _, r in oversubscription(frame, machine).iterrows():
+        out.append([r["backend"], f"{r['threads']} oversubscribed", r["layer"], r["pass"],
+                    r["ratio"]])  # fmt: skip
+    table = pd.DataFrame(out, columns=STEP_COLUMNS)
+    if table.empty:
+        return table
+    backends = tables.backend_order(table["backend"])
+    keys = table.apply(lambda r: (backends.index(r["backend"]), _step_order(r["step"])), axis=1)
+    return table.loc[keys.sort_values().index].reset_index(drop=True)
+
+
+def _step_order(step: str) -> tuple[float, bool]:
+    """ "2→4" before "2→4 oversubscribed" before "4→8"; a step of unknown start last."""
+    start = step.split("→", 1)[0]
+    return (float(start) if start.isdigit() else math.inf, step.endswith("oversubscribed"))
+
+
+def thread_steps(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
+    """One row per backend of ``machine``, one column per step in threads (``step_ratios``,
+    in order): the geometric mean of the step's ratios over the recipe's (layer, pass)."""
+    ratios = step_ratios(frame, machine)
+    if ratios.empty:
+        return pd.DataFrame()
+    steps = list(dict.fromkeys(sorted(ratios["step"], key=_step_order)))
+    table = []
+    for backend, mine in ratios.groupby("backend", sort=False):
+        by_step = {step: geomean(group["ratio"]) for step, group in mine.groupby("step")}
+        table.append({"backend": backend} | {step: by_step.get(step, math.nan) for step in steps})
+    return pd.DataFrame(table, columns=["backend", *steps])
 
 
 def slowdown_with_threads(frame: pd.DataFrame, column: str, backend: str) -> Measured:
     machines = [m for m, top in scaling_top(frame).items() if top == column]
     if not machines:
         return _missing("no scaling group judged in this column")
-    table = thread_steps(frame, machines[0])
-    mine = table[table["backend"] == backend]
+    ratios = step_ratios(frame, machines[0])
+    mine = (
+        ratios[(ratios["backend"] == backend) & ratios["ratio"].notna()] if len(ratios) else ratios
+    )
     if mine.empty:
-        return _missing(f"no scaling records of {backend}")
-    steps = mine.iloc[0].drop("backend").dropna().astype(float)
-    if steps.empty:
-        return _missing(f"{backend} was timed at one thread count only")
-    worst = steps.idxmax()
-    oversubscribed = any(step.endswith("oversubscribed") for step in steps.index)
-    detail = f"largest at {worst} threads; " + ", ".join(
-        f"{step} {value:.2f}×" for step, value in steps.items()
+        return _missing(f"no step in threads measured for {backend}")
+    steps = {step: geomean(group["ratio"]) for step, group in mine.groupby("step", sort=False)}
+    worst = max(steps, key=steps.get)
+    single = mine.loc[mine["ratio"].idxmax()]
+    oversubscribed = any(step.endswith("oversubscribed") for step in steps)
+    detail = (
+        f"largest at {worst} threads; "
+        + ", ".join(f"{step} {value:.2f}×" for step, value in steps.items())
+        + f"; slowest single (layer, pass): {single['layer']} {single['pass']} at "
+        f"{single['step']}, {single['ratio']:.2f}×"
     )
     if not oversubscribed:
-        detail += "; no oversubscribed test in this run"
-    return Measured(float(steps.max()), oversubscribed and len(steps) > 1, detail)
+        detail += "; no oversubscribed step measured"
+    return Measured(float(steps[worst]), oversubscribed, detail)
 
 
 def engine_overhead(frame: pd.DataFrame, column: str, backend: str = "torch") -> Measured:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 import kernels
-from nnbench import auto, bench, policy
+from nnbench import auto, policy
 from nnbench.report import metrics, plots, tables, verify
 from nnbench.report.load import VERIFICATION_NAME, AccuracyRun
 
@@ -295,10 +295,11 @@ def _thread_steps(ctx: Context, machine: str) -> list[str]:
     out = [
         (
             "Time after each step in threads / time before it, geometric mean over the layers "
-            "and passes (below 1×: faster with more threads). *oversubscribed*: asking for "
-            f"{bench.OVERSUBSCRIPTION}× as many threads as there are cores, timed in the same "
-            "rounds as the same call at the cores; the engine's own threads stay within the "
-            "cores (`kernels.threads.budget`), the BLAS and torch get what was asked for."
+            "and passes (below 1×: faster with more threads). *oversubscribed*: more threads "
+            "asked for than there are cores (from the cores to the count asked for), timed in "
+            "the same rounds as the same call at the cores. The engine's own threads stay "
+            "within the cores (`kernels.threads.budget`); the BLAS and torch are set to the "
+            "count asked for (*in force*: the counts they reported)."
         ),
         "",
         tables.markdown(steps, formats),

@@ -173,6 +173,8 @@ FRAME_COLUMNS = [
     "ratio",
     "twin_median_s",
     "cores_threads",
+    "blas_threads",
+    "torch_threads",
 ]
 
 
@@ -286,6 +288,8 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
                 "ratio": _float(extra.get("ratio")),
                 "twin_median_s": _float(extra.get("twin_median_s")),
                 "cores_threads": _float(extra.get("cores_threads")),
+                "blas_threads": _float(extra.get("blas_threads")),
+                "torch_threads": _float(extra.get("torch_threads")),
             }
             key = (row["column"], test) if merge else (run.run_id, row["column"], test)
             rows.pop(key, None)
