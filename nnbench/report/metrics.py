@@ -13,8 +13,8 @@ A column is a machine at one thread count (``tables.benchmark_frame``). Each met
 * ``slowdown_with_threads``: the largest, over the steps up the scaling group's thread ladder
   and the step from the cores to more threads than cores (the oversubscribed test, same
   rounds), of the geometric mean over the recipe's (layer, pass) of the backend's median after
-  the step / before it (``thread_steps``); judged in the column of the machine at its most
-  threads, and complete only with both kinds of step;
+  the step / before it (``step_ratios``); judged in the column of the machine at its most
+  threads, and complete only with the oversubscribed step (a 1-core machine has no ladder);
 * ``engine_overhead``: the overhead benchmark's engine median / plain-torch twin median;
 * ``faster_than_im2col``: im2col's median / the backend's on the forward pass of the recipe's
   conv2 and conv3 and the channel sweep's c64 layer, the smallest of the three;
@@ -224,8 +224,8 @@ STEP_COLUMNS = ["backend", "step", "layer", "pass", "ratio"]
 def step_ratios(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
     """Per backend, step in threads and recipe (layer, pass) of ``machine``: the median after
     the step / the median before it (below 1: faster with more threads). Steps are "1→2",
-    "2→4", ... up the scaling group's ladder, from the records of each count (in a frame that
-    merges runs, possibly of different runs), and "2→4 oversubscribed", from the
+    "2→4", ... up the scaling group's ladder, from the records of each count (which, in a frame
+    that merges runs, may come from different runs), and "2→4 oversubscribed", from the
     oversubscribed test (medians of the same rounds). Sorted by backend, then step."""
     rows = frame[(frame["suite"] == "scaling") & (frame["machine"] == machine)]
     out = []
@@ -251,7 +251,7 @@ def step_ratios(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
 
 
 def _step_order(step: str) -> tuple[float, bool]:
-    """ "2→4" before "2→4 oversubscribed" before "4→8"; a step of unknown start last."""
+    """Sort key of a step: "2→4", then "2→4 oversubscribed", then "4→8"; unknown starts last."""
     start = step.split("→", 1)[0]
     return (float(start) if start.isdigit() else math.inf, step.endswith("oversubscribed"))
 
@@ -275,9 +275,7 @@ def slowdown_with_threads(frame: pd.DataFrame, column: str, backend: str) -> Mea
     if not machines:
         return _missing("no scaling group judged in this column")
     ratios = step_ratios(frame, machines[0])
-    mine = (
-        ratios[(ratios["backend"] == backend) & ratios["ratio"].notna()] if len(ratios) else ratios
-    )
+    mine = ratios[(ratios["backend"] == backend) & ratios["ratio"].notna()]
     if mine.empty:
         return _missing(f"no step in threads measured for {backend}")
     steps = {step: geomean(group["ratio"]) for step, group in mine.groupby("step", sort=False)}
