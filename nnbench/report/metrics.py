@@ -169,11 +169,16 @@ def _speedup(group: pd.DataFrame) -> tuple[int, int, float]:
     return int(first["threads"]), int(last["threads"]), first["median_s"] / last["median_s"]
 
 
+def _judged_machine(frame: pd.DataFrame, column: str) -> str | None:
+    """The machine whose scaling group is judged in ``column`` (its most threads), if any."""
+    return next((m for m, top in scaling_top(frame).items() if top == column), None)
+
+
 def scaling_vs_gemm(frame: pd.DataFrame, column: str, backend: str) -> Measured:
-    machines = [m for m, top in scaling_top(frame).items() if top == column]
-    if not machines:
+    machine = _judged_machine(frame, column)
+    if machine is None:
         return _missing("no scaling group judged in this column")
-    table = speedups(frame, machines[0])
+    table = speedups(frame, machine)
     mine = table[(table["backend"] == backend) & table["ratio to GEMM"].notna()]
     if mine.empty:
         return _missing(f"no scaling records of {backend}")
@@ -271,10 +276,10 @@ def thread_steps(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
 
 
 def slowdown_with_threads(frame: pd.DataFrame, column: str, backend: str) -> Measured:
-    machines = [m for m, top in scaling_top(frame).items() if top == column]
-    if not machines:
+    machine = _judged_machine(frame, column)
+    if machine is None:
         return _missing("no scaling group judged in this column")
-    ratios = step_ratios(frame, machines[0])
+    ratios = step_ratios(frame, machine)
     mine = ratios[(ratios["backend"] == backend) & ratios["ratio"].notna()]
     if mine.empty:
         return _missing(f"no step in threads measured for {backend}")
