@@ -275,6 +275,11 @@ def _columns(x, kh: int, kw: int, ph: int, pw: int, channels_first: bool, into=N
 
 def _reshaped(block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``block`` viewed with ``shape``; raises rather than copying (a copy would be lost)."""
+    if _RESHAPE_HAS_COPY:
+        return np.reshape(block, shape, copy=False)
     view = block.view()
-    view.shape = shape
+    view.shape = shape  # numpy < 2.1 (setting the shape is deprecated from numpy 2.5)
     return view
+
+
+_RESHAPE_HAS_COPY = tuple(map(int, np.__version__.split(".")[:2])) >= (2, 1)
