@@ -220,8 +220,8 @@ def _correlate_batch(x, weights, window, pads, channels_first, result) -> None:
 
     threads.over_batch(fill, n, columns.size)
     operand = columns if channels_first else columns.T
-    with _profile.stage("gemm"):  # the BLAS's own threads: the one step they scale well
-        product = scratch("im2col.product", (c, n * m), x.dtype)
+    with _profile.stage("gemm"), threads.blas_within_cores():  # the BLAS's own threads: the
+        product = scratch("im2col.product", (c, n * m), x.dtype)  # one step they scale well
         _profile.matmul(weights, operand, out=product)
     by_image = product.reshape(c, n, oh, ow)
 

@@ -196,7 +196,7 @@ def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int
     products = scratch("loop.products", (kw, c, q), x.dtype)
     row_total = scratch("loop.row", (c, q), x.dtype)
     for u in range(kh):
-        with _profile.stage("gemm"):
+        with _profile.stage("gemm"), threads.blas_within_cores():
             _profile.matmul(weights[u], _shifted_rows(padded, u, kw, q), out=products)
         with _profile.stage("reduction"):
             if u == 0:
@@ -229,7 +229,7 @@ def _correlate_over_offsets_blas(x: np.ndarray, weights: np.ndarray, ph: int, pw
     products = scratch("loop.products", (kw, c, q), x.dtype)
     columns = threads.split(q, threads.parts_for(q, products.size))
     for u in range(kh):
-        with _profile.stage("gemm"):
+        with _profile.stage("gemm"), threads.blas_within_cores():
             _profile.matmul(weights[u], _shifted_rows(padded, u, kw, q), out=products)
 
         def add_row(s: slice, first: bool = u == 0) -> None:

@@ -23,8 +23,8 @@ While slices run, the BLAS is held at one thread (and restored afterwards): k sl
 cores busy rather than k times the BLAS threads. A call with one slice holds it too, and the
 engine's GEMMs go through ``matmul``, which splits their output columns over the pool. The one
 place the BLAS's own threads run is a backend's large GEMM when there are more cores than
-slices worth cutting (``whole_batch``): after it, idle OpenBLAS threads keep spinning for a
-while unless ``nnbench.runtime.configure()`` shortened that, whatever the order in which numpy
+slices worth cutting (``whole_batch``), held at most at the cores (``blas_within_cores``): after
+it, idle OpenBLAS threads keep spinning for a while unless ``nnbench.runtime.configure()`` shortened that, whatever the order in which numpy
 was loaded. The hold is process-wide: while it is held, other threads' BLAS calls
 run on one thread too. A call made from inside a slice, or while another thread is using the
 pool, runs its slices one after the other on the calling thread. After ``os.fork`` the child
@@ -58,7 +58,7 @@ THREAD_COST_ELEMENTS = 1 << 16
 
 _inside = threading.local()
 _blas_lock = threading.Lock()
-_blas_holders = 0  # callers inside single_threaded_blas
+_blas_holds: list[int] = []  # the thread limits of the holds in force (see _hold_blas)
 _blas_saved: list[int] = []
 _blas_controllers: list | None = None  # threadpoolctl controllers, found on first use
 
@@ -86,29 +86,53 @@ def budget() -> int:
     return max(1, min(limit or 1, CORES))
 
 
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas() -> contextlib.AbstractContextManager[None]:
     """Hold the BLAS at one thread (process-wide) for the body, then restore the limit.
 
     Callers in several threads share one hold: the first saves the limit and the last
     restores it, so overlapping calls cannot leave the BLAS at one thread.
     """
-    global _blas_holders, _blas_saved
+    return _hold_blas(1)
+
+
+def blas_within_cores() -> contextlib.AbstractContextManager[None]:
+    """Hold the BLAS at no more threads than the cores for the body, then restore the limit.
+
+    For the GEMMs a backend leaves to the BLAS's own threads (``whole_batch``): asked for more
+    threads than cores, OpenBLAS's threads wait for each other in every GEMM while the OS takes
+    turns running them, and a GEMM can take several times as long (measured on 16 cores at 32
+    threads: up to 7x). Shared with ``single_threaded_blas`` like its holds: the lowest limit
+    held wins.
+    """
+    return _hold_blas(CORES)
+
+
+@contextlib.contextmanager
+def _hold_blas(limit: int) -> Iterator[None]:
+    """Hold the BLAS at most at ``limit`` threads for the body. The holds of all threads share
+    one saved limit: the first saves it, each change applies the lowest limit held, and the
+    last puts the saved limit back."""
+    global _blas_saved
     libs = _blas()
     with _blas_lock:
-        if _blas_holders == 0:
+        if not _blas_holds:
             _blas_saved = [lib.num_threads for lib in libs]
-            for lib in libs:
-                lib.set_num_threads(1)
-        _blas_holders += 1
+        _blas_holds.append(limit)
+        _apply_blas_holds(libs)
     try:
         yield
     finally:
         with _blas_lock:
-            _blas_holders -= 1
-            if _blas_holders == 0:
-                for lib, threads in zip(libs, _blas_saved):
-                    lib.set_num_threads(threads)
+            _blas_holds.remove(limit)
+            _apply_blas_holds(libs)
+
+
+def _apply_blas_holds(libs: list) -> None:
+    lowest = min(_blas_holds, default=None)
+    for lib, saved in zip(libs, _blas_saved):
+        wanted = saved if lowest is None else min(saved, lowest)
+        if lib.num_threads != wanted:
+            lib.set_num_threads(wanted)
 
 
 def split(n: int, parts: int) -> list[slice]:
@@ -202,13 +226,12 @@ _POOL = _Pool()
 def _after_fork_in_child() -> None:
     # The parent's pool threads do not exist in the child: their locks would wait forever.
     # A hold on the BLAS taken by a parent thread would never be released here: undo it.
-    global _POOL, _blas_lock, _blas_holders
+    global _POOL, _blas_lock
     _POOL = _Pool()
     _blas_lock = threading.Lock()
-    if _blas_holders:
-        for lib, threads in zip(_blas(), _blas_saved):
-            lib.set_num_threads(threads)
-    _blas_holders = 0
+    if _blas_holds:
+        _blas_holds.clear()
+        _apply_blas_holds(_blas())
 
 
 if hasattr(os, "register_at_fork"):

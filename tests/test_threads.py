@@ -331,6 +331,44 @@ def test_blas_threads_never_run_inside_nnbench(monkeypatch):
     assert seen and set(seen) == {1}, seen
 
 
+def test_blas_within_cores_caps_the_limit_and_shares_holds_with_one_thread(monkeypatch):
+    blas = _FakeBlas(2 * threads.CORES)
+    monkeypatch.setattr(threads, "_blas_controllers", [blas])
+    with threads.blas_within_cores():
+        assert blas.num_threads == threads.CORES
+        with threads.single_threaded_blas():  # the lowest limit held wins
+            assert blas.num_threads == 1
+        assert blas.num_threads == threads.CORES
+    assert blas.num_threads == 2 * threads.CORES
+    blas.num_threads = 1  # a limit below the cores is left alone
+    with threads.blas_within_cores():
+        assert blas.num_threads == 1
+
+
+@pytest.mark.parametrize("backend", ["im2col", "loop"])
+def test_whole_batch_gemms_run_on_at_most_the_cores(backend, monkeypatch, rng):
+    """Oversubscribed (more threads asked for than cores), the GEMMs a backend leaves to the
+    BLAS's own threads run at the cores, and the limit asked for is back afterwards."""
+    if not [lib for lib in threadpool_info() if lib["user_api"] == "blas"]:
+        pytest.skip("no BLAS visible to threadpoolctl")
+    seen = []
+    original = threads._profile.matmul
+
+    def spy(a, b, out=None):
+        seen.append(threads._blas()[0].num_threads)
+        return original(a, b, out=out)
+
+    monkeypatch.setattr(threads._profile, "matmul", spy)
+    monkeypatch.setattr(threads, "whole_batch", lambda n, elements, per_row, dtype: n)
+    x = rng.standard_normal((4, 16, 12, 12)).astype(np.float32)
+    k = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
+    oversubscribed = 2 * threads.CORES
+    with pinned_threads(oversubscribed):
+        kernels.convolve(x, k, 1, backend=backend)
+        assert threads._blas()[0].num_threads == oversubscribed
+    assert seen and max(seen) <= threads.CORES, seen
+
+
 def test_matmul_splits_large_gemms_and_matches_numpy(two_threads, rng):
     a = rng.integers(-4, 5, (40, 300)).astype(np.float32)  # integer sums: exact in any order
     b = rng.integers(-4, 5, (300, 1000)).astype(np.float32)
