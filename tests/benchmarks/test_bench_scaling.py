@@ -54,10 +54,7 @@ def test_scaling(measure, backend, pass_, case_id, threads):
         if backend == "gemm":
             call = gemm
         else:
-            try:
-                call = bench.make_call(backend, case, pass_)
-            except bench.Unsupported as exc:
-                pytest.skip(f"{backend} does not support {case.id}: {exc}")
+            call = _call_or_skip(backend, case, pass_)
             beside = {"gemm": gemm.fn}
         measure(
             call,
@@ -69,6 +66,13 @@ def test_scaling(measure, backend, pass_, case_id, threads):
             suite="scaling",
             beside=beside,
         )
+
+
+def _call_or_skip(backend, case, pass_):
+    try:
+        return bench.make_call(backend, case, pass_)
+    except bench.Unsupported as exc:
+        pytest.skip(f"{backend} does not support {case.id}: {exc}")
 
 
 def _oversubscribed_params():
@@ -88,10 +92,7 @@ def test_oversubscribed(measure, backend, pass_, case_id):
     case = CASES[case_id]
     cores = machine.cpu_count()
     with machine.pinned_threads(OVERSUBSCRIBED):
-        try:
-            call = bench.make_call(backend, case, pass_)
-        except bench.Unsupported as exc:
-            pytest.skip(f"{backend} does not support {case.id}: {exc}")
+        call = _call_or_skip(backend, case, pass_)
 
         def at(threads):
             switch = machine.thread_switch(threads)
