@@ -1384,6 +1384,20 @@ def test_the_report_says_when_the_code_changed_since_a_run(tmp_path):
     assert f"`old.json` ({old[:7]} → {head[:7]})" in glance
 
 
+def test_runs_of_changed_code_get_a_column_of_their_own(tmp_path):
+    """Two runs of one machine, one of the code at HEAD and one of code changed since: they are
+    not merged (nor judged together), and the old one's column names its commit."""
+    head, old = provenance.head(), _changed_commit()
+    if head is None or old is None:
+        pytest.skip("needs a git checkout with a commit whose code differs from HEAD")
+    now = write_run(tmp_path / "now.json", recipe_records(), nnbench=machine(commit=head))
+    then = write_run(tmp_path / "then.json", recipe_records(), nnbench=machine(commit=old))
+    assert tables.column_order(frame_of(now, then)) == [
+        "Small Xeon 2c · 2 thr",
+        f"Small Xeon 2c · 2 thr · old code {old[:7]}",
+    ]
+
+
 def test_the_code_a_run_measured_is_the_package_and_for_benchmarks_the_suite():
     assert provenance.describe_paths(provenance.SUITE_CODE) == (
         "kernels/, nnbench/, tests/benchmarks/ and tests/conftest.py (not nnbench/report/)"

@@ -90,9 +90,9 @@ def run_threads(machine: dict) -> int | None:
 
 @dataclass(frozen=True)
 class Column:
-    """One column of the side-by-side tables: a machine at a thread count. ``old`` runs (records
-    without verdicts: the code before the verification core) also carry their commit, so
-    they never merge with runs of the current schema."""
+    """One column of the side-by-side tables: a machine at a thread count. Runs of old code
+    (code changed since, or records without verdicts: the code before the verification core)
+    also carry their commit, so they never merge with runs of the code at HEAD."""
 
     machine: str
     threads: int | None

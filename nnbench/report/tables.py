@@ -206,15 +206,19 @@ def _quartiles(stats: dict) -> tuple[float, float]:
 
 
 def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Column]:
-    """(run id, record threads) -> the record's column."""
+    """(run id, record threads) -> the record's column. A run of code that has changed since
+    (or of the old record schema) is tagged with its commit: runs merge, and are judged
+    together, only where they measured the same code."""
     found = {}
     for run in runs:
         machine = provenance.machine_label(run.machine)
         blas = provenance.blas_architectures(run.machine)
+        commit, dirty, note = provenance.recorded_source(run.machine, run.commit)
         old = None
         if run.old_schema:
-            commit, _, _ = provenance.recorded_source(run.machine, run.commit)
             old = commit or "unknown"
+        elif provenance.code_status(commit, dirty, note, provenance.SUITE_CODE).changed:
+            old = str(commit)
         default = provenance.run_threads(run.machine)
         for entry in run.records:
             threads = entry["extra_info"].get("threads") or default
