@@ -169,8 +169,8 @@ def _operand(spec: tuple, rng: np.random.Generator) -> np.ndarray:
 def replay_plan(profile: Profile, seed: int = 0):
     """A function that runs the recorded GEMMs alone, on operands made once, as they ran:
     GEMMs outside a section on the calling thread, with the BLAS on one thread if it ran so
-    (else on the threads in force), each section's GEMMs grouped by thread and run through
-    ``kernels.threads.run`` (which holds the BLAS at one thread, as it did)."""
+    (else on the threads in force, at most the cores), each section's GEMMs grouped by thread
+    and run through ``kernels.threads.run`` (which holds the BLAS at one thread, as it did)."""
     from kernels import threads
 
     rng = np.random.default_rng(seed)
@@ -208,7 +208,8 @@ def replay_plan(profile: Profile, seed: int = 0):
             elif one_thread:
                 with threads.single_threaded_blas():
                     run_group(groups[0])
-            else:
-                run_group(groups[0])
+            else:  # as a backend runs its whole-batch GEMMs: at most at the cores
+                with threads.blas_within_cores():
+                    run_group(groups[0])
 
     return replay

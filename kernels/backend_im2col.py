@@ -22,9 +22,10 @@ own thread with a single-threaded BLAS, so the chunk stays in that core's caches
 more cores than slices worth cutting (Python threads take turns on the GIL, so a slice costs some
 serial time), steps 1-2 and 4 run as slices over the whole batch (up to
 ``threads.WHOLE_BATCH_BYTES`` of column matrix) and step 3 is one GEMM on the BLAS's own threads,
-which scale without the GIL. The weight gradient always adds per-slice (c, K) products
-(``threads.sum_over_batch``): one GEMM per chunk whose reduction the BLAS could not split across its
-threads; its rounding depends on how the batch was split, and integer inputs still come out exact.
+which scale without the GIL (at most as many as the cores, ``threads.blas_within_cores``). The
+weight gradient always adds per-slice (c, K) products (``threads.sum_over_batch``): one GEMM per
+chunk whose reduction the BLAS could not split across its threads; its rounding depends on how
+the batch was split, and integer inputs still come out exact.
 
 Layout of the columns: channels-first padding (d, n, Hp, Wp) copies runs of ow values and pads
 without transposing; channels-last (n, Hp, Wp, d) makes a patch row (kw, d) one contiguous run
@@ -70,6 +71,8 @@ EXACT = True
 CHUNK_BYTES = 2 * 2**20
 #: Cost of one element of col2im (a GEMM output, then kh*kw strided adds) in column copies.
 COL2IM_COST = 4
+#: ``np.reshape(..., copy=False)`` (numpy 2.1): a view or an error, never a copy.
+_RESHAPE_HAS_COPY = np.lib.NumpyVersion(np.__version__) >= "2.1.0"
 
 
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
@@ -220,8 +223,9 @@ def _correlate_batch(x, weights, window, pads, channels_first, result) -> None:
 
     threads.over_batch(fill, n, columns.size)
     operand = columns if channels_first else columns.T
-    with _profile.stage("gemm"), threads.blas_within_cores():  # the BLAS's own threads: the
-        product = scratch("im2col.product", (c, n * m), x.dtype)  # one step they scale well
+    # the BLAS's own threads, at most the cores: the one step they scale well
+    with _profile.stage("gemm"), threads.blas_within_cores():
+        product = scratch("im2col.product", (c, n * m), x.dtype)
         _profile.matmul(weights, operand, out=product)
     by_image = product.reshape(c, n, oh, ow)
 
@@ -280,6 +284,3 @@ def _reshaped(block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     view = block.view()
     view.shape = shape  # numpy < 2.1 (setting the shape is deprecated from numpy 2.5)
     return view
-
-
-_RESHAPE_HAS_COPY = tuple(map(int, np.__version__.split(".")[:2])) >= (2, 1)

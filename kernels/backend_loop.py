@@ -196,7 +196,7 @@ def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int
     products = scratch("loop.products", (kw, c, q), x.dtype)
     row_total = scratch("loop.row", (c, q), x.dtype)
     for u in range(kh):
-        with _profile.stage("gemm"), threads.blas_within_cores():
+        with _profile.stage("gemm"):
             _profile.matmul(weights[u], _shifted_rows(padded, u, kw, q), out=products)
         with _profile.stage("reduction"):
             if u == 0:

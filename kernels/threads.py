@@ -23,12 +23,13 @@ While slices run, the BLAS is held at one thread (and restored afterwards): k sl
 cores busy rather than k times the BLAS threads. A call with one slice holds it too, and the
 engine's GEMMs go through ``matmul``, which splits their output columns over the pool. The one
 place the BLAS's own threads run is a backend's large GEMM when there are more cores than
-slices worth cutting (``whole_batch``), held at most at the cores (``blas_within_cores``): after
-it, idle OpenBLAS threads keep spinning for a while unless ``nnbench.runtime.configure()`` shortened that, whatever the order in which numpy
-was loaded. The hold is process-wide: while it is held, other threads' BLAS calls
-run on one thread too. A call made from inside a slice, or while another thread is using the
-pool, runs its slices one after the other on the calling thread. After ``os.fork`` the child
-starts a pool of its own.
+slices worth cutting (``whole_batch``), held at most at the cores (``blas_within_cores``). After
+it, idle OpenBLAS threads keep spinning for a while unless ``nnbench.runtime.configure()``
+shortened that, whatever the order in which numpy was loaded. The holds are process-wide, and
+the lowest limit held applies: while a split call holds one thread, other threads' BLAS calls,
+a whole-batch GEMM included, run on one thread too. A call made from inside a slice, or while
+another thread is using the pool, runs its slices one after the other on the calling thread.
+After ``os.fork`` the child starts a pool of its own.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ THREAD_COST_ELEMENTS = 1 << 16
 _inside = threading.local()
 _blas_lock = threading.Lock()
 _blas_holds: list[int] = []  # the thread limits of the holds in force (see _hold_blas)
-_blas_saved: list[int] = []
+_blas_saved: list[int | None] = []
+_blas_generation = 0  # bumped in a forked child: holds taken before the fork are not its own
 _blas_controllers: list | None = None  # threadpoolctl controllers, found on first use
 
 T = TypeVar("T")
@@ -115,23 +117,35 @@ def _hold_blas(limit: int) -> Iterator[None]:
     global _blas_saved
     libs = _blas()
     with _blas_lock:
+        generation = _blas_generation
         if not _blas_holds:
             _blas_saved = [lib.num_threads for lib in libs]
         _blas_holds.append(limit)
-        _apply_blas_holds(libs)
+        try:
+            _apply_blas_holds(libs)
+        except BaseException:
+            _blas_holds.remove(limit)
+            raise
     try:
         yield
     finally:
         with _blas_lock:
-            _blas_holds.remove(limit)
-            _apply_blas_holds(libs)
+            if generation == _blas_generation:  # else a fork in the body already let go
+                _blas_holds.remove(limit)
+                _apply_blas_holds(libs)
 
 
 def _apply_blas_holds(libs: list) -> None:
+    """Set each BLAS to the lowest limit held, at most its saved limit (the saved limit itself
+    when nothing is held); the caller holds ``_blas_lock``. A library whose limit could not be
+    read is only ever set to a limit held."""
     lowest = min(_blas_holds, default=None)
     for lib, saved in zip(libs, _blas_saved):
-        wanted = saved if lowest is None else min(saved, lowest)
-        if lib.num_threads != wanted:
+        if lowest is None:
+            wanted = saved
+        else:
+            wanted = lowest if saved is None else min(saved, lowest)
+        if wanted is not None and lib.num_threads != wanted:
             lib.set_num_threads(wanted)
 
 
@@ -226,9 +240,10 @@ _POOL = _Pool()
 def _after_fork_in_child() -> None:
     # The parent's pool threads do not exist in the child: their locks would wait forever.
     # A hold on the BLAS taken by a parent thread would never be released here: undo it.
-    global _POOL, _blas_lock
+    global _POOL, _blas_lock, _blas_generation
     _POOL = _Pool()
     _blas_lock = threading.Lock()
+    _blas_generation += 1
     if _blas_holds:
         _blas_holds.clear()
         _apply_blas_holds(_blas())

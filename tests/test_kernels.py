@@ -170,6 +170,24 @@ def test_more_cores_than_slices_gives_the_same_result(backend, case, monkeypatch
         assert ran  # the path under test ran
 
 
+@pytest.mark.parametrize("reshape_has_copy", [True, False], ids=["np.reshape", "set shape"])
+def test_im2col_reshaped_is_a_view_or_an_error_never_a_copy(reshape_has_copy, monkeypatch):
+    """The column matrix is written through ``_reshaped``: a copy would be lost."""
+    from kernels import backend_im2col
+
+    if not reshape_has_copy and np.lib.NumpyVersion(np.__version__) >= "2.5.0":
+        pytest.skip("setting .shape is deprecated from numpy 2.5 (the path of numpy < 2.1)")
+    if reshape_has_copy and np.lib.NumpyVersion(np.__version__) < "2.1.0":
+        pytest.skip("np.reshape(copy=False) needs numpy 2.1")
+    monkeypatch.setattr(backend_im2col, "_RESHAPE_HAS_COPY", reshape_has_copy)
+    block = np.zeros((6, 12), np.float32)
+    view = backend_im2col._reshaped(block, (2, 3, 4, 3))
+    view[...] = 1
+    assert np.shares_memory(view, block) and block.all()
+    with pytest.raises((ValueError, AttributeError)):
+        backend_im2col._reshaped(block.T, (72,))
+
+
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
 def test_scratch_shared_by_the_two_layouts_never_keeps_a_stale_border(backend):
     """Channels-first (d, n, Hp, Wp) and channels-last (n, Hp, Wp, d) padded buffers share a

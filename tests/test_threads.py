@@ -345,6 +345,39 @@ def test_blas_within_cores_caps_the_limit_and_shares_holds_with_one_thread(monke
         assert blas.num_threads == 1
 
 
+def test_holds_of_two_threads_released_out_of_order_restore_the_limit(monkeypatch):
+    blas = _FakeBlas(threads.CORES + 4)
+    monkeypatch.setattr(threads, "_blas_controllers", [blas])
+    first, second = threads.blas_within_cores(), threads.single_threaded_blas()
+    first.__enter__()
+    second.__enter__()  # in effect another thread's split call
+    assert blas.num_threads == 1
+    first.__exit__(None, None, None)
+    assert blas.num_threads == 1  # the one-thread hold is still in force
+    second.__exit__(None, None, None)
+    assert blas.num_threads == threads.CORES + 4
+
+
+def test_a_blas_whose_limit_cannot_be_read_is_held_and_left_alone(monkeypatch):
+    blas = _FakeBlas(None)  # threadpoolctl reads None where the library has no getter
+    monkeypatch.setattr(threads, "_blas_controllers", [blas])
+    with threads.single_threaded_blas():
+        assert blas.num_threads == 1
+    assert blas.num_threads == 1  # nothing to restore
+
+
+def test_leaving_a_hold_taken_before_a_fork_is_harmless_in_the_child(monkeypatch):
+    blas = _FakeBlas(3)
+    monkeypatch.setattr(threads, "_blas_controllers", [blas])
+    with threads.single_threaded_blas():
+        threads._after_fork_in_child()  # what the child runs, here in-process
+        assert blas.num_threads == 3
+    assert blas.num_threads == 3
+    with threads.single_threaded_blas():  # later holds work as before
+        assert blas.num_threads == 1
+    assert blas.num_threads == 3
+
+
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
 def test_whole_batch_gemms_run_on_at_most_the_cores(backend, monkeypatch, rng):
     """Oversubscribed (more threads asked for than cores), the GEMMs a backend leaves to the
@@ -362,7 +395,7 @@ def test_whole_batch_gemms_run_on_at_most_the_cores(backend, monkeypatch, rng):
     monkeypatch.setattr(threads, "whole_batch", lambda n, elements, per_row, dtype: n)
     x = rng.standard_normal((4, 16, 12, 12)).astype(np.float32)
     k = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
-    oversubscribed = 2 * threads.CORES
+    oversubscribed = threads.CORES + 1  # OpenBLAS caps the limit at its build's maximum
     with pinned_threads(oversubscribed):
         kernels.convolve(x, k, 1, backend=backend)
         assert threads._blas()[0].num_threads == oversubscribed
