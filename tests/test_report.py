@@ -1396,6 +1396,15 @@ def test_runs_of_changed_code_get_a_column_of_their_own(tmp_path):
         "Small Xeon 2c · 2 thr",
         f"Small Xeon 2c · 2 thr · old code {old[:7]}",
     ]
+    # the headline counts the targets of the code at HEAD; the old column's are said apart
+    build([now, then], tmp_path / "out", no_run=True)
+    glance = _section(
+        (tmp_path / "out" / "REPORT.md").read_text(encoding="utf-8"), "## At a glance"
+    )
+    assert "judged in each of 1 column(s) of the code at HEAD" in glance
+    assert (
+        f"changed since (not counted above): Small Xeon 2c · 2 thr · old code {old[:7]}: " in glance
+    )
 
 
 def test_the_code_a_run_measured_is_the_package_and_for_benchmarks_the_suite():

@@ -3,7 +3,8 @@
 * ``machine_label`` / ``blas_kernels`` name a run's machine and the BLAS kernel set its GEMMs
   used (threadpoolctl's ``architecture``, e.g. Haswell or SkylakeX);
 * ``Column`` is one column of the side-by-side tables: a machine at one thread count, and for
-  runs of the old record schema (no verdicts) the commit they measured;
+  runs of code changed since (or of the old record schema, no verdicts) the commit they
+  measured;
 * ``code_status`` compares the commit a run recorded with the checkout's HEAD over the code
   that run measured (``git diff --quiet <commit> HEAD -- <paths>``: ``PACKAGE_CODE``,
   ``SUITE_CODE`` or ``VERIFICATION_CODE``): whether it has changed since.

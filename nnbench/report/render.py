@@ -374,16 +374,34 @@ def _failure_line(ctx: Context) -> str:
     return "No failures: " + "; ".join(parts) + "."
 
 
+def _old_code_targets(judged: list[metrics.Judged]) -> str:
+    """One line on the targets judged in columns of code changed since (not counted as HEAD's)."""
+    by_column: dict[str, list[metrics.Judged]] = {}
+    for j in judged:
+        by_column.setdefault(j.column, []).append(j)
+    return (
+        "In columns of code changed since (not counted above): "
+        + "; ".join(
+            f"{column}: {sum(j.verdict == 'met' for j in js)} met, "
+            f"{sum(j.verdict == 'MISSED' for j in js)} MISSED"
+            for column, js in by_column.items()
+        )
+        + "."
+    )
+
+
 def _target_lines(ctx: Context) -> list[str]:
     lines = []
-    missed = [j for j in ctx.judged if j.verdict == "MISSED"]
-    met = [j for j in ctx.judged if j.verdict == "met"]
-    unmeasured = [j for j in ctx.judged if j.verdict == "not measured"]
-    if ctx.judged:
-        columns = len({j.column for j in ctx.judged})
+    old = tables.old_code_columns(ctx.frame)
+    judged = [j for j in ctx.judged if j.column not in old]  # the code at HEAD
+    missed = [j for j in judged if j.verdict == "MISSED"]
+    met = [j for j in judged if j.verdict == "met"]
+    unmeasured = [j for j in judged if j.verdict == "not measured"]
+    if judged:
+        columns = len({j.column for j in judged})
         text = (
-            f"Speed targets (`nnbench.policy`), judged in each of {columns} column(s): "
-            f"**{len(met)} met, {len(missed)} MISSED**"
+            f"Speed targets (`nnbench.policy`), judged in each of {columns} column(s) of the "
+            f"code at HEAD: **{len(met)} met, {len(missed)} MISSED**"
             + (f", {len(unmeasured)} not measured" if unmeasured else "")
         )
         by_target: dict[str, list[metrics.Judged]] = {}
@@ -401,6 +419,8 @@ def _target_lines(ctx: Context) -> list[str]:
                 for key, js in by_target.items()
             )
         lines.append(text + " (see *Targets*).")
+        if old:
+            lines.append(_old_code_targets([j for j in ctx.judged if j.column in old]))
         split = [
             (key, column, runs)
             for (key, column), runs in ctx.by_run.items()
@@ -416,6 +436,9 @@ def _target_lines(ctx: Context) -> list[str]:
                 + ". The verdicts under *Targets* are the merged column's (each benchmark's "
                 "latest record)."
             )
+    elif ctx.judged:
+        lines.append("Speed targets: no run of the code at HEAD.")
+        lines.append(_old_code_targets(ctx.judged))
     else:
         lines.append("Speed targets: not measured (no benchmark results).")
     runs = ctx.material.inputs.accuracy_runs

@@ -208,7 +208,9 @@ def _quartiles(stats: dict) -> tuple[float, float]:
 def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Column]:
     """(run id, record threads) -> the record's column. A run of code that has changed since
     (or of the old record schema) is tagged with its commit: runs merge, and are judged
-    together, only where they measured the same code."""
+    together, only where they measured the same code. A run whose code cannot be compared (no
+    commit recorded, or one this checkout lacks, as for a user's run outside git) stays in its
+    machine's column; *Runs used* says so."""
     found = {}
     for run in runs:
         machine = provenance.machine_label(run.machine)
@@ -234,8 +236,10 @@ def in_date_order(runs: list[BenchmarkRun]) -> list[BenchmarkRun]:
 
 def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFrame:
     """One row per benchmark entry. Runs of one column are merged, a later run's entry replacing
-    an earlier entry of the same test (re-running part of the suite updates it); with ``merge``
-    false every run keeps its own entries (the ``run`` column tells them apart)."""
+    an earlier entry of the same test (re-running part of the suite updates it, as long as the
+    code it measures has not changed: a run of changed code has a column of its own, see
+    ``_columns``); with ``merge`` false every run keeps its own entries (the ``run`` column
+    tells them apart)."""
     columns = _columns(runs)
     labels = provenance.column_labels(columns.values())
     # A machine (threads aside) gets one label for all its columns: the scaling group's name.
@@ -259,6 +263,7 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
                 "run": run.run_id,
                 "column": labels[column],
                 "column_order": order[labels[column]],
+                "old_code": column.old_commit or "",
                 "machine": machines[column],
                 "cpu": provenance.machine_label(run.machine),
                 "test": test,
@@ -313,6 +318,13 @@ def _float(value: object) -> float:
     return (
         float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
     )
+
+
+def old_code_columns(frame: pd.DataFrame) -> set[str]:
+    """The columns of runs whose code has changed since (their label names the commit)."""
+    if frame.empty:
+        return set()
+    return set(frame.loc[frame["old_code"] != "", "column"])
 
 
 def column_order(frame: pd.DataFrame) -> list[str]:
