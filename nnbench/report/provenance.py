@@ -98,7 +98,8 @@ class Column:
     machine: str
     threads: int | None
     blas: tuple[str, ...] = ()
-    old_commit: str | None = None
+    old_commit: str | None = None  # records without verdicts, of this commit
+    changed_commit: str | None = None  # records of this commit, whose code differs at HEAD
 
     def label(self, with_blas: bool = False, with_threads: bool = True) -> str:
         text = self.machine.replace(" cores", "c").replace(",", "")
@@ -108,18 +109,21 @@ class Column:
             text += f" · {'/'.join(self.blas)} BLAS"
         if self.old_commit is not None:
             text += f" · old code {short_commit(self.old_commit)}"
+        elif self.changed_commit is not None:
+            text += f" · at {short_commit(self.changed_commit)}"
         return text
 
     @property
     def sort_key(self) -> tuple:
         cores = re.search(r"(\d+) cores", self.machine)
         return (
-            self.old_commit is not None,
+            self.old_commit is not None or self.changed_commit is not None,
             int(cores.group(1)) if cores else 0,
             self.machine,
             self.threads or 0,
             self.blas,
             self.old_commit or "",
+            self.changed_commit or "",
         )
 
 

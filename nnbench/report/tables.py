@@ -140,6 +140,7 @@ FRAME_COLUMNS = [
     "run",
     "column",
     "column_order",
+    "old_code",
     "machine",
     "cpu",
     "test",
@@ -207,7 +208,8 @@ def _quartiles(stats: dict) -> tuple[float, float]:
 
 def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Column]:
     """(run id, record threads) -> the record's column. A run of code that has changed since
-    (or of the old record schema) is tagged with its commit: runs merge, and are judged
+    ("at <commit>"; runs of the old record schema: "old code <commit>") is tagged with its
+    commit: runs merge, and are judged
     together, only where they measured the same code. A run whose code cannot be compared (no
     commit recorded, or one this checkout lacks, as for a user's run outside git) stays in its
     machine's column; *Runs used* says so."""
@@ -216,16 +218,16 @@ def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Co
         machine = provenance.machine_label(run.machine)
         blas = provenance.blas_architectures(run.machine)
         commit, dirty, note = provenance.recorded_source(run.machine, run.commit)
-        old = None
+        old = changed = None
         if run.old_schema:
             old = commit or "unknown"
         elif provenance.code_status(commit, dirty, note, provenance.SUITE_CODE).changed:
-            old = str(commit)
+            changed = str(commit)
         default = provenance.run_threads(run.machine)
         for entry in run.records:
             threads = entry["extra_info"].get("threads") or default
             key = (run.run_id, threads)
-            found[key] = provenance.Column(machine, threads, blas, old)
+            found[key] = provenance.Column(machine, threads, blas, old, changed)
     return found
 
 
@@ -263,7 +265,7 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
                 "run": run.run_id,
                 "column": labels[column],
                 "column_order": order[labels[column]],
-                "old_code": column.old_commit or "",
+                "old_code": column.old_commit or column.changed_commit or "",
                 "machine": machines[column],
                 "cpu": provenance.machine_label(run.machine),
                 "test": test,
