@@ -308,9 +308,9 @@ def test_the_torch_backend_ends_openmp_workers_whose_spin_was_not_tuned(tuned):
     assert after == (with_workers if tuned else before), run.stdout
 
 
-def test_blas_threads_never_run_inside_nnbench(monkeypatch):
-    """Every BLAS call made inside nnbench's compute sees a BLAS limit of one thread: a split
-    call's slices, a call too small to split, and a large GEMM (split by ``threads.matmul``)."""
+@pytest.fixture
+def blas_limits_seen(monkeypatch) -> list[int]:
+    """The BLAS thread limit in force at each GEMM nnbench runs (``_profile.matmul``)."""
     if not [lib for lib in threadpool_info() if lib["user_api"] == "blas"]:
         pytest.skip("no BLAS visible to threadpoolctl")
     seen = []
@@ -321,6 +321,12 @@ def test_blas_threads_never_run_inside_nnbench(monkeypatch):
         return original(a, b, out=out)
 
     monkeypatch.setattr(threads._profile, "matmul", spy)
+    return seen
+
+
+def test_blas_threads_never_run_inside_nnbench(blas_limits_seen, monkeypatch):
+    """Every BLAS call made inside nnbench's compute sees a BLAS limit of one thread: a split
+    call's slices, a call too small to split, and a large GEMM (split by ``threads.matmul``)."""
     monkeypatch.setattr(threads, "budget", lambda: 2)
     with pinned_threads(2):
         threads.over_batch(lambda s: threads._profile.matmul(np.ones((2, 2)), np.ones((2, 2))),
@@ -328,6 +334,7 @@ def test_blas_threads_never_run_inside_nnbench(monkeypatch):
         a = np.ones((64, 512), np.float32)
         threads.matmul(a, np.ones((512, 4096), np.float32))
         threads.matmul(a, np.ones((512, 8), np.float32))
+    seen = blas_limits_seen
     assert seen and set(seen) == {1}, seen
 
 
@@ -379,19 +386,9 @@ def test_leaving_a_hold_taken_before_a_fork_is_harmless_in_the_child(monkeypatch
 
 
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
-def test_whole_batch_gemms_run_on_at_most_the_cores(backend, monkeypatch, rng):
+def test_whole_batch_gemms_run_on_at_most_the_cores(backend, blas_limits_seen, monkeypatch, rng):
     """Oversubscribed (more threads asked for than cores), the GEMMs a backend leaves to the
     BLAS's own threads run at the cores, and the limit asked for is back afterwards."""
-    if not [lib for lib in threadpool_info() if lib["user_api"] == "blas"]:
-        pytest.skip("no BLAS visible to threadpoolctl")
-    seen = []
-    original = threads._profile.matmul
-
-    def spy(a, b, out=None):
-        seen.append(threads._blas()[0].num_threads)
-        return original(a, b, out=out)
-
-    monkeypatch.setattr(threads._profile, "matmul", spy)
     monkeypatch.setattr(threads, "whole_batch", lambda n, elements, per_row, dtype: n)
     x = rng.standard_normal((4, 16, 12, 12)).astype(np.float32)
     k = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
@@ -399,6 +396,7 @@ def test_whole_batch_gemms_run_on_at_most_the_cores(backend, monkeypatch, rng):
     with pinned_threads(oversubscribed):
         kernels.convolve(x, k, 1, backend=backend)
         assert threads._blas()[0].num_threads == oversubscribed
+    seen = blas_limits_seen
     assert seen and max(seen) <= threads.CORES, seen
 
 
