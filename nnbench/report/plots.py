@@ -179,6 +179,8 @@ def throughput(frame: pd.DataFrame, peaks: dict[str, tables.Peak], failed=()) ->
             for i, backend in enumerate(backends):
                 mine = part[part["backend"] == backend].set_index("label").reindex(labels)
                 heights = mine["gflops"].to_numpy(dtype=float)
+                if np.isnan(heights).all():  # not measured in this column's runs
+                    continue
                 errors = np.vstack(
                     [
                         np.clip(heights - mine["gflops_low"].to_numpy(dtype=float), 0, None),
