@@ -4,6 +4,9 @@ profile and GEMM replay, memory, the record metadata (no timing asserts)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -57,6 +60,26 @@ def test_recipe_cases_are_the_recipe_layers_at_its_batch():
         (s["input"], s["kernels"], s["padding"]) for s in shapes
     ]
     assert [c.label for c in cases] == [f"fast/conv{i}" for i in range(1, len(shapes) + 1)]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "modules"),
+    [
+        ("recipe", {"test_bench_convolve.py", "test_bench_layer.py"}),
+        ("scaling", {"test_bench_scaling.py"}),
+    ],
+)
+def test_k_selects_a_suite_by_its_name(keyword, modules):
+    """``-k recipe`` is the recipe suite; the scaling group, which times the same layers, is
+    ``-k scaling`` only."""
+    root = Path(__file__).parent
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "-k", keyword, str(root / "benchmarks")],
+        capture_output=True, text=True, cwd=root.parent, check=True,
+    ).stdout  # fmt: skip
+    found = {line.split("::")[0].rsplit("/", 1)[-1] for line in listed.splitlines() if "::" in line}
+    assert found == modules
 
 
 @pytest.mark.parametrize(

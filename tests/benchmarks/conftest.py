@@ -208,10 +208,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_collection_modifyitems(config, items):
     """Let ``-k`` select by suite and label (``-k recipe``, ``-k "kernel_size and fft"``):
-    case ids hold commas, which ``-k`` expressions cannot."""
+    case ids hold commas, which ``-k`` expressions cannot. A module with a ``SUITE`` of its own
+    (the scaling group, which times the recipe's layers) is selected by that name instead."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         cases = getattr(item.module, "CASES", None)
         if "case_id" in params and cases is not None:
             case = cases[params["case_id"]]
-            item.extra_keyword_matches.update({case.suite, case.label})
+            suite = getattr(item.module, "SUITE", case.suite)
+            item.extra_keyword_matches.update({suite, case.label})

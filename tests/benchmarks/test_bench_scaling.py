@@ -25,6 +25,7 @@ import kernels
 from nnbench import bench, machine
 
 CASES = {case.id: case for case in bench.recipe_cases()}
+SUITE = "scaling"  # for -k: ``-k recipe`` selects the recipe suite, not this group
 LADDER = bench.thread_ladder(machine.cpu_count())
 OVERSUBSCRIBED = bench.oversubscribed_threads(machine.cpu_count())
 
