@@ -61,7 +61,6 @@ _inside = threading.local()
 _blas_lock = threading.Lock()
 _blas_holds: list[int] = []  # the thread limits of the holds in force (see _hold_blas)
 _blas_saved: list[int | None] = []  # each BLAS's limit before the first hold (None: unread)
-_blas_applied: list[int | None] = []  # each BLAS's limit as the holds last left it
 _blas_generation = 0  # bumped in a forked child: holds taken before the fork are not its own
 _blas_controllers: list | None = None  # threadpoolctl controllers, found on first use
 
@@ -114,15 +113,14 @@ def blas_within_cores() -> contextlib.AbstractContextManager[None]:
 def _hold_blas(limit: int) -> Iterator[None]:
     """Hold the BLAS at most at ``limit`` threads for the body. The holds of all threads share
     one saved limit: the first saves it, each change applies the lowest limit held, and the
-    last puts the saved limit back. Only the first hold reads the limits (a read costs about
-    a microsecond per library); the others compare with the limit the holds last applied."""
-    global _blas_saved, _blas_applied
+    last puts the saved limit back. Each change reads the limits in force, so a limit changed
+    meanwhile (by another thread's ``threadpool_limits``) is held again too."""
+    global _blas_saved
     libs = _blas()
     with _blas_lock:
         generation = _blas_generation
         if not _blas_holds:
             _blas_saved = [lib.num_threads for lib in libs]
-            _blas_applied = list(_blas_saved)
         _blas_holds.append(limit)
         try:
             _apply_blas_holds(libs)
@@ -142,17 +140,16 @@ def _hold_blas(limit: int) -> Iterator[None]:
 
 def _apply_blas_holds(libs: list) -> None:
     """Set each BLAS to the lowest limit held, at most its saved limit (the saved limit itself
-    when nothing is held), where that differs from the limit last applied; the caller holds
-    ``_blas_lock``. A library whose limit could not be read is only ever set to a limit held."""
+    when nothing is held); the caller holds ``_blas_lock``. A library whose limit could not be
+    read is only ever set to a limit held."""
     lowest = min(_blas_holds, default=None)
-    for index, (lib, saved) in enumerate(zip(libs, _blas_saved)):
+    for lib, saved in zip(libs, _blas_saved):
         if lowest is None:
             wanted = saved
         else:
             wanted = lowest if saved is None else min(saved, lowest)
-        if wanted is not None and _blas_applied[index] != wanted:
+        if wanted is not None and lib.num_threads != wanted:
             lib.set_num_threads(wanted)
-            _blas_applied[index] = wanted
 
 
 def split(n: int, parts: int) -> list[slice]:

@@ -373,51 +373,42 @@ def test_a_blas_whose_limit_cannot_be_read_is_held_and_left_alone(monkeypatch):
     assert blas.num_threads == 1  # nothing to restore
 
 
-class _CountingBlas(_FakeBlas):
-    """A fake BLAS that counts the reads of its limit and can fail to set it."""
+class _FailingBlas(_FakeBlas):
+    """A fake BLAS whose first ``fail_sets`` sets of its limit fail."""
 
     def __init__(self, num_threads: int, fail_sets: int = 0):
         super().__init__(num_threads)
-        self.reads = 0
         self.fail_sets = fail_sets
-
-    @property
-    def num_threads(self) -> int:
-        self.reads += 1
-        return self._num_threads
-
-    @num_threads.setter
-    def num_threads(self, value: int) -> None:
-        self._num_threads = value
 
     def set_num_threads(self, num_threads: int) -> None:
         if self.fail_sets:
             self.fail_sets -= 1
             raise OSError("set_num_threads failed")
-        self._num_threads = num_threads
-
-
-def test_only_the_first_of_nested_holds_reads_the_limits(monkeypatch):
-    blas = _CountingBlas(threads.CORES + 4)
-    monkeypatch.setattr(threads, "_blas_controllers", [blas])
-    with threads.blas_within_cores():
-        with threads.single_threaded_blas(), threads.single_threaded_blas():
-            assert blas._num_threads == 1
-        assert blas._num_threads == threads.CORES
-    assert blas.reads == 1
-    assert blas._num_threads == threads.CORES + 4
+        super().set_num_threads(num_threads)
 
 
 def test_a_hold_whose_set_fails_leaves_every_limit_as_it_was(monkeypatch):
-    held, failing = _CountingBlas(3), _CountingBlas(5, fail_sets=1)
+    held, failing = _FailingBlas(3), _FailingBlas(5, fail_sets=1)
     monkeypatch.setattr(threads, "_blas_controllers", [held, failing])
     with pytest.raises(OSError, match="set_num_threads failed"), threads.single_threaded_blas():
         pytest.fail("the body ran although the hold failed")
-    assert (held._num_threads, failing._num_threads) == (3, 5)
+    assert (held.num_threads, failing.num_threads) == (3, 5)
     assert not threads._blas_holds
     with threads.single_threaded_blas():  # later holds work as before
-        assert (held._num_threads, failing._num_threads) == (1, 1)
-    assert (held._num_threads, failing._num_threads) == (3, 5)
+        assert (held.num_threads, failing.num_threads) == (1, 1)
+    assert (held.num_threads, failing.num_threads) == (3, 5)
+
+
+def test_a_failed_inner_hold_leaves_the_outer_hold_in_force(monkeypatch):
+    held, failing = _FailingBlas(8), _FailingBlas(8)
+    monkeypatch.setattr(threads, "_blas_controllers", [held, failing])
+    with threads.blas_within_cores():
+        outer = (held.num_threads, failing.num_threads)
+        failing.fail_sets = 1
+        with pytest.raises(OSError), threads.single_threaded_blas():
+            pytest.fail("the body ran although the hold failed")
+        assert (held.num_threads, failing.num_threads) == outer
+    assert (held.num_threads, failing.num_threads) == (8, 8)
 
 
 def test_leaving_a_hold_taken_before_a_fork_is_harmless_in_the_child(monkeypatch):
