@@ -195,12 +195,20 @@ def scaling_vs_gemm(frame: pd.DataFrame, column: str, backend: str) -> Measured:
 def oversubscription(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
     """Per (layer, pass, backend) of ``machine``'s oversubscribed test: the median at the cores
     and at more threads than cores, from the same rounds, their ratio, and the BLAS and torch
-    thread counts in force during the oversubscribed calls (as the record read them)."""
+    thread counts in force during the oversubscribed calls (as the record read them).
+
+    The ratio is paired where the record has both calls' times round by round: the median,
+    over the rounds, of the oversubscribed time / the time at the cores in the same round (a
+    drift of the machine during the test cancels out). Else it is the ratio of the medians."""
     rows = frame[(frame["suite"] == "oversubscribed") & (frame["machine"] == machine)]
     table = []
     for _, r in rows.iterrows():
         beside = r["beside_median_s"] if isinstance(r["beside_median_s"], dict) else {}
         at_cores = beside.get("cores") or math.nan
+        rounds = r["beside_rounds_s"] if isinstance(r["beside_rounds_s"], dict) else {}
+        mine, theirs = r["rounds_s"], rounds.get("cores")
+        paired = isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs)
+        ratio = _paired(mine, theirs) if paired and mine else r["median_s"] / at_cores
         table.append(
             {
                 "layer": r["label"],
@@ -210,7 +218,8 @@ def oversubscription(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
                 "in force (BLAS/torch)": f"{_count(r['blas_threads'])}/{_count(r['torch_threads'])}",
                 "at the cores (ms)": at_cores * 1e3,
                 "oversubscribed (ms)": r["median_ms"],
-                "ratio": r["median_s"] / at_cores,
+                "ratio": ratio,
+                "ratio of": "rounds" if paired and mine else "medians",
             }
         )
     return pd.DataFrame(table)

@@ -297,7 +297,9 @@ def _thread_steps(ctx: Context, machine: str) -> list[str]:
             "Time after each step in threads / time before it, geometric mean over the layers "
             "and passes (below 1×: faster with more threads). *oversubscribed*: more threads "
             "asked for than there are cores (from the cores to the count asked for), timed in "
-            "the same rounds as the same call at the cores. The engine's own threads stay "
+            "the same rounds as the same call at the cores; its ratio is the median over those "
+            "rounds of the two calls' ratio (*ratio of: rounds*), or, for a record without its "
+            "times round by round, the ratio of their medians. The engine's own threads stay "
             "within the cores (`kernels.threads.budget`); the BLAS and torch are set to the "
             "count asked for (*in force*: the counts they reported)."
         ),

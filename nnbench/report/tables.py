@@ -159,6 +159,7 @@ FRAME_COLUMNS = [
     "q1_s",
     "q3_s",
     "rounds",
+    "rounds_s",
     "threads",
     "blas",
     "peak_memory_bytes",
@@ -283,6 +284,7 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
                 "q1_s": q1,
                 "q3_s": q3,
                 "rounds": int(stats.get("rounds") or 0),
+                "rounds_s": _seconds(stats.get("data")),
                 "threads": threads,
                 "blas": blas,
                 "peak_memory_bytes": float(memory) if memory is not None else np.nan,
@@ -313,6 +315,16 @@ def benchmark_frame(runs: list[BenchmarkRun], merge: bool = True) -> pd.DataFram
     frame["pct_peak"] = 100.0 * frame["gflops"] / frame["column"].map(peaks).astype(float)
     frame["vs_torch"] = _vs_torch(frame, within_run=not merge)
     return _sorted(frame)
+
+
+def _seconds(value: object) -> list[float] | None:
+    """A record's times round by round (pytest-benchmark's ``stats["data"]``), or None."""
+    if not isinstance(value, list) or not value:
+        return None
+    try:
+        return [float(x) for x in value]
+    except (TypeError, ValueError):
+        return None
 
 
 def _float(value: object) -> float:
