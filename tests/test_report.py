@@ -905,25 +905,27 @@ def _steps_run(workdir, name, ladder_extra=None, **oversubscribed):
     return frame_of(path)
 
 
-def test_the_oversubscribed_ratio_pairs_the_rounds_where_it_has_them(workdir):
-    """The machine slowed down 3x halfway through the test: each round's oversubscribed call
-    took 1.2x the call at the cores beside it, which the ratio of the medians (3.6 / 1) hides."""
-    at_cores = [1e-3, 1e-3, 1e-3, 3e-3, 3e-3]
-    oversubscribed = [1.2e-3, 1.2e-3, 3.6e-3, 3.6e-3, 3.6e-3]
-    records = oversubscribed_records(cores=4)
-    for record in records:
-        record["stats"].update(data=list(oversubscribed), median=statistics.median(oversubscribed))
-        record["extra_info"]["beside_rounds_s"] = {"cores": list(at_cores)}
-    unpaired = oversubscribed_records(cores=4, ratio=1.3)
-    for path, rows in (("paired.json", records), ("unpaired.json", unpaired)):
-        frame = frame_of(write_run(workdir / path, rows, nnbench=machine(cores=4, threads=4)))
-        over = metrics.oversubscription(frame, "Small Xeon 4c")
-        if rows is records:
-            assert over["ratio"].tolist() == pytest.approx([1.2] * len(records))
-            assert set(over["ratio of"]) == {"rounds"}
-        else:  # records without their rounds: the ratio of the medians
-            assert over["ratio"].tolist() == pytest.approx([1.3] * len(unpaired))
-            assert set(over["ratio of"]) == {"medians"}
+@pytest.mark.parametrize(
+    ("rounds", "ratio", "ratio_of"), [(True, 1.2, "rounds"), (False, 1.3, "medians")],
+    ids=["paired", "unpaired"],
+)  # fmt: skip
+def test_the_oversubscribed_ratio_pairs_the_rounds_where_it_has_them(
+    workdir, rounds, ratio, ratio_of
+):
+    """Paired: the machine slowed down 3x halfway through the test, and each round's
+    oversubscribed call took 1.2x the call at the cores beside it, which the ratio of the
+    medians (3.6 / 1) hides. Unpaired (records without their rounds): the ratio of the medians."""
+    records = oversubscribed_records(cores=4, ratio=1.0 if rounds else 1.3)
+    if rounds:
+        at_cores = [1e-3, 1e-3, 1e-3, 3e-3, 3e-3]
+        oversubscribed = [1.2e-3, 1.2e-3, 3.6e-3, 3.6e-3, 3.6e-3]
+        for record in records:
+            record["stats"].update(data=oversubscribed, median=statistics.median(oversubscribed))
+            record["extra_info"]["beside_rounds_s"] = {"cores": at_cores}
+    path = write_run(workdir / f"{ratio_of}.json", records, nnbench=machine(cores=4, threads=4))
+    over = metrics.oversubscription(frame_of(path), "Small Xeon 4c")
+    assert over["ratio"].tolist() == pytest.approx([ratio] * len(records))
+    assert set(over["ratio of"]) == {ratio_of}
 
 
 def test_thread_steps_go_up_the_ladder_then_oversubscribed(workdir):

@@ -207,8 +207,9 @@ def oversubscription(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
         at_cores = beside.get("cores") or math.nan
         rounds = r["beside_rounds_s"] if isinstance(r["beside_rounds_s"], dict) else {}
         mine, theirs = r["rounds_s"], rounds.get("cores")
+        # rounds_s is None or a non-empty list (tables._seconds)
         paired = isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs)
-        ratio = _paired(mine, theirs) if paired and mine else r["median_s"] / at_cores
+        ratio = _paired(mine, theirs) if paired else r["median_s"] / at_cores
         table.append(
             {
                 "layer": r["label"],
@@ -219,7 +220,7 @@ def oversubscription(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
                 "at the cores (ms)": at_cores * 1e3,
                 "oversubscribed (ms)": r["median_ms"],
                 "ratio": ratio,
-                "ratio of": "rounds" if paired and mine else "medians",
+                "ratio of": "rounds" if paired else "medians",
             }
         )
     return pd.DataFrame(table)
