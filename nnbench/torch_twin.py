@@ -23,8 +23,8 @@ def build_twin(preset: str = "fast") -> nn.Sequential:
     recipe = recipes.cifar10_recipe(preset)
     layers: list[nn.Module] = []
     channels_in = 3
-    for stage, channels in enumerate(recipe.channels):
-        for _ in range(2 if stage < recipe.double_conv_stages else 1):
+    for channels, convs in zip(recipe.channels, recipe.convs_per_stage):
+        for _ in range(convs):
             layers += [
                 nn.Conv2d(channels_in, channels, 3, padding=1),
                 # nnbench momentum m keeps m of the old statistic; torch's keeps 1 - m.
