@@ -214,6 +214,20 @@ def test_torch_twin_has_the_recipe_architecture(preset):
     ]
 
 
+@pytest.mark.parametrize("preset", sorted(recipes.CIFAR10_PRESETS))
+def test_a_preset_builds_its_convolutions_stage_by_stage(preset):
+    recipe = recipes.cifar10_recipe(preset)
+    model = recipes.build_cifar10_model(kernel="torch", preset=preset)
+    widths = [layer.kernels.shape[0] for layer in model.layers if isinstance(layer, Conv2D)]
+    expected = [c for c, n in zip(recipe.channels, recipe.convs_per_stage) for _ in range(n)]
+    assert widths == expected
+
+
+def test_a_recipe_needs_a_convolution_count_per_stage():
+    with pytest.raises(ValueError, match=r"convs_per_stage must give one count per stage"):
+        recipes.Recipe("x", 1, 8, 0.1, 0.9, 0.0, 0.2, channels=(8, 16), convs_per_stage=(1,))
+
+
 def test_kernel_auto_is_accepted_and_all_means_the_real_backends(tmp_path):
     args = accuracy.parse_args(["--kernel", "auto", "--out", str(tmp_path)])
     assert args.kernels == ["auto"]
