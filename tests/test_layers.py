@@ -259,6 +259,36 @@ def test_batchnorm(dtype, shape, training, rng):
         np.testing.assert_array_equal(layer.running_mean, before[0])
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: ReLU(input_shape=(3, 4, 5)), id="relu"),
+        pytest.param(lambda: BatchNorm(input_shape=(3, 4, 5)), id="batchnorm-train"),
+        pytest.param(lambda: BatchNorm(input_shape=(3, 4, 5)), id="batchnorm-infer"),
+        pytest.param(lambda: Conv2D(2, 3, input_shape=(3, 4, 5), kernel="im2col"), id="conv2d"),
+    ],
+)
+@pytest.mark.parametrize("layout", ["fortran", "strided"])
+def test_a_non_contiguous_batch_gives_what_its_contiguous_copy_gives(make, layout, request, rng):
+    """The layers work on flattened (n, d * h * w) views of their outputs: a batch in another
+    memory layout must come out the same (to rounding: BLAS may add a strided batch's channel
+    sums in another order), not written into a copy that is then dropped."""
+    layer = built(make(), np.float64)
+    randomize_parameters(layer, rng)
+    layer.is_training = not request.node.callspec.id.endswith("infer")
+    x = normal(rng, (2, 3, 4, 10), np.float64)[..., ::2]  # strided along w
+    if layout == "fortran":
+        x = np.asfortranarray(x)
+    g = normal(rng, (2, *layer.output_shape), np.float64)
+    state = {name: getattr(layer, name).copy() for name in layer.state_names}
+    expected = layer.forward(np.ascontiguousarray(x)), layer.backward(g)
+    for name, value in state.items():
+        getattr(layer, name)[...] = value
+    got = layer.forward(x), layer.backward(np.asfortranarray(g))
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have, want, rtol=1e-12, atol=1e-12)
+
+
 def test_batchnorm_running_statistics_follow_the_assignment_formula(rng):
     layer = built(BatchNorm(momentum=0.9, input_shape=(2, 3, 3)), np.float64)
     batches = [rng.standard_normal((4, 2, 3, 3)) * 3 + 1 for _ in range(3)]
