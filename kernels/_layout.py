@@ -127,15 +127,20 @@ def bordered(
     return buffer
 
 
-def pad_channels_first(x: np.ndarray, ph: int, pw: int, key: str) -> np.ndarray:
+def pad_channels_first(
+    x: np.ndarray, ph: int, pw: int, key: str, extra_rows: int = 0
+) -> np.ndarray:
     """x (n, d, h, w) zero-padded by (ph, pw) into a scratch buffer laid out (d, n, Hp, Wp).
 
     One copy whose contiguous runs are image rows; flattening the result to (d, n*Hp*Wp) gives
     every channel one long row in which a 2-D shift by (u, v) is a 1-D shift by u*Wp + v.
+    ``extra_rows``: that many more zero rows below each image (Hp = h + 2*ph + extra_rows), so
+    that a run read from a shifted start may run past the image's last row and stay inside it.
     """
     n, d, h, w = x.shape
     src, rows, cols = _interior(x, ph, pw)
-    buffer = bordered(key, (d, n, h + 2 * ph, w + 2 * pw), x.dtype, rows, cols, h_axis=2)
+    shape = (d, n, h + 2 * ph + extra_rows, w + 2 * pw)
+    buffer = bordered(key, shape, x.dtype, rows, cols, h_axis=2)
     buffer[:, :, rows, cols] = src.transpose(1, 0, 2, 3)
     return buffer
 

@@ -27,11 +27,28 @@ weight gradient always adds per-slice (c, K) products (``threads.sum_over_batch`
 chunk whose reduction the BLAS could not split across its threads; its rounding depends on how
 the batch was split, and integer inputs still come out exact.
 
-Layout of the columns: channels-first padding (d, n, Hp, Wp) copies runs of ow values and pads
-without transposing; channels-last (n, Hp, Wp, d) makes a patch row (kw, d) one contiguous run
-but pads through a transpose. Channels-first is used when ow >= kw*d or ow >= 32, where its runs
-are long enough. The GEMM is oriented (c, K) @ (K, M) so that its output reaches NCHW in runs of
-whole images.
+Layout of the columns, three ways (``_layout_for``):
+
+- ROWS (image rows), when the kernel is narrow for its output (kw - 1 <= ow / ``ROWS_WASTE``):
+  the image is padded channels-first (d, n, Hp + 1, Wp). Shifted by (u, v), image b is the run
+  of oh*Wp values from flat position u*Wp + v, so row (j, u, v) of the column matrix is n such
+  runs, copied whole: the copy's contiguous runs are oh*Wp long instead of ow. The price: the
+  run of an output row also covers the kw - 1 positions that wrap into the next row; their
+  columns are multiplied and dropped (Wp/ow - 1 more GEMM work: 6% at 32x32, 12.5% at 16x16),
+  and the extra zero row below each image keeps the last run inside its image. col2im adds
+  along the same runs. On the recipe's 32x32 and 16x16 layers the shorter copy more than pays
+  for the extra GEMM columns (forward and input gradient); the weight gradient, whose GEMM
+  reduces over those columns, does not use it.
+- channels-first (d, n, Hp, Wp) copies runs of ow values and pads without transposing;
+- channels-last (n, Hp, Wp, d) makes a patch row (kw, d) one contiguous run but pads through a
+  transpose.
+
+Channels-first is used when ow >= kw*d or ow >= 32, where its runs are long enough. The GEMM is
+oriented (c, K) @ (K, M) so that its output reaches NCHW in runs of whole images. The weight
+gradient's is (K, M) @ (M, c) when the columns are a (K, M) buffer, which BLAS runs 1.3-1.8x
+faster than (c, M) @ (M, K) for these thin outputs, and (c, M) @ (M, K) when they are the
+transpose of an (M, K) buffer (channels-last), 1.05-1.25x faster than the other way (one core,
+per-chunk shapes of the recipe's layers, OpenBLAS on a Xeon).
 
 grad_inputs: col2im unfolds the d input channels, the forward on transposed kernels the c
 output channels; col2im's kh*kw shifted adds over rows of ow values cost about ``COL2IM_COST``
@@ -53,6 +70,7 @@ import numpy as np
 
 from kernels import _profile, threads
 from kernels._layout import (
+    bordered,
     grad_inputs_padding,
     grad_kernel_shape,
     pad_channels_first,
@@ -71,6 +89,10 @@ EXACT = True
 CHUNK_BYTES = 2 * 2**20
 #: Cost of one element of col2im (a GEMM output, then kh*kw strided adds) in column copies.
 COL2IM_COST = 4
+#: Column-matrix layouts (``_layout_for``).
+FIRST, LAST, ROWS = "channels-first", "channels-last", "image rows"
+#: ROWS is used while its kw - 1 extra columns per output row are at most 1/ROWS_WASTE of ow.
+ROWS_WASTE = 8
 #: ``np.reshape(..., copy=False)`` (numpy 2.1): a view or an error, never a copy.
 _RESHAPE_HAS_COPY = np.lib.NumpyVersion(np.__version__) >= "2.1.0"
 
@@ -103,26 +125,30 @@ def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> 
 
 
 def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> np.ndarray:
-    n, d, _, w = inputs.shape
+    n, d = inputs.shape[:2]
     _, c, oh, ow = grad_outputs.shape
     kh, kw = grad_kernel_shape(inputs, grad_outputs, padding)
-    channels_first = _channels_first(d, kw, w + 2 * padding - kw + 1)
+    # Not ROWS: its longer reduction (the extra columns, against zero gradient) and the zero
+    # columns' copy cost more than its shorter copy saves (measured on the recipe layers).
+    layout = _layout_for(d, kw, ow, rows=False)
+    width = _width(layout, kw, ow)
 
     def part(s: slice) -> np.ndarray:  # this chunk's share of the reduction over n*oh*ow
-        columns = _columns(inputs[s], kh, kw, padding, padding, channels_first)  # (K, M)
+        columns = _columns(inputs[s], kh, kw, padding, padding, layout)  # (K, M)
         with _profile.stage("layout"):
-            gy = scratch("im2col.grad_outputs", (c, s.stop - s.start, oh, ow), inputs.dtype)
-            np.copyto(gy, grad_outputs[s].transpose(1, 0, 2, 3))
-        with _profile.stage("gemm"):
-            return _profile.matmul(gy.reshape(c, -1), columns.T)  # (c, K), fresh
+            gy = _by_channel(grad_outputs[s], width)  # (c, M)
+        with _profile.stage("gemm"):  # each orientation as BLAS runs it faster (see above)
+            if layout == LAST:  # columns.T is the contiguous (M, K) buffer
+                return _profile.matmul(gy, columns.T).T  # (K, c), a view of a fresh array
+            return _profile.matmul(columns, gy.T)  # (K, c), fresh
 
-    per_image = d * kh * kw * oh * ow
+    per_image = d * kh * kw * oh * width
     chunk = threads.rows_per_chunk(per_image, inputs.dtype, CHUNK_BYTES)
-    grad_taps = threads.sum_over_batch(part, n, n * per_image, chunk)
-    if channels_first:
-        grad_taps = grad_taps.reshape(c, d, kh, kw)
-    else:
+    grad_taps = threads.sum_over_batch(part, n, n * per_image, chunk).T  # (c, K)
+    if layout == LAST:
         grad_taps = grad_taps.reshape(c, kh, kw, d).transpose(0, 3, 1, 2)
+    else:
+        grad_taps = grad_taps.reshape(c, d, kh, kw)
     return np.ascontiguousarray(grad_taps[:, :, ::-1, ::-1])  # the taps are the flipped kernel
 
 
@@ -132,38 +158,70 @@ def _grad_inputs_col2im(grad_outputs, weights, shape, padding, result) -> None:
     gx_pad[b, j, t + u, s + v] += sum_i gy[b, i, t, s] * flip(k)[i, j, u, v]: the GEMM
     weights (d*kh*kw, c) @ gy (c, n*oh*ow) gives every term, the kh*kw shifted adds place them.
     """
-    n, c, oh, ow = grad_outputs.shape
+    n, _, oh, ow = grad_outputs.shape
     d, kh, kw = shape
     hp, wp = oh + kh - 1, ow + kw - 1  # the padded input, h + 2p by w + 2p
+    # ROWS: each output row carries kw - 1 zero columns, so that a shift by (u, v) on the
+    # padded grid is a shift by u*Wp + v of one run of oh*Wp values per image (the extra row
+    # below each image takes what runs past its last row: zeros, as the gradient was zero).
+    width = wp if _layout_for(d, kw, ow) == ROWS else ow
     with _profile.stage("layout"):
-        gy = scratch("im2col.grad_outputs", (c, n, oh, ow), grad_outputs.dtype)
-        np.copyto(gy, grad_outputs.transpose(1, 0, 2, 3))
+        gy = _by_channel(grad_outputs, width)  # (c, n*oh*width)
     with _profile.stage("gemm"):
-        columns = scratch("im2col.columns", (d, kh, kw, n, oh, ow), grad_outputs.dtype)
-        _profile.matmul(weights, gy.reshape(c, -1), out=columns.reshape(d * kh * kw, -1))
+        columns = scratch("im2col.columns", (d, kh, kw, n, oh, width), grad_outputs.dtype)
+        _profile.matmul(weights, gy, out=columns.reshape(d * kh * kw, -1))
     with _profile.stage("col2im"):
-        padded = scratch("im2col.col2im", (d, n, hp, wp), grad_outputs.dtype)
+        padded = scratch("im2col.col2im", (d, n, hp + (width == wp), wp), grad_outputs.dtype)
         padded.fill(0)
-        for u in range(kh):
-            for v in range(kw):
-                padded[:, :, u : u + oh, v : v + ow] += columns[:, u, v]
+        if width == wp:
+            flat, run = padded.reshape(d, n, -1), oh * wp
+            for u in range(kh):
+                for v in range(kw):
+                    start = u * wp + v
+                    flat[:, :, start : start + run] += columns[:, u, v].reshape(d, n, run)
+        else:
+            for u in range(kh):
+                for v in range(kw):
+                    padded[:, :, u : u + oh, v : v + ow] += columns[:, u, v]
     with _profile.stage("layout"):
         h, w = hp - 2 * padding, wp - 2 * padding
         interior = padded[:, :, padding : padding + h, padding : padding + w]
         np.copyto(result, interior.transpose(1, 0, 2, 3))
 
 
-def _channels_first(d: int, kw: int, ow: int) -> bool:
-    """Whether the column matrix is built from a channels-first padded copy (see above)."""
-    return ow >= kw * d or ow >= 32
+def _layout_for(d: int, kw: int, ow: int, rows: bool = True) -> str:
+    """How the column matrix is laid out and built (see above); ``rows``: ROWS allowed."""
+    if rows and (kw - 1) * ROWS_WASTE <= ow:
+        return ROWS
+    return FIRST if ow >= kw * d or ow >= 32 else LAST
 
 
-def _weights(taps: np.ndarray, channels_first: bool) -> np.ndarray:
+def _width(layout: str, kw: int, ow: int) -> int:
+    """Columns per output row in the column matrix: ROWS computes kw - 1 more (dropped)."""
+    return ow + kw - 1 if layout == ROWS else ow
+
+
+def _weights(taps: np.ndarray, layout: str) -> np.ndarray:
     """taps (c, d, kh, kw) as the contiguous (c, K) left operand, K in the columns' order."""
     c = taps.shape[0]
-    if channels_first:
-        return np.ascontiguousarray(taps).reshape(c, -1)  # K ordered (d, kh, kw)
-    return np.ascontiguousarray(taps.transpose(0, 2, 3, 1)).reshape(c, -1)  # (kh, kw, d)
+    if layout == LAST:
+        return np.ascontiguousarray(taps.transpose(0, 2, 3, 1)).reshape(c, -1)  # (kh, kw, d)
+    return np.ascontiguousarray(taps).reshape(c, -1)  # K ordered (d, kh, kw)
+
+
+def _by_channel(grad_outputs: np.ndarray, width: int) -> np.ndarray:
+    """grad_outputs (n, c, oh, ow) as a (c, n*oh*width) scratch matrix, rows padded with zeros
+    to ``width`` (the zero columns are written once per shape, ``_layout.bordered``)."""
+    n, c, oh, ow = grad_outputs.shape
+    shape = (c, n, oh, width)
+    gy = bordered("im2col.grad_outputs", shape, grad_outputs.dtype, slice(0, oh), slice(0, ow), 2)
+    np.copyto(gy[:, :, :, :ow], grad_outputs.transpose(1, 0, 2, 3))
+    return gy.reshape(c, -1)
+
+
+def _by_image(product: np.ndarray, n: int, oh: int, ow: int) -> np.ndarray:
+    """The (c, n*oh*width) GEMM product as (c, n, oh, ow): ROWS's extra columns dropped."""
+    return product.reshape(product.shape[0], n, oh, -1)[..., :ow]
 
 
 def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
@@ -176,35 +234,35 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
         # image, flipped, the taps; output positions stay where they are.
         image, swapped_taps = taps[:, :, ::-1, ::-1], x[:, :, ::-1, ::-1]
         sph, spw = h + ph - kh, w + pw - kw
-        channels_first = _channels_first(d, w, ow)
+        layout = _layout_for(d, w, ow)
         swapped = np.empty((c, n, oh, ow), x.dtype)
-        weights = _weights(swapped_taps, channels_first)
-        _correlate_columns(image, weights, (h, w), (sph, spw), channels_first, swapped)
+        weights = _weights(swapped_taps, layout)
+        _correlate_columns(image, weights, (h, w), (sph, spw), layout, swapped)
         return np.ascontiguousarray(swapped.transpose(1, 0, 2, 3))
-    channels_first = _channels_first(d, kw, ow)
-    weights = _weights(taps, channels_first)
+    layout = _layout_for(d, kw, ow)
+    weights = _weights(taps, layout)
     result = np.empty((n, c, oh, ow), x.dtype)
-    per_image = d * kh * kw * oh * ow
+    per_image = d * kh * kw * oh * _width(layout, kw, ow)
     batch = threads.whole_batch(n, n * per_image, per_image, x.dtype)
     if batch is not None:
         # More cores than slices worth cutting: the GEMM goes to the BLAS's own threads, which
         # scale without the GIL, and the slices only build the column matrix and place results.
         for lo in range(0, n, batch):
             rows = slice(lo, min(lo + batch, n))
-            _correlate_batch(x[rows], weights, (kh, kw), (ph, pw), channels_first, result[rows])
+            _correlate_batch(x[rows], weights, (kh, kw), (ph, pw), layout, result[rows])
         return result
     # The pool alone keeps every core busy: each slice walks its images a cache-sized chunk at
     # a time, padding, unfolding, multiplying and placing it (one BLAS thread).
     chunk = threads.rows_per_chunk(per_image, x.dtype, CHUNK_BYTES)
 
     def part(s: slice) -> None:
-        _correlate_columns(x[s], weights, (kh, kw), (ph, pw), channels_first, result[s])
+        _correlate_columns(x[s], weights, (kh, kw), (ph, pw), layout, result[s])
 
     threads.over_batch(part, n, n * per_image, chunk)
     return result
 
 
-def _correlate_batch(x, weights, window, pads, channels_first, result) -> None:
+def _correlate_batch(x, weights, window, pads, layout, result) -> None:
     """result (n, c, oh, ow) = weights (c, K) @ columns (K, n*oh*ow) of x, in three steps: the
     column matrix built by slices of the batch in parallel, ONE GEMM on the BLAS's own threads,
     and the transposing copy into NCHW by slices again."""
@@ -212,22 +270,22 @@ def _correlate_batch(x, weights, window, pads, channels_first, result) -> None:
     c = weights.shape[0]
     kh, kw = window
     oh, ow = result.shape[2:]
-    m = oh * ow
-    shape = (d * kh * kw, n * m) if channels_first else (n * m, kh * kw * d)
+    m = oh * _width(layout, kw, ow)
+    shape = (n * m, kh * kw * d) if layout == LAST else (d * kh * kw, n * m)
     columns = scratch("im2col.batch_columns", shape, x.dtype)
 
     def fill(s: slice) -> None:  # this slice's images into its columns of the shared matrix
         cols = slice(s.start * m, s.stop * m)
-        _columns(x[s], kh, kw, *pads, channels_first, into=columns[:, cols] if channels_first
-                 else columns[cols])  # fmt: skip
+        _columns(x[s], kh, kw, *pads, layout, into=columns[cols] if layout == LAST
+                 else columns[:, cols])  # fmt: skip
 
     threads.over_batch(fill, n, columns.size)
-    operand = columns if channels_first else columns.T
+    operand = columns.T if layout == LAST else columns
     # the BLAS's own threads, at most the cores: the one step they scale well
     with _profile.stage("gemm"), threads.blas_within_cores():
         product = scratch("im2col.product", (c, n * m), x.dtype)
         _profile.matmul(weights, operand, out=product)
-    by_image = product.reshape(c, n, oh, ow)
+    by_image = _by_image(product, n, oh, ow)
 
     def place(s: slice) -> None:
         with _profile.stage("layout"):
@@ -236,31 +294,37 @@ def _correlate_batch(x, weights, window, pads, channels_first, result) -> None:
     threads.over_batch(place, n, result.size)
 
 
-def _correlate_columns(x, weights, window, pads, channels_first, result) -> None:
+def _correlate_columns(x, weights, window, pads, layout, result) -> None:
     """result (n, c, oh, ow) = weights (c, K) applied to the (K, M) column matrix of x."""
     n = x.shape[0]
-    c = weights.shape[0]
     oh, ow = result.shape[2:]
-    columns = _columns(x, *window, *pads, channels_first)  # (K, M)
+    columns = _columns(x, *window, *pads, layout)  # (K, M)
     with _profile.stage("gemm"):
-        product = scratch("im2col.product", (c, n * oh * ow), x.dtype)
+        product = scratch("im2col.product", (weights.shape[0], columns.shape[1]), x.dtype)
         threads.matmul(weights, columns, out=product)  # split only when not in a slice
     with _profile.stage("layout"):
-        np.copyto(result, product.reshape(c, n, oh, ow).transpose(1, 0, 2, 3))
+        np.copyto(result, _by_image(product, n, oh, ow).transpose(1, 0, 2, 3))
 
 
-def _columns(x, kh: int, kw: int, ph: int, pw: int, channels_first: bool, into=None):
+def _columns(x, kh: int, kw: int, ph: int, pw: int, layout: str, into=None):
     """The column matrix of x for (kh, kw) patches with pads (ph, pw), as a (K, M) matrix.
 
-    Rows (the reduction K = d*kh*kw) are ordered (d, kh, kw) when channels_first, else
-    (kh, kw, d); columns (M = n*oh*ow) are ordered (n, oh, ow). The matrix is a scratch buffer
-    (channels-first) or the transpose of one (channels-last), filled by a single copy from a
-    strided view. ``into``: write it there instead, a (K, M) block (channels-first) or an
-    (M, K) block (channels-last) of a larger matrix.
+    Rows (the reduction K = d*kh*kw) are ordered (kh, kw, d) for LAST, else (d, kh, kw);
+    columns (M = n*oh*width) are ordered (n, oh, width), where ROWS's width has kw - 1 extra
+    columns. The matrix is a scratch buffer (FIRST, ROWS) or the transpose of one (LAST),
+    filled by a single copy from a strided view. ``into``: write it there instead, a (K, M)
+    block (FIRST, ROWS) or an (M, K) block (LAST) of a larger matrix.
     """
     d = x.shape[1]
     with _profile.stage("layout"):
-        if channels_first:
+        if layout == ROWS:
+            padded = pad_channels_first(x, ph, pw, "im2col.padded", extra_rows=1)
+            view = _row_runs(padded, kh, kw)  # (d, kh, kw, n, oh*Wp)
+            if into is None:
+                into = scratch("im2col.columns", (d * kh * kw, view[0, 0, 0].size), x.dtype)
+            np.copyto(_reshaped(into, view.shape), view)
+            return into
+        if layout == FIRST:
             padded = pad_channels_first(x, ph, pw, "im2col.padded")  # (d, n, Hp, Wp)
             view = windows(padded, kh, kw, h_axis=2)  # (d, n, oh, ow, kh, kw)
             view = view.transpose(0, 4, 5, 1, 2, 3)  # (d, kh, kw, n, oh, ow)
@@ -275,6 +339,25 @@ def _columns(x, kh: int, kw: int, ph: int, pw: int, channels_first: bool, into=N
             into = scratch("im2col.columns", (view[..., 0, 0, 0].size, kh * kw * d), x.dtype)
         np.copyto(_reshaped(into, view.shape), view)
         return into.T
+
+
+def _row_runs(padded: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """ROWS's column matrix as a read-only view of ``padded`` (d, n, Hp + 1, Wp), shaped
+    (d, kh, kw, n, oh*Wp): row (j, u, v) holds, per image, the oh*Wp values from flat position
+    u*Wp + v of channel j, i.e. the image shifted by (u, v) with kw - 1 wrapped columns per
+    row (whose products are dropped). The last run of an image ends kw - 1 values past its
+    padded rows, in the extra zero row."""
+    d, n, rows, wp = padded.shape
+    oh = rows - kh  # (Hp + 1) - kh = Hp - kh + 1
+    item = padded.itemsize
+    view = np.ndarray(
+        (d, kh, kw, n, oh * wp),
+        padded.dtype,
+        buffer=padded,
+        strides=(n * rows * wp * item, wp * item, item, rows * wp * item, item),
+    )
+    view.flags.writeable = False
+    return view
 
 
 def _reshaped(block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

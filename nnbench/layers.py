@@ -88,19 +88,11 @@ def _channel_row(vector: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray
 
 
 @functools.lru_cache(maxsize=64)
-def _ones(size: int, dtype: np.dtype) -> np.ndarray:
-    """A read-only vector of ones, made once per (size, dtype)."""
-    ones = np.ones(size, dtype=dtype)
-    ones.flags.writeable = False
-    return ones
-
-
-@functools.lru_cache(maxsize=64)
-def _zeros(size: int, dtype: np.dtype) -> np.ndarray:
-    """A read-only vector of zeros, made once per (size, dtype)."""
-    zeros = np.zeros(size, dtype=dtype)
-    zeros.flags.writeable = False
-    return zeros
+def _constant(value: float, size: int, dtype: np.dtype) -> np.ndarray:
+    """A read-only vector of ``size`` copies of ``value``, made once per (value, size, dtype)."""
+    vector = np.full(size, value, dtype=dtype)
+    vector.flags.writeable = False
+    return vector
 
 
 def _batched(function, *operands, out):
@@ -148,7 +140,7 @@ def _channel_sum(array: np.ndarray) -> np.ndarray:
     """
     n, d = array.shape[:2]
     flat = array.reshape(n, d, -1)
-    ones = _ones(flat.shape[2], array.dtype)
+    ones = _constant(1, flat.shape[2], array.dtype)
     per_image = _batched(np.matmul, flat, ones, out=np.empty((n, d), array.dtype))
     return per_image.sum(axis=0)
 
@@ -176,7 +168,7 @@ class ReLU(Layer):
 
     def forward_impl(self, inputs):
         outputs = np.empty(inputs.shape, inputs.dtype)
-        zeros = _zeros(outputs[0].size, outputs.dtype)
+        zeros = _constant(0, outputs[0].size, outputs.dtype)
         _batched(np.maximum, _flat(inputs), zeros, out=_flat(outputs))
         return outputs
 

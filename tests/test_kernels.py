@@ -188,6 +188,30 @@ def test_im2col_reshaped_is_a_view_or_an_error_never_a_copy(reshape_has_copy, mo
         backend_im2col._reshaped(block.T, (72,))
 
 
+@pytest.mark.parametrize("col2im", [False, True], ids=["correlate", "col2im"])
+@pytest.mark.parametrize("layout", ["channels-first", "channels-last", "image rows"])
+def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, monkeypatch):
+    """Every check case and pass with im2col's column matrix forced into one layout (the
+    weight gradient too, which picks ROWS by itself never) and its input gradient forced
+    through col2im or the correlation: exact on integer inputs, as the shape-picked layout is.
+    ROWS reads runs that wrap past each output row and into an extra zero row per image; a
+    run that left its image would read the next image (or fail past the buffer's end)."""
+    from kernels import backend_im2col
+
+    if "im2col" not in BACKENDS:
+        pytest.skip("im2col is not available")
+    monkeypatch.setattr(backend_im2col, "_layout_for", lambda *args, **kwargs: layout)
+    monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0 if col2im else 10**9)
+    kernels.release_scratch()
+    for case in CASES:
+        case = case.with_dtype("float64")
+        ops = operands(case, integer=True)
+        for pass_ in PASSES:
+            actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
+            check(f"{pass_} (im2col, {layout}) {case.id}", "im2col", case, pass_, actual,
+                  ops.reference(pass_), integer=True)  # fmt: skip
+
+
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
 def test_scratch_shared_by_the_two_layouts_never_keeps_a_stale_border(backend):
     """Channels-first (d, n, Hp, Wp) and channels-last (n, Hp, Wp, d) padded buffers share a
