@@ -380,9 +380,14 @@ def whole_batch(n: int, elements: int, per_row: int, dtype) -> int | None:
 
 
 def _chunks(rows: slice, chunk: int | None) -> list[slice]:
-    if chunk is None or rows.stop - rows.start <= chunk:
+    """``rows`` in runs of at most ``chunk`` rows, as equal as possible: no short last run, and
+    the same run shape call after call, so that a scratch buffer's zero border stays valid."""
+    size = rows.stop - rows.start
+    if chunk is None or size <= chunk:
         return [rows]
-    return [slice(lo, min(lo + chunk, rows.stop)) for lo in range(rows.start, rows.stop, chunk)]
+    return [
+        slice(rows.start + s.start, rows.start + s.stop) for s in split(size, -(-size // chunk))
+    ]
 
 
 def _walk(body: Callable[[slice], object], rows: slice, chunk: int | None) -> None:

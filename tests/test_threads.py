@@ -60,11 +60,15 @@ def test_over_batch_walks_every_row_once_in_chunks(two_threads):
         with lock:
             seen.append((part.start, part.stop, threading.current_thread().name))
 
-    threads.over_batch(body, 11, elements=11, chunk=2)
+    threads.over_batch(body, 13, elements=13, chunk=4)  # slices of 6 and 7 rows
     rows = sorted(i for start, stop, _ in seen for i in range(start, stop))
-    assert rows == list(range(11))
-    assert max(stop - start for start, stop, _ in seen) == 2
-    assert len({name for *_, name in seen}) == 2  # the caller and one pool thread
+    assert rows == list(range(13))
+    assert max(stop - start for start, stop, _ in seen) == 4
+    names = {name for *_, name in seen}
+    assert len(names) == 2  # the caller and one pool thread
+    for name in names:  # each thread's chunks as equal as possible: no short last one
+        sizes = [stop - start for start, stop, who in seen if who == name]
+        assert max(sizes) - min(sizes) <= 1, sizes
 
 
 def test_small_work_runs_inline(monkeypatch):
