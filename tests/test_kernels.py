@@ -194,8 +194,9 @@ def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, mon
     """Every check case and pass with im2col's column matrix forced into one layout (the
     weight gradient too, which picks ROWS by itself never) and its input gradient forced
     through col2im or the correlation: exact on integer inputs, as the shape-picked layout is.
-    ROWS reads runs that wrap past each output row and into an extra zero row per image; a
-    run that left its image would read the next image (or fail past the buffer's end)."""
+    ROWS's runs wrap past each output row; the wrapped columns are computed and dropped, and
+    the extra zero row per image keeps the last run inside the buffer (without it, the view
+    of the last image would reach past the buffer's end and be refused)."""
     from kernels import backend_im2col
 
     if "im2col" not in BACKENDS:
