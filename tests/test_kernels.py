@@ -188,10 +188,11 @@ def test_im2col_reshaped_is_a_view_or_an_error_never_a_copy(reshape_has_copy, mo
         backend_im2col._reshaped(block.T, (72,))
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 @pytest.mark.parametrize("col2im", [False, True], ids=["correlate", "col2im"])
 @pytest.mark.parametrize("layout", ["channels-first", "channels-last", "image rows"])
-def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, monkeypatch):
-    """Every check case and pass with im2col's column matrix forced into one layout (the
+def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, case, monkeypatch):
+    """Every pass of every check case with im2col's column matrix forced into one layout (the
     weight gradient too, which picks ROWS by itself never) and its input gradient forced
     through col2im or the correlation: exact on integer inputs, as the shape-picked layout is.
     ROWS's runs wrap past each output row; the wrapped columns are computed and dropped, and
@@ -203,14 +204,12 @@ def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, mon
         pytest.skip("im2col is not available")
     monkeypatch.setattr(backend_im2col, "_layout_for", lambda *args, **kwargs: layout)
     monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0 if col2im else 10**9)
-    kernels.release_scratch()
-    for case in CASES:
-        case = case.with_dtype("float64")
-        ops = operands(case, integer=True)
-        for pass_ in PASSES:
-            actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
-            check(f"{pass_} (im2col, {layout}) {case.id}", "im2col", case, pass_, actual,
-                  ops.reference(pass_), integer=True)  # fmt: skip
+    case = case.with_dtype("float64")
+    ops = operands(case, integer=True)
+    for pass_ in PASSES:
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
+        check(f"{pass_} (im2col, {layout})", "im2col", case, pass_, actual,
+              ops.reference(pass_), integer=True)  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
