@@ -380,14 +380,18 @@ def whole_batch(n: int, elements: int, per_row: int, dtype) -> int | None:
 
 
 def _chunks(rows: slice, chunk: int | None) -> list[slice]:
-    """``rows`` in runs of at most ``chunk`` rows, as equal as possible: no short last run, and
-    the same run shape call after call, so that a scratch buffer's zero border stays valid."""
+    """``rows`` in ceil(size / chunk) runs of at most ``chunk`` rows, as equal as possible (no
+    short last run) and the longer ones first: a thread changes its run shape at most once a
+    call, so a scratch buffer's zero border is redrawn at most once (``_layout.bordered``)."""
     size = rows.stop - rows.start
     if chunk is None or size <= chunk:
         return [rows]
-    return [
-        slice(rows.start + s.start, rows.start + s.stop) for s in split(size, -(-size // chunk))
-    ]
+    count = -(-size // chunk)
+    longer = size % count  # runs one row longer than size // count
+    bounds = [rows.start]
+    for index in range(count):
+        bounds.append(bounds[-1] + size // count + (index < longer))
+    return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
 def _walk(body: Callable[[slice], object], rows: slice, chunk: int | None) -> None:

@@ -66,9 +66,10 @@ def test_over_batch_walks_every_row_once_in_chunks(two_threads):
     assert max(stop - start for start, stop, _ in seen) == 4
     names = {name for *_, name in seen}
     assert len(names) == 2  # the caller and one pool thread
-    for name in names:  # each thread's chunks as equal as possible: no short last one
+    for name in names:  # each thread's chunks as equal as possible, the longer ones first
         sizes = [stop - start for start, stop, who in seen if who == name]
         assert max(sizes) - min(sizes) <= 1, sizes
+        assert sizes == sorted(sizes, reverse=True), sizes
 
 
 def test_small_work_runs_inline(monkeypatch):
