@@ -27,9 +27,10 @@ CIFAR-10 — ``best`` (for >80%): 39.56 MFLOP per image forward
     middle stage (four Conv2D layers: 32x32, 16x16 twice, 8x8), Dense(2048->10); 6 epochs,
     batch 128, one-cycle peaking at 0.1 with a 20% warm-up. Seven times the work per image of
     ``fast``, sized for the "80% within 15 minutes" target of ``nnbench.policy`` with the
-    torch kernel on a 2-core machine. Until 2026-12 it had a second convolution in the first
-    stage too (58.43 MFLOP) and 10 epochs: 85.5% at the end, but 80% only after 1039-1245 s on
-    the 2-core AMD EPYC, the first 32x32 layers being the costliest per step.
+    torch kernel on a 2-core machine. Before commit 2c21afc (2026-11-30) it had a second
+    convolution in the first stage too (58.43 MFLOP) and 10 epochs: 85.5% at the end, but 80%
+    only after 1039-1245 s on the 2-core AMD EPYC, the first 32x32 layers being the costliest
+    per step.
 
 Batch 128 everywhere: large enough for efficient GEMMs on 2 cores, small enough for several
 hundred updates per epoch.
