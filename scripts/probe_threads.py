@@ -1,0 +1,223 @@
+"""Where the numpy side stops scaling on this machine: a probe for machines with many cores.
+
+    python scripts/probe_threads.py [--out probe.json] [--threads 1,2,4,16] [--calls 7]
+                                    [--chunk-mb 0.5,1,2,4,8] [--thread-costs 16384,65536]
+
+Two measurements, each a table on stdout and a record in ``--out`` (JSON, written atomically):
+
+1. ``settings``: im2col and loop on the CIFAR-10 recipe's layers (forward and both gradients)
+   at the most threads asked for, with each backend's ``CHUNK_BYTES`` and
+   ``kernels.threads.THREAD_COST_ELEMENTS`` (how finely a call is cut into slices) set to
+   each pair of ``--chunk-mb`` and ``--thread-costs`` (by default a small grid around the
+   shipped values). Median ms of ``--calls`` calls after one untimed call per setting (a new
+   chunk shape reallocates the scratch buffers).
+2. ``step``: one training step of the CIFAR-10 fast recipe with the torch kernel, at each
+   thread count, split into every layer's forward, backward and update, beside the plain-torch
+   twin's step: which layers of the engine stop scaling. Median ms of ``--calls`` steps.
+
+It changes module constants for the duration of a measurement and puts them back; it is a
+probe for tuning those constants, not a benchmark of record (the suite's scaling group is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nnbench import runtime
+
+runtime.configure()
+
+import kernels
+from kernels import backend_im2col, backend_loop, threads
+from nnbench import bench, machine
+from nnbench._io import atomic_write_json
+from nnbench.bench.cases import recipe_cases, thread_ladder
+
+CHUNK_MB = (0.5, 1, 2, 4, 8)
+THREAD_COSTS = (1 << 14, 1 << 16, 1 << 18, 1 << 20)
+BACKENDS = {"im2col": backend_im2col, "loop": backend_loop}
+PASSES = ("forward", "grad_inputs", "grad_kernels")
+
+
+def median_ms(fn, calls: int) -> float:
+    fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def probe_settings(
+    threads_count: int, calls: int, chunk_mb=CHUNK_MB, thread_costs=THREAD_COSTS
+) -> list[dict]:
+    rows = []
+    with machine.pinned_threads(threads_count):
+        for case in recipe_cases("fast"):
+            for name, module in BACKENDS.items():
+                for pass_ in PASSES:
+                    call = bench.make_call(name, case, pass_)
+                    for mb, cost in itertools.product(chunk_mb, thread_costs):
+                        shipped = module.CHUNK_BYTES, threads.THREAD_COST_ELEMENTS
+                        module.CHUNK_BYTES = int(mb * 2**20)
+                        threads.THREAD_COST_ELEMENTS = cost
+                        try:
+                            ms = median_ms(call.fn, calls)
+                        finally:
+                            module.CHUNK_BYTES, threads.THREAD_COST_ELEMENTS = shipped
+                        rows.append(
+                            {
+                                "layer": case.label,
+                                "backend": name,
+                                "pass": pass_,
+                                "chunk_mb": mb,
+                                "thread_cost_elements": cost,
+                                "shipped": (int(mb * 2**20), cost) == shipped,
+                                "threads": threads_count,
+                                "median_ms": ms,
+                            }
+                        )
+    return rows
+
+
+def probe_step(ladder: list[int], calls: int) -> list[dict]:
+    rows = []
+    for count in ladder:
+        with machine.pinned_threads(count):
+            engine = bench.train_step_call("cifar10-fast", "torch")
+            twin = bench.twin_step_call("cifar10-fast")
+            model = _model_of(engine)
+            seconds = defaultdict(list)
+            _time_layers(model, seconds)
+            engine.fn()
+            twin.fn()
+            seconds.clear()
+            steps, twin_steps = [], []
+            for _ in range(calls):  # interleaved, as the overhead benchmark does
+                start = time.perf_counter()
+                engine.fn()
+                steps.append(time.perf_counter() - start)
+                twin_steps.append(bench.time_call(twin.fn))
+            row = {
+                "threads": count,
+                "engine_ms": statistics.median(steps) * 1e3,
+                "twin_ms": statistics.median(twin_steps) * 1e3,
+                "layers_ms": {
+                    key: sum(values) / calls * 1e3 for key, values in sorted(seconds.items())
+                },
+            }
+            rows.append(row)
+    return rows
+
+
+def _model_of(call) -> object:
+    """The model a ``train_step_call`` steps (its closure holds it)."""
+    for cell in call.fn.__closure__ or ():
+        if hasattr(cell.cell_contents, "layers"):
+            return cell.cell_contents
+    raise RuntimeError("no model in the step call's closure")
+
+
+def _time_layers(model, seconds: dict) -> None:
+    """Wrap each layer's forward, backward and update (on the instance) to add up their time."""
+    for index, layer in enumerate(model.layers):
+        for method in ("_forward", "backward_impl", "backward_parameters_impl",
+                       "update_parameters"):  # fmt: skip
+            original = getattr(layer, method)
+            key = f"{index:02d} {type(layer).__name__} {method.strip('_').split('_')[0]}"
+
+            def timed(*args, _original=original, _key=key, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    seconds[_key].append(time.perf_counter() - start)
+
+            setattr(layer, method, timed)
+
+
+def _numbers(text: str, name: str, kind, parser) -> list:
+    """A comma-separated list of positive numbers, or a parser error naming ``name``."""
+    try:
+        values = [kind(value) for value in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        parser.error(f"{name} must be comma-separated positive numbers, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the records")
+    parser.add_argument(
+        "--threads",
+        default=None,
+        help="thread counts, comma-separated (default: 1, 2, 4, ... cores)",
+    )
+    parser.add_argument("--calls", type=int, default=7, help="timed calls per median")
+    parser.add_argument("--chunk-mb", default=",".join(f"{v:g}" for v in CHUNK_MB))
+    parser.add_argument("--thread-costs", default=",".join(str(v) for v in THREAD_COSTS))
+    parser.add_argument("--skip", choices=["settings", "step"], default=None)
+    args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error(f"--calls must be at least 1, got {args.calls}")
+    cores = threads.CORES
+    ladder = (
+        thread_ladder(cores)
+        if args.threads is None
+        else _numbers(args.threads, "--threads", int, parser)
+    )
+    chunk_mb = _numbers(args.chunk_mb, "--chunk-mb", float, parser)
+    thread_costs = _numbers(args.thread_costs, "--thread-costs", int, parser)
+    if "torch" not in kernels.available() and args.skip != "step":
+        parser.error("the step probe needs the torch kernel; pass --skip step")
+
+    record = {"machine": machine.machine_info(), "cores": cores, "calls": args.calls}
+    if args.skip != "settings":
+        rows = probe_settings(max(ladder), args.calls, chunk_mb, thread_costs)
+        record["settings"] = rows
+        _print_settings(rows, len(chunk_mb) * len(thread_costs))
+    if args.skip != "step":
+        record["step"] = probe_step(ladder, args.calls)
+        _print_step(record["step"])
+    if args.out is not None:
+        atomic_write_json(args.out, record)
+    return 0
+
+
+def _print_settings(rows: list[dict], per_row: int) -> None:
+    print(
+        f"\nmedian ms at {rows[0]['threads']} threads, by CHUNK_BYTES (MB) / THREAD_COST_ELEMENTS"
+    )
+    print("(* the shipped values)")
+    header = "".join(f"{r['chunk_mb']:>6g}/{r['thread_cost_elements']:<8d}" for r in rows[:per_row])
+    print(f"{'layer':<11}{'backend':<8}{'pass':<13}{header}")
+    for key, group in itertools.groupby(rows, lambda r: (r["layer"], r["backend"], r["pass"])):
+        cells = "".join(
+            f"{row['median_ms']:>13.2f}{'*' if row['shipped'] else ' '} " for row in group
+        )
+        print(f"{key[0]:<11}{key[1]:<8}{key[2]:<13}{cells}")
+
+
+def _print_step(rows: list[dict]) -> None:
+    print("\nCIFAR-10 fast training step, torch kernel: median ms (layers: mean ms per step)")
+    keys = list(rows[0]["layers_ms"])
+    print(f"{'':<40}" + "".join(f"{row['threads']:>9d}t" for row in rows))
+    for label in ("engine_ms", "twin_ms"):
+        print(f"{label:<40}" + "".join(f"{row[label]:>10.2f}" for row in rows))
+    for key in keys:
+        print(f"{key:<40}" + "".join(f"{row['layers_ms'].get(key, 0.0):>10.2f}" for row in rows))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
