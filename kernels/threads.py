@@ -381,8 +381,10 @@ def whole_batch(n: int, elements: int, per_row: int, dtype) -> int | None:
 
 def _chunks(rows: slice, chunk: int | None) -> list[slice]:
     """``rows`` in ceil(size / chunk) runs of at most ``chunk`` rows, as equal as possible (no
-    short last run) and the longer ones first: a thread changes its run shape at most once a
-    call, so a scratch buffer's zero border is redrawn at most once (``_layout.bordered``)."""
+    short last run), the longer ones first. A thread's runs then change shape at most once in
+    a call, and once more at the start of the next call (back to the longer runs), so a scratch
+    buffer's zero border (``_layout.bordered``) is redrawn at most twice a call, however many
+    runs the thread walks; mixing the two lengths in any order could redraw it at every run."""
     size = rows.stop - rows.start
     if chunk is None or size <= chunk:
         return [rows]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import statistics
 import sys
 import time
@@ -31,14 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnbench import runtime
-
-runtime.configure()
-
 import kernels
 from kernels import backend_im2col, backend_loop, threads
-from nnbench import bench, machine
-from nnbench._io import atomic_write_json
+from nnbench import bench, machine, runtime
+from nnbench._io import atomic_write_json, unwritable_reason
 from nnbench.bench.cases import recipe_cases, thread_ladder
 
 CHUNK_MB = (0.5, 1, 2, 4, 8)
@@ -121,26 +118,35 @@ def probe_step(ladder: list[int], calls: int) -> list[dict]:
 
 def _model_of(call) -> object:
     """The model a ``train_step_call`` steps (its closure holds it)."""
-    for cell in call.fn.__closure__ or ():
+    for cell in getattr(call.fn, "__closure__", None) or ():
         if hasattr(cell.cell_contents, "layers"):
             return cell.cell_contents
     raise RuntimeError("no model in the step call's closure")
 
 
 def _time_layers(model, seconds: dict) -> None:
-    """Wrap each layer's forward, backward and update (on the instance) to add up their time."""
+    """Wrap each layer's forward, backward and update (on the instance) to add up their time.
+
+    A layer's backward may call its own parameter gradient (Conv2D, Dense): only the outermost
+    timed call of a layer counts, so no time is counted twice.
+    """
     for index, layer in enumerate(model.layers):
+        busy = [False]  # this layer is inside a timed call
         for method in ("_forward", "backward_impl", "backward_parameters_impl",
                        "update_parameters"):  # fmt: skip
             original = getattr(layer, method)
             key = f"{index:02d} {type(layer).__name__} {method.strip('_').split('_')[0]}"
 
-            def timed(*args, _original=original, _key=key, **kwargs):
+            def timed(*args, _original=original, _key=key, _busy=busy, **kwargs):
+                if _busy[0]:
+                    return _original(*args, **kwargs)
+                _busy[0] = True
                 start = time.perf_counter()
                 try:
                     return _original(*args, **kwargs)
                 finally:
                     seconds[_key].append(time.perf_counter() - start)
+                    _busy[0] = False
 
             setattr(layer, method, timed)
 
@@ -151,7 +157,7 @@ def _numbers(text: str, name: str, kind, parser) -> list:
         values = [kind(value) for value in text.split(",")]
     except ValueError:
         values = []
-    if not values or min(values) <= 0:
+    if not values or not all(math.isfinite(value) and value > 0 for value in values):
         parser.error(f"{name} must be comma-separated positive numbers, got {text!r}")
     return values
 
@@ -181,18 +187,28 @@ def main(argv: list[str] | None = None) -> int:
     thread_costs = _numbers(args.thread_costs, "--thread-costs", int, parser)
     if "torch" not in kernels.available() and args.skip != "step":
         parser.error("the step probe needs the torch kernel; pass --skip step")
+    if args.out is not None:
+        reason = unwritable_reason(args.out.resolve().parent)
+        if reason:
+            parser.error(f"--out {args.out}: {reason}")
 
+    runtime.configure()  # as the benchmark suite does, before anything is timed
     record = {"machine": machine.machine_info(), "cores": cores, "calls": args.calls}
     if args.skip != "settings":
         rows = probe_settings(max(ladder), args.calls, chunk_mb, thread_costs)
         record["settings"] = rows
         _print_settings(rows, len(chunk_mb) * len(thread_costs))
+        _save(args.out, record)  # each part as soon as it is measured
     if args.skip != "step":
         record["step"] = probe_step(ladder, args.calls)
         _print_step(record["step"])
-    if args.out is not None:
-        atomic_write_json(args.out, record)
+        _save(args.out, record)
     return 0
+
+
+def _save(path: Path | None, record: dict) -> None:
+    if path is not None:
+        atomic_write_json(path, record)
 
 
 def _print_settings(rows: list[dict], per_row: int) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
         (["amd2", "everything"], "mode must be full, benchmarks or cores, got 'everything'"),
         (["amd 2"], "PREFIX may hold letters, digits"),
         (["-k"], "PREFIX may hold letters, digits"),
+        ([".."], "PREFIX may hold letters, digits"),
         ([], "usage: scripts/run_set.sh PREFIX"),
     ],
-    ids=["mode", "space-in-prefix", "option-as-prefix", "no-prefix"],
+    ids=["mode", "space-in-prefix", "option-as-prefix", "dot-prefix", "no-prefix"],
 )
 def test_run_set_refuses_bad_arguments_before_any_run(tmp_path, args, message):
     env = {**os.environ, "RUNS_DIR": str(tmp_path / "runs")}
@@ -41,6 +44,88 @@ def test_run_set_refuses_bad_arguments_before_any_run(tmp_path, args, message):
     assert done.returncode != 0
     assert message in done.stderr
     assert not (tmp_path / "runs").exists()  # nothing started, nothing written
+
+
+def _stub(folder: Path, name: str, log: Path) -> None:
+    """An executable ``name`` in ``folder`` that appends its arguments, one call a line."""
+    path = folder / name
+    path.write_text(f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> "{log}"\n')
+    path.chmod(0o755)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(
+    ("mode", "benchmark_runs", "accuracy_runs"),
+    [("cores", 2, 0), ("benchmarks", 9, 0), ("full", 9, 4)],
+)
+def test_run_set_makes_the_runs_of_each_mode(tmp_path, mode, benchmark_runs, accuracy_runs):
+    stubs, log = tmp_path / "bin", tmp_path / "calls.log"
+    stubs.mkdir()
+    for name in ("pytest", "python"):
+        _stub(stubs, name, log)
+    env = {**os.environ, "RUNS_DIR": str(tmp_path / "runs"),
+           "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    script = str(ROOT / "scripts" / "run_set.sh")
+    done = subprocess.run(["bash", script, "box4", mode, "--bench-threads", "3"], check=False,
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    benchmarks = [call for call in calls if call.startswith("pytest ")]
+    accuracy = [call for call in calls if call.startswith("python ")]
+    assert (len(benchmarks), len(accuracy)) == (benchmark_runs, accuracy_runs)
+    for call in benchmarks:  # each saved under the prefix, the options passed on
+        assert f"--benchmark-json={tmp_path}/runs/benchmarks/box4-" in call
+        assert call.endswith("--bench-threads 3")
+    assert all("--bench-threads" not in call and "-m nnbench.accuracy" in call
+               for call in accuracy)  # fmt: skip
+    if mode == "full":
+        assert "--kernel all --compare-torch" in accuracy[0]
+        assert sum("--preset best" in call for call in accuracy) == 2
+
+
+def _load_probe():
+    spec = importlib.util.spec_from_file_location(
+        "probe_threads", ROOT / "scripts" / "probe_threads.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_counts_a_layer_method_called_inside_another_once(monkeypatch):
+    """Conv2D's backward calls its own parameter gradient: that time is counted once, in the
+    outer call (a fake clock that only the layer's methods advance)."""
+    probe = _load_probe()
+    clock = [0.0]
+    monkeypatch.setattr(probe.time, "perf_counter", lambda: clock[0])
+
+    class Layer:
+        def backward_parameters_impl(self, grad):
+            clock[0] += 1.0
+
+        def backward_impl(self, grad):
+            clock[0] += 2.0
+            self.backward_parameters_impl(grad)
+
+        def _forward(self, x):
+            clock[0] += 4.0
+
+        def update_parameters(self):
+            clock[0] += 8.0
+
+    layer = Layer()
+    model = type("Model", (), {})()
+    model.layers = [layer]
+    seconds = probe.defaultdict(list)
+    probe._time_layers(model, seconds)
+    layer._forward(None)
+    layer.backward_impl(None)
+    layer.update_parameters()
+    assert dict(seconds) == {
+        "00 Layer forward": [4.0],
+        "00 Layer backward": [3.0],  # 2 s of its own and the 1 s of the nested call, once
+        "00 Layer update": [8.0],
+    }
 
 
 @pytest.mark.skipif("torch" not in kernels.available(), reason="the step probe needs torch")
@@ -67,16 +152,17 @@ def test_probe_threads_times_each_setting_and_each_layer(tmp_path):
     layers = step["layers_ms"]
     assert any("Conv2D forward" in key for key in layers)
     assert any("BatchNorm backward" in key for key in layers)
-    assert "*" in done.stdout  # the shipped setting is marked in the table
+    assert re.search(r"\d\.\d\d\* ", done.stdout)  # the shipped setting is marked in the table
 
 
-def test_probe_threads_names_a_bad_argument():
+@pytest.mark.parametrize("value", ["0,2", "nan", "2,x"])
+def test_probe_threads_names_a_bad_argument(value):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "probe_threads.py"), "--chunk-mb", "0,2"],
+        [sys.executable, str(ROOT / "scripts" / "probe_threads.py"), "--chunk-mb", value],
         check=False,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 2
-    assert "--chunk-mb must be comma-separated positive numbers, got '0,2'" in done.stderr
+    assert f"--chunk-mb must be comma-separated positive numbers, got '{value}'" in done.stderr
