@@ -4,6 +4,7 @@ profile and GEMM replay, memory, the record metadata (no timing asserts)."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -401,6 +402,31 @@ def test_the_suite_times_auto_and_its_candidates_in_the_same_rounds(tmp_path, mo
     assert extra["beside_median_s"] == {
         name: pytest.approx(statistics.median(times), abs=1e-7) for name, times in rounds.items()
     }
+
+
+def test_each_benchmark_session_plans_auto_afresh(tmp_path, monkeypatch):
+    """auto's choices are made in the run that times them: neither taken from nor written to
+    the user cache, nor kept from an earlier session in the same process; the environment is
+    put back afterwards."""
+    import json
+
+    from nnbench import auto
+
+    monkeypatch.delenv(auto.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    user_cache = auto.cache_path()
+    assert str(user_cache).startswith(str(tmp_path))  # platformdirs follows XDG_CACHE_HOME
+    sources = []
+    for index in range(2):
+        out = tmp_path / f"run{index}.json"
+        keyword = "test_convolve and auto and forward and conv3"
+        assert bench.run_suite(out, keyword=keyword, budget=1e-4) == 0
+        (record,) = json.loads(out.read_text())["benchmarks"]
+        sources.append(record["extra_info"]["auto_source"])
+        assert auto.CACHE_ENV not in os.environ
+    assert sources == ["measured", "measured"]
+    assert not user_cache.exists()
+    auto.forget()
 
 
 def test_the_overhead_benchmark_runs_enough_rounds_for_its_ratio(tmp_path):

@@ -15,6 +15,12 @@ Other processes on the same cores distort timings (a 2-thread GEMM waits for its
 thread), so every record carries the 1-minute load average at its end and the machine info the
 load at the start and end of the session: compare them with the thread count before trusting a
 run.
+
+``auto`` plans afresh in each session: its choices go to a cache file of the session's own
+(unless ``NNBENCH_AUTO_CACHE`` names one), so a run times the choices made in that run's
+machine state. With the user cache, one plan made in a disturbed moment (on the 2-core AMD
+EPYC, conv3's forward planned while other jobs ran: im2col 6.0 ms, torch 8.4 ms, where both
+take 2.4-3.8 ms alone) was reused by every later run, which measured auto at 1.37x the fastest.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import statistics
 
 import pytest
 
-from nnbench import bench, machine, runtime
+from nnbench import auto, bench, machine, runtime
 
 LOAD_AT_START = pytest.StashKey[list]()
 
@@ -100,6 +106,26 @@ def requested_threads(config) -> int | None:
     if threads is not None and threads < 1:
         raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
     return threads
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_auto_plans(request, tmp_path_factory):
+    """auto's choices in a cache file of this session's own (see the module docstring), and
+    none held from before; the environment and auto's state are put back afterwards. Only
+    when benchmarks run (a unit-test session collects these tests and skips them)."""
+    if not request.config.getoption("benchmark_only", default=False) or os.environ.get(
+        auto.CACHE_ENV
+    ):
+        yield auto.cache_path()
+        return
+    path = tmp_path_factory.mktemp("auto") / "plans.json"
+    auto.forget()
+    os.environ[auto.CACHE_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        del os.environ[auto.CACHE_ENV]
+        auto.forget()
 
 
 @pytest.fixture(scope="session", autouse=True)
