@@ -10,10 +10,11 @@ Two measurements, each a table on stdout and a record in ``--out`` (JSON, writte
    ``kernels.threads.THREAD_COST_ELEMENTS`` (how finely a call is cut into slices) set to
    each pair of ``--chunk-mb`` and ``--thread-costs`` (by default a small grid around the
    shipped values). Median ms of ``--calls`` calls after one untimed call per setting (a new
-   chunk shape reallocates the scratch buffers).
+   chunk shape reallocates the scratch buffers): ``bench.median_seconds``, the suite's protocol.
 2. ``step``: one training step of the CIFAR-10 fast recipe with the torch kernel, at each
    thread count, split into every layer's forward, backward and update, beside the plain-torch
-   twin's step: which layers of the engine stop scaling. Median ms of ``--calls`` steps.
+   twin's step: which layers of the engine stop scaling. Median ms of ``--calls`` steps of each,
+   interleaved in a random order per round (``bench.interleaved``).
 
 It changes module constants for the duration of a measurement and puts them back; it is a
 probe for tuning those constants, not a benchmark of record (the suite's scaling group is).
@@ -44,16 +45,6 @@ BACKENDS = {"im2col": backend_im2col, "loop": backend_loop}
 PASSES = ("forward", "grad_inputs", "grad_kernels")
 
 
-def median_ms(fn, calls: int) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def probe_settings(
     threads_count: int, calls: int, chunk_mb=CHUNK_MB, thread_costs=THREAD_COSTS
 ) -> list[dict]:
@@ -68,7 +59,7 @@ def probe_settings(
                         module.CHUNK_BYTES = int(mb * 2**20)
                         threads.THREAD_COST_ELEMENTS = cost
                         try:
-                            ms = median_ms(call.fn, calls)
+                            ms = bench.median_seconds(call.fn, calls) * 1e3
                         finally:
                             module.CHUNK_BYTES, threads.THREAD_COST_ELEMENTS = shipped
                         rows.append(
@@ -97,13 +88,8 @@ def probe_step(ladder: list[int], calls: int) -> list[dict]:
             _time_layers(model, seconds)
             engine.fn()
             twin.fn()
-            seconds.clear()
-            steps, twin_steps = [], []
-            for _ in range(calls):  # interleaved, as the overhead benchmark does
-                start = time.perf_counter()
-                engine.fn()
-                steps.append(time.perf_counter() - start)
-                twin_steps.append(bench.time_call(twin.fn))
+            seconds.clear()  # the layers' times of the timed steps only
+            steps, twin_steps = bench.interleaved(engine.fn, twin.fn, rounds=calls, warm_up=False)
             row = {
                 "threads": count,
                 "engine_ms": statistics.median(steps) * 1e3,
