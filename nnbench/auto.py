@@ -33,8 +33,10 @@ choices persist in a small JSON file in the user cache folder (``cache_path``;
 ``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library versions and written
 atomically when the plan settles (a plan still on trial when the process ends is made again in
 the next). A cache that is corrupt, of another schema or from another machine or versions is
-ignored with a warning, and a cached choice is verified again in each process before it is
-used, as it is. The key is the pass, the case (shapes, padding, dtype) and the thread budget
+ignored with a warning. A cached choice is verified again in each process before it is used,
+and where the race had left it finalists, those of them that still pass verification go on
+trial with it again on the key's first calls (the race is not run again): a choice settled in
+a busy moment of the machine is put right in the next process, not kept for good. The key is the pass, the case (shapes, padding, dtype) and the thread budget
 (``kernels.threads.budget()``, which ``nnbench.machine.pinned_threads`` sets for torch too).
 ``plan(...)`` shows what auto would use and the times behind it; ``settle(fn)`` calls ``fn``
 until the trials of the keys it uses are over (a warm-up).
@@ -302,24 +304,42 @@ def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -
         if (
             isinstance(stored, dict)
             and stored.get("settled") is True
-            and stored.get("backend") in kernels.available()
+            and isinstance(stored.get("backend"), str)
         ):
             name = stored["backend"]
-            if not case.unsupported_by(name) and _verified(name, pass_, case).passed:
-                seconds = stored.get("seconds") if isinstance(stored.get("seconds"), dict) else {}
-                finalists = (
-                    stored.get("finalists") if isinstance(stored.get("finalists"), list) else []
-                )
-                trial = stored.get("trial") if isinstance(stored.get("trial"), dict) else None
-                race = stored.get("race") if isinstance(stored.get("race"), str) else None
-                _plans[key] = Plan(
-                    key, name, seconds, {}, "cache", tuple(finalists), trial, race=race
-                )
+            if _usable(name, pass_, case):
+                _plans[key] = _from_cache(key, name, stored, pass_, case)
                 return _plans[key]
         _plans[key] = _measure(key, pass_, case)
         if _plans[key].settled:
             _persist(key, _plans[key])
         return _plans[key]
+
+
+def _usable(name: str, pass_: str, case: ConvCase) -> bool:
+    """``name`` is available, supports ``case`` and passes verification on it."""
+    return (
+        name in kernels.available()
+        and not case.unsupported_by(name)
+        and _verified(name, pass_, case).passed
+    )
+
+
+def _from_cache(key: str, name: str, stored: dict, pass_: str, case: ConvCase) -> Plan:
+    """The cached choice ``name`` (verified) as a plan of this process: on trial again among
+    those of its cached finalists that still pass verification, as a plan just raced is, so
+    that a choice made in a busy moment of the machine is not kept for good; settled at once
+    where it is the only one. The race's times and choice are kept from the cache."""
+    seconds = stored.get("seconds") if isinstance(stored.get("seconds"), dict) else {}
+    cached = stored.get("finalists") if isinstance(stored.get("finalists"), list) else []
+    order = cached if name in cached else [name, *cached]
+    finalists = tuple(
+        other for other in dict.fromkeys(order)
+        if other == name or (isinstance(other, str) and _usable(other, pass_, case))
+    )  # fmt: skip
+    race = stored.get("race") if isinstance(stored.get("race"), str) else None
+    alone = len(finalists) == 1
+    return Plan(key, name, seconds, {}, "cache", finalists, None, settled=alone, race=race)
 
 
 def _measure(key: str, pass_: str, case: ConvCase) -> Plan:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,11 +203,35 @@ def test_a_plan_on_trial_settles_on_the_finalist_faster_in_use(
     ops = operands(CASE)
     auto._on_trial(raced, "forward", *ops.arguments("forward"), 1)
     assert len(modules["quick"].CALLS) == 12 and auto._trials == {}
-    auto.forget()  # a new process, in effect: the settled plan comes back from the cache
+    auto.forget()  # a new process, in effect: the cached choice goes on trial again
     again = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
-    assert (again.source, again.backend, again.settled) == ("cache", "quick", True)
-    assert again.finalists == raced.finalists and again.trial == settled.trial
-    assert again.race == "sluggish"
+    assert (again.source, again.backend, again.settled) == ("cache", "quick", False)
+    assert again.finalists == raced.finalists and again.trial is None
+    assert again.race == "sluggish" and again.seconds == raced.seconds
+
+
+def test_a_cached_choice_goes_on_trial_again_and_is_put_right(on_trial, monkeypatch, private_cache):
+    """A choice settled in a busy moment (the cache says "sluggish", which now takes 4x
+    "quick"'s time) is tried again against its cached finalists on a new process's calls; the
+    faster in use is kept, and the cache rewritten."""
+    raced, call, modules = on_trial
+    monkeypatch.setattr(auto, "TRIAL_CALLS", 3)
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.0)
+    busy = {"quick": 0.02, "sluggish": 0.004}
+    auto._persist(raced.key, replace(raced, backend="sluggish", trial=busy, settled=True))
+    auto.forget()
+    cached = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert (cached.source, cached.backend, cached.settled) == ("cache", "sluggish", False)
+    assert cached.finalists == raced.finalists and auto.pending() == [raced.key]
+    verified = {name: len(module.CALLS) for name, module in modules.items()}  # checks' calls
+    assert auto.settle(call) == 6  # 3 turns of the 2 finalists
+    assert {name: len(m.CALLS) - verified[name] for name, m in modules.items()} == {
+        "quick": 3, "sluggish": 3}  # fmt: skip
+    settled = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert settled.settled and settled.backend == "quick" and settled.source == "cache"
+    assert settled.trial == pytest.approx({"quick": 0.001, "sluggish": 0.004})
+    saved = json.loads(private_cache.read_text())["plans"][raced.key]
+    assert saved["backend"] == "quick" and saved["trial"] == settled.trial
 
 
 def test_a_trial_needs_its_calls_of_every_finalist(on_trial, monkeypatch):
@@ -333,6 +358,19 @@ def test_a_cached_choice_that_now_fails_or_never_settled_is_planned_again(
     auto.forget()
     chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert chosen.backend != "fastwrong" and chosen.source == "measured"
+
+
+def test_a_cached_finalist_that_now_fails_is_not_tried_again(
+    private_cache, wrong_fast_backend, monkeypatch
+):
+    settled = _settled_plan(monkeypatch)
+    saved = json.loads(private_cache.read_text())
+    saved["plans"][settled.key]["finalists"] = [settled.backend, "fastwrong", "gone", 7]
+    private_cache.write_text(json.dumps(saved))
+    auto.forget()
+    chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert (chosen.source, chosen.backend) == ("cache", settled.backend)
+    assert chosen.finalists == (settled.backend,) and chosen.settled and auto.pending() == []
 
 
 def test_conv2d_and_environment_variable_accept_auto(monkeypatch, rng):
