@@ -29,9 +29,26 @@ Layout
 Each spectrum is built as (L_h, L_w/2 + 1, batch, channels), C-contiguous: the real FFT runs
 along the contiguous image rows first, the (complex) half-spectra are transposed once, and the
 column FFT then runs along the leading axis, where pocketfft transforms many adjacent columns at
-once. That layout is exactly the stack of (n, d) and (d, c) matrices ``numpy.matmul`` hands to
+once. That layout is exactly the stack of (b, d) and (d, c) matrices ``numpy.matmul`` hands to
 the BLAS complex GEMM, with no further copy. The inverse runs in the opposite order and
 transforms only the rows that are kept.
+
+Chunks
+------
+The spectra of a whole batch are several times its size and would stream through memory
+several times per call (FFTs, transposes, GEMM, inverse), so a call walks the batch in chunks
+of images, about ``CHUNK_BYTES`` of spectra each, and takes each chunk from its images to its
+rows of the output on one thread: real FFT, transpose, column FFT, the GEMM against the
+kernels' spectra (computed once per call), the inverse and the copy out. The kernels are small
+next to the batch, so their spectra are shared by every chunk.
+
+The weight gradient is the convolution of the flipped inputs, batch and channels swapped, with
+grad_outputs as the "kernels" (section 5.7): at each frequency a (d, n) @ (n, c) product whose
+reduction runs over the batch. ``grad_kernels`` therefore cuts the batch into chunks too:
+each chunk's spectra of x and of grad_outputs give its share of the (d, c) products, the
+shares are added up per frequency (``kernels.threads.sum_over_batch``) and transformed back
+once. The input gradient is the forward on flipped, transposed kernels
+(``kernels._registry.generic_grad_inputs``).
 
 Precision
 ---------
@@ -51,21 +68,25 @@ The work is (n*d + c*d + n*c) 2-D FFTs of A = L_h * L_w points, about 2.5 * A * 
 each, plus 4 * n * d * c * A flops of complex GEMM, plus about six passes of the spectra
 through memory (FFTs and transposes). None of that grows with kh * kw, while a direct method
 (loop, im2col, torch) does 2 * n * d * c * kh * kw flops per output pixel. For 3x3 the FFT even
-needs fewer GEMM flops (4 * A against 18 * oh * ow), but its GEMMs are small (one (n, d) x
-(d, c) product per frequency, about half of peak) and its FFTs and transposes are
+needs fewer GEMM flops (4 * A against 18 * oh * ow), but its GEMMs are small (one (b, d) x
+(d, c) product per frequency and chunk, about half of peak) and its FFTs and transposes are
 memory-bound, so on 3x3 layers it is at best level with im2col and behind torch; as kh * kw
 grows the direct methods' work grows with it and the FFT's does not, so past some kernel size
 it overtakes them (the kernel-size sweep of the benchmark suite finds where, and the report
 shows it). Both gradients cost about the same as the forward (the weight gradient's image-sized
 "kernel" needs only L = h + 1 rows, above).
 
-Threads: the FFTs run on ``kernels.threads.budget()`` threads (the BLAS limit in force, so
-``threadpoolctl.threadpool_limits`` pins both), and the stacked GEMM is split into as many
-slices, each on a single-threaded BLAS, because OpenBLAS would synchronise its threads once per
-frequency (see ``_matmul``). The transposing copies between the layouts, and the last copy into
-the output, are split over their leading axis too (``kernels.threads.copy``: image rows or
-images): they take as long as the FFTs, and on one thread they would not get faster with cores
-at all.
+Threads: the chunks are shared out over the thread budget (``kernels.threads.over_batch``,
+as the other numpy backends do; each thread runs its FFTs and GEMMs single-threaded), the
+kernels' spectra and the final inverse of the weight gradient run on the budget's threads. How
+a call is cut into chunks changes which images share a GEMM, and the BLAS rounds a product of
+b images differently as b changes, so results differ in the last bits with the thread count
+and ``CHUNK_BYTES`` (within the tolerance; the FFT gives no exact results anyway).
+
+Measured on the 2-core AMD EPYC (2026-12-01), the recipe's nine passes, geometric mean, against
+the whole-batch design before it (every FFT on scipy's workers over the whole batch, the GEMM's
+stack of frequencies split over the threads): 1.2x as fast on one thread and 1.3x on two. Chunks
+of 0.25-1 MB were slower (many small FFT and GEMM calls), 4 MB about as fast as 2 MB.
 """
 
 from __future__ import annotations
@@ -76,6 +97,11 @@ from kernels import _profile, threads
 
 #: the transforms round every value and spread the error over the whole output.
 EXACT = False
+
+#: Bytes of spectra per chunk of images (``convolve``, ``grad_kernels``): large enough that a
+#: chunk's numpy and scipy calls are a small part of its time, small enough to stay in a core's
+#: caches.
+CHUNK_BYTES = 2 * 2**20
 
 #: scipy.fft keeps float32 in single precision and runs the FFTs on several threads; without
 #: scipy, numpy.fft (tests/test_kernels.py runs that path too). Loaded on the first call: the
@@ -93,21 +119,6 @@ def _scipy():
         else:
             _scipy_fft = scipy.fft
     return _scipy_fft
-
-
-def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Stacked matmul a (..., m, k) @ b (..., k, n), the stack split over the thread budget.
-
-    Each product is small (n x d by d x c), so OpenBLAS would synchronise its threads once per
-    frequency, and on a busy machine one descheduled thread stalls every one of those hundreds
-    of syncs. One BLAS thread per slice of the stack (``kernels.threads``, as many slices as the
-    work is worth) costs one synchronisation per call instead.
-    """
-    out = np.empty(a.shape[:-1] + b.shape[-1:], np.result_type(a, b))
-    a, b, flat = (t.reshape(-1, *t.shape[-2:]) for t in (a, b, out))
-    slices = threads.split(len(flat), threads.parts_for(len(flat), a.size + b.size + flat.size))
-    threads.run(lambda s: _profile.matmul(a[s], b[s], out=flat[s]), slices)
-    return out
 
 
 def _rfft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
@@ -173,28 +184,78 @@ def _contiguous(view: np.ndarray, dtype=None) -> np.ndarray:
     return threads.copy(np.empty(view.shape, dtype or view.dtype), view)
 
 
+def _inverse(spectra: np.ndarray, length_w: int, rows: slice, columns: slice) -> np.ndarray:
+    """(length_h, length_w // 2 + 1, b, c) complex -> the kept ``rows`` and ``columns`` of
+    the (b, c) real images (a view): only the kept rows are transformed along the columns."""
+    kept = _ifft(spectra, axis=0)[rows]
+    return _irfft(_contiguous(kept.transpose(2, 3, 0, 1)), length_w, axis=-1)[..., columns]
+
+
+def _values(length_h: int, length_w: int, h: int, channels: int) -> int:
+    """Complex values a chunk holds per image of ``channels`` channels of h rows: the row
+    spectra and the full spectra (several such sets live at once)."""
+    return channels * (h + length_h) * (length_w // 2 + 1)
+
+
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
-    n, _, h, w = inputs.shape
+    n, d, h, w = inputs.shape
     c, _, kh, kw = kernels.shape
     length_h, first_h, count_h, start_h = _plan(h, kh, padding, real=False)
     length_w, first_w, count_w, start_w = _plan(w, kw, padding, real=True)
-
-    with _profile.stage("fft"):
-        x_hat = _spectrum(inputs, length_h, length_w)  # (Lh, Lw/2+1, n, d)
-        k_hat = _spectrum(kernels.transpose(1, 0, 2, 3), length_h, length_w)  # (Lh, Lw/2+1, d, c)
-    with _profile.stage("gemm"):
-        y_hat = _matmul(x_hat, k_hat)  # (Lh, Lw/2+1, n, c)
-    del x_hat, k_hat
-
-    with _profile.stage("fft"):
-        y_hat = _ifft(y_hat, axis=0)[first_h : first_h + count_h]
-        y_hat = _contiguous(y_hat.transpose(2, 3, 0, 1))  # (n, c, kept rows, Lw/2+1)
-        full = _irfft(y_hat, length_w, axis=-1)[..., first_w : first_w + count_w]
-
+    rows, columns = slice(first_h, first_h + count_h), slice(first_w, first_w + count_w)
     out_h, out_w = h - kh + 1 + 2 * padding, w - kw + 1 + 2 * padding
-    if (count_h, count_w) == (out_h, out_w):
-        return _contiguous(full, inputs.dtype)
-    out = np.zeros((n, c, out_h, out_w), dtype=inputs.dtype)
+    cropped = (count_h, count_w) != (out_h, out_w)
+    out = (np.zeros if cropped else np.empty)((n, c, out_h, out_w), inputs.dtype)
     top, left = first_h - start_h, first_w - start_w
-    threads.copy(out[:, :, top : top + count_h, left : left + count_w], full)
+    kept = out[:, :, top : top + count_h, left : left + count_w]
+
+    with _profile.stage("fft"):
+        k_hat = _spectrum(kernels.transpose(1, 0, 2, 3), length_h, length_w)  # (Lh, Lw/2+1, d, c)
+
+    def chunk(s: slice) -> None:  # a run of images, start to end on one thread
+        with _profile.stage("fft"):
+            x_hat = _spectrum(inputs[s], length_h, length_w)  # (Lh, Lw/2+1, b, d)
+        with _profile.stage("gemm"):
+            y_hat = _profile.matmul(x_hat, k_hat)  # (Lh, Lw/2+1, b, c)
+        with _profile.stage("fft"):
+            np.copyto(kept[s], _inverse(y_hat, length_w, rows, columns), casting="same_kind")
+
+    per_image = _values(length_h, length_w, h, d) + _values(length_h, length_w, count_h, c)
+    images = threads.rows_per_chunk(2 * per_image, inputs.dtype, CHUNK_BYTES)
+    threads.over_batch(chunk, n, 2 * n * per_image, images)
+    return out
+
+
+def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> np.ndarray:
+    """The weight gradient, summed over the batch in the frequency domain.
+
+    It is the convolution of the flipped inputs, batch and channels swapped, with grad_outputs
+    as the "kernels" (section 5.7): at each frequency a (d, n) @ (n, c) product. The batch is
+    cut into chunks: each chunk's spectra of x and of grad_outputs give a partial (d, c)
+    product per frequency, the partial spectra are added up (``threads.sum_over_batch``) and
+    transformed back once, so that no spectrum of the whole batch is ever held.
+    """
+    n, d, h, w = inputs.shape
+    _, c, oh, ow = grad_outputs.shape
+    length_h, first_h, count_h, start_h = _plan(h, oh, padding, real=False)
+    length_w, first_w, count_w, start_w = _plan(w, ow, padding, real=True)
+    rows, columns = slice(first_h, first_h + count_h), slice(first_w, first_w + count_w)
+    kh, kw = h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding
+
+    def chunk(s: slice) -> np.ndarray:  # a run of images' share of the product, per frequency
+        with _profile.stage("fft"):
+            x_hat = _spectrum(inputs[s, :, ::-1, ::-1], length_h, length_w)  # (Lh, ., b, d)
+            g_hat = _spectrum(grad_outputs[s], length_h, length_w)  # (Lh, ., b, c)
+        with _profile.stage("gemm"):
+            return _profile.matmul(x_hat.swapaxes(-1, -2), g_hat)  # (Lh, ., d, c)
+
+    per_image = _values(length_h, length_w, h, d) + _values(length_h, length_w, oh, c)
+    images = threads.rows_per_chunk(2 * per_image, inputs.dtype, CHUNK_BYTES)
+    spectra = threads.sum_over_batch(chunk, n, 2 * n * per_image, images)
+    out = np.zeros((c, d, kh, kw), inputs.dtype)
+    top, left = first_h - start_h, first_w - start_w
+    with _profile.stage("fft"):
+        full = _inverse(spectra, length_w, rows, columns)  # (d, c, kept rows, kept columns)
+        kept = out[:, :, top : top + count_h, left : left + count_w]
+        np.copyto(kept, full.transpose(1, 0, 2, 3), casting="same_kind")
     return out

@@ -107,6 +107,10 @@ def test_against_reference(backend, case, integer, pass_):
 
 #: Cases for the thread checks: every case with a batch to split.
 THREAD_CASES = [case for case in CASES if case.input_shape[0] >= 2]
+#: Backends whose rounding changes with the chunks a call is cut into, integer inputs or not:
+#: fft's spectra are not integers, and the BLAS runs a chunk's small complex GEMMs with other
+#: kernels (another order of summation) as the chunk's number of images changes.
+CHUNK_ROUNDED = {"fft"}
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=lambda case: case.id)
@@ -134,9 +138,11 @@ def test_thread_count_does_not_change_results(backend, case, monkeypatch):
     )
     for pass_ in PASSES:
         actual = CALLS[pass_](*ops.arguments(pass_), case.padding, backend)
-        compare(
-            f"{pass_} ({backend}, 2 threads, chunked)", actual, single[pass_], exact=True
-        ).check()
+        name = f"{pass_} ({backend}, 2 threads, chunked)"
+        if backend in CHUNK_ROUNDED:  # held to its tolerance against the reference instead
+            check(name, backend, case, pass_, actual, ops.reference(pass_), integer=False)
+        else:
+            compare(name, actual, single[pass_], exact=True).check()
     if hasattr(module, "threads") and case == CASES[0]:  # 3x3 'same': every pass splits
         assert split_calls.count(2) >= len(PASSES), f"{backend} split only {split_calls}"
 
