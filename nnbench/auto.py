@@ -36,7 +36,8 @@ the next). A cache that is corrupt, of another schema or from another machine or
 ignored with a warning. A cached choice is verified again in each process before it is used,
 and where the race had left it finalists, those of them that still pass verification go on
 trial with it again on the key's first calls (the race is not run again): a choice settled in
-a busy moment of the machine is put right in the next process, not kept for good. The key is the pass, the case (shapes, padding, dtype) and the thread budget
+a busy moment of the machine is put right in the next process, not kept for good. The key is
+the pass, the case (shapes, padding, dtype) and the thread budget
 (``kernels.threads.budget()``, which ``nnbench.machine.pinned_threads`` sets for torch too).
 ``plan(...)`` shows what auto would use and the times behind it; ``settle(fn)`` calls ``fn``
 until the trials of the keys it uses are over (a warm-up).
@@ -331,12 +332,12 @@ def _from_cache(key: str, name: str, stored: dict, pass_: str, case: ConvCase) -
     that a choice made in a busy moment of the machine is not kept for good; settled at once
     where it is the only one. The race's times and choice are kept from the cache."""
     seconds = stored.get("seconds") if isinstance(stored.get("seconds"), dict) else {}
-    cached = stored.get("finalists") if isinstance(stored.get("finalists"), list) else []
+    listed = stored.get("finalists") if isinstance(stored.get("finalists"), list) else []
+    cached = [other for other in listed if isinstance(other, str)]
     order = cached if name in cached else [name, *cached]
     finalists = tuple(
-        other for other in dict.fromkeys(order)
-        if other == name or (isinstance(other, str) and _usable(other, pass_, case))
-    )  # fmt: skip
+        other for other in dict.fromkeys(order) if other == name or _usable(other, pass_, case)
+    )
     race = stored.get("race") if isinstance(stored.get("race"), str) else None
     alone = len(finalists) == 1
     return Plan(key, name, seconds, {}, "cache", finalists, None, settled=alone, race=race)

@@ -365,7 +365,7 @@ def test_a_cached_finalist_that_now_fails_is_not_tried_again(
 ):
     settled = _settled_plan(monkeypatch)
     saved = json.loads(private_cache.read_text())
-    saved["plans"][settled.key]["finalists"] = [settled.backend, "fastwrong", "gone", 7]
+    saved["plans"][settled.key]["finalists"] = [settled.backend, "fastwrong", "gone", 7, [1]]
     private_cache.write_text(json.dumps(saved))
     auto.forget()
     chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
