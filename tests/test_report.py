@@ -836,8 +836,8 @@ def test_old_schema_and_changed_code_runs_of_one_commit_stay_apart():
 
 def test_each_run_is_also_judged_alone_and_disagreeing_runs_are_said(workdir):
     """Two overhead runs of one machine, 1.10 (met) then 1.30 (MISSED): the column shows the
-    later run's value and both runs' verdicts; a target only one run measured shows its value
-    alone."""
+    worse of the two (the middle value of an even count: met in one run of two is not met) and
+    both runs' verdicts; a target only one run measured shows its value alone."""
     first = write_run(
         workdir / "first.json",
         recipe_records() + [overhead_record(engine=0.011, twin=0.010)],
@@ -873,6 +873,45 @@ def test_each_run_is_also_judged_alone_and_disagreeing_runs_are_said(workdir):
     assert (
         "**Runs disagree**, each judged alone: `engine_overhead` in Small Xeon 2c · 2 thr: met "
         "in 1 of 2 runs, 1.10× to 1.30×." in glance
+    )
+
+
+@pytest.mark.parametrize(
+    ("engine_ms", "stated", "verdict"),
+    [
+        ((11, 13, 11.2), 1.12, "met"),  # 2 of 3 met: the median
+        ((13, 11, 11.2), 1.12, "met"),  # the same runs, another order: the same verdict
+        ((11, 13, 13.2), 1.30, "MISSED"),  # 1 of 3
+        ((11, 11.2, 13, 13.2), 1.30, "MISSED"),  # 2 of 4: the worse of the two middle ones
+        ((11, 11.2, 11.3, 13.2), 1.13, "met"),  # 3 of 4
+    ],
+    ids=["2-of-3", "2-of-3-reordered", "1-of-3", "2-of-4", "3-of-4"],
+)
+def test_a_target_several_runs_measured_is_judged_on_their_middle_value(
+    workdir, engine_ms, stated, verdict
+):
+    """The stated value of the engine-overhead target (lower is better) over runs of one
+    column is their median, the worse middle one for an even count; the later run's value
+    decides nothing, and the merged value stays in the detail."""
+    runs = []
+    for day, engine in enumerate(engine_ms, start=1):
+        path = write_run(
+            workdir / f"run{day}.json",
+            [overhead_record(engine=engine / 1e3, twin=0.010)],
+            datetime=f"2026-11-{day:02d}T00:00:00",
+        )
+        runs.append(load.load_file(path))
+    order = [f"run{day}.json" for day in range(1, len(engine_ms) + 1)]
+    by_run = metrics.judge_runs(tables.benchmark_frame(runs, merge=False), order)
+    merged = metrics.judge_all(tables.benchmark_frame(runs))
+    (overhead,) = [
+        j for j in metrics.over_runs(merged, by_run) if j.target.key == "engine_overhead"
+    ]
+    assert overhead.measured.value == pytest.approx(stated)
+    assert overhead.verdict == verdict
+    latest = engine_ms[-1] / 10
+    assert f"the runs merged, each benchmark's latest record: {latest:.2f}×" in (
+        overhead.measured.detail
     )
 
 
@@ -1169,6 +1208,14 @@ def test_the_auto_step_is_judged_on_paired_rounds(workdir):
     # per-round ratios 1.04, 1.017, 1.0, 1.061, 1.02: median 1.02 (of the medians: 1.04)
     assert measured.value == pytest.approx(1.02)
     assert measured.detail == "auto 520 ms / torch 500 ms per step, timed paired"
+    # a run of auto alone: against the models timed in its rounds
+    alone = frame_of(write_run(workdir / "alone.json", records[2:]))
+    measured = metrics.auto_step_vs_fastest(alone, "Small Xeon 2c · 2 thr")
+    assert measured.value == pytest.approx(1.02)
+    assert measured.detail.endswith("timed paired (candidates)")
+    bare = [_record("auto", "step", "step", "cifar10-fast", 0.55, flops=2e9)]
+    frame = frame_of(write_run(workdir / "bare.json", bare))
+    assert not metrics.auto_step_vs_fastest(frame, "Small Xeon 2c · 2 thr").complete
 
 
 def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_report):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -470,9 +470,11 @@ def auto_step_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto"
     ]
     auto = rows[rows["backend"] == backend]
     single = rows[~rows["backend"].isin(NOT_ALGORITHMS)]
-    if auto.empty or single.empty:
+    # without single-backend steps of its own (a run of auto alone), against the models
+    # timed in auto's rounds, as ``auto_choices`` does
+    best = _against_fastest(auto.iloc[0], single) if not auto.empty else None
+    if best is None:
         return _missing(f"no {AUTO_STEP_MODEL} training steps of auto and a single backend")
-    best = _against_fastest(auto.iloc[0], single)
     return Measured(
         float(best["auto / fastest"]),
         True,
@@ -548,6 +550,28 @@ def judge_runs(
             if j.verdict != "not measured" and j.column in columns:
                 by_run.setdefault((j.target.key, j.column), []).append(j)
     return by_run
+
+
+def over_runs(judged: list[Judged], by_run: dict[tuple, list[Judged]]) -> list[Judged]:
+    """The judgements the report states: where two or more runs measured a target in a column
+    (each alone, ``judge_runs``), on the middle of their values, the median, or of an even
+    count the worse of the two middle values: the target is met when it holds in more than half
+    of the runs, whichever of them came last. Elsewhere (one run, or no run measuring it in
+    full) the merged column's, as ``judge_all`` gave it. The detail keeps the merged value."""
+    stated = []
+    for j in judged:
+        runs = by_run.get((j.target.key, j.column), [])
+        if len(runs) < 2:
+            stated.append(j)
+            continue
+        values = sorted((r.measured.value for r in runs), reverse=j.target.higher)  # best first
+        merged = f"{j.measured.value:.2f}×" if math.isfinite(j.measured.value) else "none"
+        detail = (
+            f"middle of the values of {len(runs)} runs, each judged alone (the runs merged, "
+            f"each benchmark's latest record: {merged}; {j.measured.detail})"
+        )
+        stated.append(replace(j, measured=Measured(values[len(values) // 2], True, detail)))
+    return stated
 
 
 def runs_summary(runs: list[Judged]) -> str:

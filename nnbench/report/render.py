@@ -57,15 +57,16 @@ def render(material: Material) -> Rendered:
 
     inputs = material.inputs
     frame = tables.benchmark_frame(inputs.benchmark_runs)
+    by_run = metrics.judge_runs(
+        tables.benchmark_frame(inputs.benchmark_runs, merge=False),
+        [run.run_id for run in tables.in_date_order(inputs.benchmark_runs)],
+    )
     ctx = Context(
         material=material,
         frame=frame,
         failures=tables.failures(frame, material.verification),
-        judged=metrics.judge_all(frame),
-        by_run=metrics.judge_runs(
-            tables.benchmark_frame(inputs.benchmark_runs, merge=False),
-            [run.run_id for run in tables.in_date_order(inputs.benchmark_runs)],
-        ),
+        judged=metrics.over_runs(metrics.judge_all(frame), by_run),
+        by_run=by_run,
     )
     quick = material.quick_payload
     summary = quick["nnbench_quick"] if quick is not None else {"pytest_exit_code": 0}
@@ -433,8 +434,8 @@ def _target_lines(ctx: Context) -> list[str]:
                     f"`{key}` in {column}: {metrics.runs_summary(runs)}"
                     for key, column, runs in split
                 )
-                + ". The verdicts under *Targets* are the merged column's (each benchmark's "
-                "latest record)."
+                + ". The verdicts under *Targets* are on the middle of the runs' values "
+                "(met where more than half of the runs meet the target)."
             )
     elif ctx.judged:
         lines.append("Speed targets: no run of the code at HEAD.")
@@ -518,8 +519,11 @@ def _targets_section(ctx: Context) -> list[str]:
                 "One column per machine and thread count. Each metric is defined in "
                 "`nnbench.policy.METRICS` and computed in `nnbench.report.metrics`. A column "
                 "merges its runs, a later run's record of a benchmark replacing an earlier "
-                "one's. Where several runs measured a target in a column, each is also judged "
-                "alone: the cell adds how many met it and the range of their values."
+                "one's. Where several runs measured a target in a column, each is judged alone "
+                "and the cell gives the middle of their values (the median; of an even count, "
+                "the worse of the two middle ones), its verdict, how many runs met the target "
+                "and the range of their values: a target is met where it holds in more than "
+                "half of the runs. Where one run measured it, the merged column's value."
             ),
             "",
             tables.markdown(table),
