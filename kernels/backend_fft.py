@@ -6,7 +6,7 @@ frequency ``f``, a small complex matrix product:
 
     Y[f] (n, c) = X[f] (n, d) @ K[f] (d, c)
 
-so one call is: real FFT of every image and of every kernel, one batched complex matmul over the
+so one call is: real FFT of every image and of every kernel, batched complex matmuls over the
 frequencies, one inverse real FFT of every output image, and a crop to the requested padding.
 
 Sizes, and why there is no wrap-around
@@ -42,13 +42,22 @@ rows of the output on one thread: real FFT, transpose, column FFT, the GEMM agai
 kernels' spectra (computed once per call), the inverse and the copy out. The kernels are small
 next to the batch, so their spectra are shared by every chunk.
 
+Where a chunk would hold fewer than ``MIN_CHUNK_IMAGES`` images of a larger batch (many
+channels, large images), its per-frequency products would be a few rows each, too small for
+the BLAS, and there would be many calls of them: the call then runs on the whole batch at
+once, each FFT on the budget's threads (scipy's ``workers``) and the stack of per-frequency
+GEMMs split over the threads (``_matmul``).
+
 The weight gradient is the convolution of the flipped inputs, batch and channels swapped, with
 grad_outputs as the "kernels" (section 5.7): at each frequency a (d, n) @ (n, c) product whose
 reduction runs over the batch. ``grad_kernels`` therefore cuts the batch into chunks too:
 each chunk's spectra of x and of grad_outputs give its share of the (d, c) products, the
 shares are added up per frequency (``kernels.threads.sum_over_batch``) and transformed back
-once. The input gradient is the forward on flipped, transposed kernels
-(``kernels._registry.generic_grad_inputs``).
+once. Those (d, c) sums are added once per chunk, so where they outweigh a chunk's own spectra
+(d c > ``SUMS_PER_CHUNK`` b (d + c) per frequency) or a chunk would be too small, the weight
+gradient is section 5.7's convolution on the whole batch instead
+(``kernels._registry.generic_grad_kernels``). The input gradient is the forward on flipped,
+transposed kernels (``kernels._registry.generic_grad_inputs``).
 
 Precision
 ---------
@@ -77,23 +86,29 @@ shows it). Both gradients cost about the same as the forward (the weight gradien
 "kernel" needs only L = h + 1 rows, above).
 
 Threads: the chunks are shared out over the thread budget (``kernels.threads.over_batch``,
-as the other numpy backends do; each thread runs its FFTs and GEMMs single-threaded), the
-kernels' spectra and the final inverse of the weight gradient run on the budget's threads. How
-a call is cut into chunks changes which images share a GEMM, and the BLAS rounds a product of
-b images differently as b changes, so results differ in the last bits with the thread count
-and ``CHUNK_BYTES`` (within the tolerance; the FFT gives no exact results anyway).
+as the other numpy backends do; each thread runs its FFTs, ``workers=1``, and its GEMMs
+single-threaded); the kernels' spectra, the final inverse of the weight gradient and the
+whole-batch route run on the budget's threads. How a call is cut into chunks changes which
+images share a GEMM, and the BLAS rounds a product of b images differently as b changes, so
+results differ in the last bits with the thread count and ``CHUNK_BYTES`` (within the
+tolerance; the FFT gives no exact results anyway).
 
-Measured on the 2-core AMD EPYC (2026-12-01), the recipe's nine passes, geometric mean, against
-the whole-batch design before it (every FFT on scipy's workers over the whole batch, the GEMM's
-stack of frequencies split over the threads): 1.2x as fast on one thread and 1.3x on two. Chunks
-of 0.25-1 MB were slower (many small FFT and GEMM calls), 4 MB about as fast as 2 MB.
+Measured on the 2-core AMD EPYC (2026-12-01), against the whole-batch route alone (the design
+before the chunks): on the recipe's nine passes, geometric mean, 1.2x as fast on one thread and
+1.4x on two; on the other suites at two threads, 1.0-1.5x (batch, channel and kernel-size
+sweeps), no case slower beyond noise. Chunks of 0.25-1 MB were slower than 2 MB (many small FFT
+and GEMM calls), 4 MB about as fast. Before ``MIN_CHUNK_IMAGES`` and ``SUMS_PER_CHUNK``, chunks
+of 1-3 images made the kernel-size sweep's weight gradients 1.4-4x slower.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from kernels import _profile, threads
+from kernels._registry import generic_grad_kernels
 
 #: the transforms round every value and spread the error over the whole output.
 EXACT = False
@@ -102,9 +117,16 @@ EXACT = False
 #: chunk's numpy and scipy calls are a small part of its time, small enough to stay in a core's
 #: caches.
 CHUNK_BYTES = 2 * 2**20
+#: Fewest images worth a chunk: with fewer, a chunk's per-frequency products are too small for
+#: the BLAS and its calls too many, and the call runs on the whole batch at once instead.
+MIN_CHUNK_IMAGES = 8
+#: The weight gradient is summed in chunks only while its (d, c) sums per frequency are at most
+#: this many times a chunk's own spectra (b (d + c) per frequency): adding up larger ones costs
+#: more than the chunks save.
+SUMS_PER_CHUNK = 2
 
-#: scipy.fft keeps float32 in single precision and runs the FFTs on several threads; without
-#: scipy, numpy.fft (tests/test_kernels.py runs that path too). Loaded on the first call: the
+#: scipy.fft keeps float32 in single precision and can run an FFT call on several threads;
+#: without scipy, numpy.fft (tests/test_kernels.py runs that path too). Loaded on the first call: the
 #: module-level ``_scipy_fft`` is replaced by the module, or None where scipy is missing.
 _scipy_fft = "not loaded"
 
@@ -121,28 +143,28 @@ def _scipy():
     return _scipy_fft
 
 
-def _rfft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
+def _rfft(a: np.ndarray, n: int, axis: int, workers: int) -> np.ndarray:
     if _scipy() is None:
         return np.fft.rfft(a, n=n, axis=axis)
-    return _scipy_fft.rfft(a, n=n, axis=axis, workers=threads.budget())
+    return _scipy_fft.rfft(a, n=n, axis=axis, workers=workers)
 
 
-def _fft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
+def _fft(a: np.ndarray, n: int, axis: int, workers: int) -> np.ndarray:
     if _scipy() is None:
         return np.fft.fft(a, n=n, axis=axis)
-    return _scipy_fft.fft(a, n=n, axis=axis, overwrite_x=True, workers=threads.budget())
+    return _scipy_fft.fft(a, n=n, axis=axis, overwrite_x=True, workers=workers)
 
 
-def _ifft(a: np.ndarray, axis: int) -> np.ndarray:
+def _ifft(a: np.ndarray, axis: int, workers: int) -> np.ndarray:
     if _scipy() is None:
         return np.fft.ifft(a, axis=axis)
-    return _scipy_fft.ifft(a, axis=axis, overwrite_x=True, workers=threads.budget())
+    return _scipy_fft.ifft(a, axis=axis, overwrite_x=True, workers=workers)
 
 
-def _irfft(a: np.ndarray, n: int, axis: int) -> np.ndarray:
+def _irfft(a: np.ndarray, n: int, axis: int, workers: int) -> np.ndarray:
     if _scipy() is None:
         return np.fft.irfft(a, n=n, axis=axis)
-    return _scipy_fft.irfft(a, n=n, axis=axis, overwrite_x=True, workers=threads.budget())
+    return _scipy_fft.irfft(a, n=n, axis=axis, overwrite_x=True, workers=workers)
 
 
 def _next_fast_len(target: int, real: bool) -> int:
@@ -173,89 +195,146 @@ def _plan(size: int, ksize: int, padding: int, real: bool) -> tuple[int, int, in
     return length, first, last - first + 1, start
 
 
-def _spectrum(images: np.ndarray, length_h: int, length_w: int) -> np.ndarray:
+@dataclass(frozen=True)
+class _Axes:
+    """The DFT lengths of a call and the rows and columns of the full convolution it keeps."""
+
+    length_h: int
+    length_w: int
+    rows: slice
+    columns: slice
+    top: int  # where the kept rows and columns start in the output
+    left: int
+
+    @classmethod
+    def of(cls, h: int, w: int, kh: int, kw: int, padding: int) -> _Axes:
+        length_h, first_h, count_h, start_h = _plan(h, kh, padding, real=False)
+        length_w, first_w, count_w, start_w = _plan(w, kw, padding, real=True)
+        rows, columns = slice(first_h, first_h + count_h), slice(first_w, first_w + count_w)
+        return cls(length_h, length_w, rows, columns, first_h - start_h, first_w - start_w)
+
+    def kept(self, out: np.ndarray) -> np.ndarray:
+        """The view of ``out`` (.., .., out_h, out_w) the kept rows and columns fill."""
+        height, width = self.rows.stop - self.rows.start, self.columns.stop - self.columns.start
+        return out[:, :, self.top : self.top + height, self.left : self.left + width]
+
+    def values(self, h: int, channels: int) -> int:
+        """Complex values a call holds per image of ``channels`` channels of h rows: its row
+        spectra and its full spectra (several such sets live at once)."""
+        return channels * (h + self.length_h) * (self.length_w // 2 + 1)
+
+
+def _spectrum(images: np.ndarray, axes: _Axes, workers: int) -> np.ndarray:
     """(b, e, h, w) real -> (length_h, length_w // 2 + 1, b, e) complex, C-contiguous."""
-    rows = _rfft(images, length_w, axis=-1)
-    return _fft(_contiguous(rows.transpose(2, 3, 0, 1)), length_h, axis=0)
+    rows = _rfft(images, axes.length_w, -1, workers)
+    return _fft(_contiguous(rows.transpose(2, 3, 0, 1)), axes.length_h, 0, workers)
 
 
-def _contiguous(view: np.ndarray, dtype=None) -> np.ndarray:
-    """A fresh C-contiguous copy of ``view`` (in ``dtype``), made on the thread budget."""
-    return threads.copy(np.empty(view.shape, dtype or view.dtype), view)
+def _contiguous(view: np.ndarray) -> np.ndarray:
+    """A fresh C-contiguous copy of ``view``, made on the thread budget."""
+    return threads.copy(np.empty_like(view, order="C"), view)
 
 
-def _inverse(spectra: np.ndarray, length_w: int, rows: slice, columns: slice) -> np.ndarray:
-    """(length_h, length_w // 2 + 1, b, c) complex -> the kept ``rows`` and ``columns`` of
-    the (b, c) real images (a view): only the kept rows are transformed along the columns."""
-    kept = _ifft(spectra, axis=0)[rows]
-    return _irfft(_contiguous(kept.transpose(2, 3, 0, 1)), length_w, axis=-1)[..., columns]
+def _inverse(spectra: np.ndarray, axes: _Axes, workers: int) -> np.ndarray:
+    """(length_h, length_w // 2 + 1, b, c) complex -> the kept rows and columns of the (b, c)
+    real images (a view): only the kept rows are transformed along the columns."""
+    kept = _ifft(spectra, 0, workers)[axes.rows]
+    return _irfft(_contiguous(kept.transpose(2, 3, 0, 1)), axes.length_w, -1, workers)[
+        ..., axes.columns
+    ]
 
 
-def _values(length_h: int, length_w: int, h: int, channels: int) -> int:
-    """Complex values a chunk holds per image of ``channels`` channels of h rows: the row
-    spectra and the full spectra (several such sets live at once)."""
-    return channels * (h + length_h) * (length_w // 2 + 1)
+def _chunk_images(per_image: int, n: int, dtype) -> int | None:
+    """Images per chunk for ``per_image`` complex values each, or None where a chunk of
+    ``CHUNK_BYTES`` would hold fewer than ``MIN_CHUNK_IMAGES`` of a larger batch: the call
+    then runs on the whole batch at once."""
+    images = threads.rows_per_chunk(2 * per_image, dtype, CHUNK_BYTES)  # complex: 2 values
+    return None if images < min(MIN_CHUNK_IMAGES, n) else images
+
+
+def _outputs(images: np.ndarray, k_hat: np.ndarray, axes: _Axes, workers: int, matmul):
+    """The kept rows and columns (a view) of the outputs of ``images`` (b, d, h, w) against the
+    kernels' spectra ``k_hat`` (length_h, length_w // 2 + 1, d, c)."""
+    with _profile.stage("fft"):
+        x_hat = _spectrum(images, axes, workers)  # (Lh, Lw/2+1, b, d)
+    with _profile.stage("gemm"):
+        y_hat = matmul(x_hat, k_hat)  # (Lh, Lw/2+1, b, c)
+    del x_hat
+    with _profile.stage("fft"):
+        return _inverse(y_hat, axes, workers)
 
 
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
     n, d, h, w = inputs.shape
     c, _, kh, kw = kernels.shape
-    length_h, first_h, count_h, start_h = _plan(h, kh, padding, real=False)
-    length_w, first_w, count_w, start_w = _plan(w, kw, padding, real=True)
-    rows, columns = slice(first_h, first_h + count_h), slice(first_w, first_w + count_w)
+    axes = _Axes.of(h, w, kh, kw, padding)
     out_h, out_w = h - kh + 1 + 2 * padding, w - kw + 1 + 2 * padding
-    cropped = (count_h, count_w) != (out_h, out_w)
-    out = (np.zeros if cropped else np.empty)((n, c, out_h, out_w), inputs.dtype)
-    top, left = first_h - start_h, first_w - start_w
-    kept = out[:, :, top : top + count_h, left : left + count_w]
-
+    out = np.zeros((n, c, out_h, out_w), inputs.dtype)
+    kept = axes.kept(out)
     with _profile.stage("fft"):
-        k_hat = _spectrum(kernels.transpose(1, 0, 2, 3), length_h, length_w)  # (Lh, Lw/2+1, d, c)
+        k_hat = _spectrum(kernels.transpose(1, 0, 2, 3), axes, threads.budget())
 
-    def chunk(s: slice) -> None:  # a run of images, start to end on one thread
+    count_h = axes.rows.stop - axes.rows.start
+    per_image = axes.values(h, d) + axes.values(count_h, c)
+    images = _chunk_images(per_image, n, inputs.dtype)
+    if images is None:  # the whole batch, each step on the budget's threads
+        spectra = _outputs(inputs, k_hat, axes, threads.budget(), _matmul)
         with _profile.stage("fft"):
-            x_hat = _spectrum(inputs[s], length_h, length_w)  # (Lh, Lw/2+1, b, d)
-        with _profile.stage("gemm"):
-            y_hat = _profile.matmul(x_hat, k_hat)  # (Lh, Lw/2+1, b, c)
-        with _profile.stage("fft"):
-            np.copyto(kept[s], _inverse(y_hat, length_w, rows, columns), casting="same_kind")
+            threads.copy(kept, spectra)
+        return out
 
-    per_image = _values(length_h, length_w, h, d) + _values(length_h, length_w, count_h, c)
-    images = threads.rows_per_chunk(2 * per_image, inputs.dtype, CHUNK_BYTES)
+    def chunk(s: slice) -> None:  # a run of images, start to end on this thread
+        spectra = _outputs(inputs[s], k_hat, axes, 1, _profile.matmul)
+        with _profile.stage("fft"):
+            np.copyto(kept[s], spectra, casting="same_kind")
+
     threads.over_batch(chunk, n, 2 * n * per_image, images)
     return out
 
 
 def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> np.ndarray:
-    """The weight gradient, summed over the batch in the frequency domain.
-
-    It is the convolution of the flipped inputs, batch and channels swapped, with grad_outputs
-    as the "kernels" (section 5.7): at each frequency a (d, n) @ (n, c) product. The batch is
-    cut into chunks: each chunk's spectra of x and of grad_outputs give a partial (d, c)
-    product per frequency, the partial spectra are added up (``threads.sum_over_batch``) and
-    transformed back once, so that no spectrum of the whole batch is ever held.
-    """
+    """The weight gradient: in chunks of the batch, each chunk's share of the per-frequency
+    (d, c) products added up (module docstring), or, where those (d, c) sums would outweigh a
+    chunk's own spectra or a chunk would be too small, the convolution of section 5.7 on the
+    whole batch (``kernels._registry.generic_grad_kernels``)."""
     n, d, h, w = inputs.shape
     _, c, oh, ow = grad_outputs.shape
-    length_h, first_h, count_h, start_h = _plan(h, oh, padding, real=False)
-    length_w, first_w, count_w, start_w = _plan(w, ow, padding, real=True)
-    rows, columns = slice(first_h, first_h + count_h), slice(first_w, first_w + count_w)
-    kh, kw = h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding
+    axes = _Axes.of(h, w, oh, ow, padding)
+    per_image = axes.values(h, d) + axes.values(oh, c)
+    images = _chunk_images(per_image, n, inputs.dtype)
+    if images is None or d * c > SUMS_PER_CHUNK * min(images, n) * (d + c):
+        return _whole_batch_grad_kernels(inputs, grad_outputs, padding)
 
     def chunk(s: slice) -> np.ndarray:  # a run of images' share of the product, per frequency
         with _profile.stage("fft"):
-            x_hat = _spectrum(inputs[s, :, ::-1, ::-1], length_h, length_w)  # (Lh, ., b, d)
-            g_hat = _spectrum(grad_outputs[s], length_h, length_w)  # (Lh, ., b, c)
+            x_hat = _spectrum(inputs[s, :, ::-1, ::-1], axes, 1)  # (Lh, Lw/2+1, b, d)
+            g_hat = _spectrum(grad_outputs[s], axes, 1)  # (Lh, Lw/2+1, b, c)
         with _profile.stage("gemm"):
-            return _profile.matmul(x_hat.swapaxes(-1, -2), g_hat)  # (Lh, ., d, c)
+            return _profile.matmul(x_hat.swapaxes(-1, -2), g_hat)  # (Lh, Lw/2+1, d, c)
 
-    per_image = _values(length_h, length_w, h, d) + _values(length_h, length_w, oh, c)
-    images = threads.rows_per_chunk(2 * per_image, inputs.dtype, CHUNK_BYTES)
     spectra = threads.sum_over_batch(chunk, n, 2 * n * per_image, images)
+    kh, kw = h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding
     out = np.zeros((c, d, kh, kw), inputs.dtype)
-    top, left = first_h - start_h, first_w - start_w
     with _profile.stage("fft"):
-        full = _inverse(spectra, length_w, rows, columns)  # (d, c, kept rows, kept columns)
-        kept = out[:, :, top : top + count_h, left : left + count_w]
-        np.copyto(kept, full.transpose(1, 0, 2, 3), casting="same_kind")
+        full = _inverse(spectra, axes, threads.budget())  # (d, c, kept rows, kept columns)
+        np.copyto(axes.kept(out), full.transpose(1, 0, 2, 3), casting="same_kind")
+    return out
+
+
+_whole_batch_grad_kernels = generic_grad_kernels(convolve)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Stacked matmul a (..., m, k) @ b (..., k, n) of a whole batch, the stack of frequencies
+    split over the thread budget.
+
+    Each product is small (n x d by d x c), so OpenBLAS would synchronise its threads once per
+    frequency, and on a busy machine one descheduled thread stalls every one of those hundreds
+    of syncs. One BLAS thread per slice of the stack (``kernels.threads``, as many slices as the
+    work is worth) costs one synchronisation per call instead.
+    """
+    out = np.empty(a.shape[:-1] + b.shape[-1:], np.result_type(a, b))
+    a, b, flat = (t.reshape(-1, *t.shape[-2:]) for t in (a, b, out))
+    slices = threads.split(len(flat), threads.parts_for(len(flat), a.size + b.size + flat.size))
+    threads.run(lambda s: _profile.matmul(a[s], b[s], out=flat[s]), slices)
     return out

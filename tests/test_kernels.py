@@ -621,6 +621,52 @@ def test_default_backend_without_environment_variable(monkeypatch):
     assert kernels.resolve(None).name == kernels.DEFAULT_BACKEND
 
 
+# --- fft's two routes ------------------------------------------------------------------------
+
+FFT_ROUTES = {  # module settings that force each route on the small cases of the grid
+    "chunks": {"CHUNK_BYTES": 1, "MIN_CHUNK_IMAGES": 1, "SUMS_PER_CHUNK": float("inf")},
+    "whole-batch": {"CHUNK_BYTES": 1},  # one image a chunk: under MIN_CHUNK_IMAGES
+}
+
+
+@pytest.mark.parametrize("route", FFT_ROUTES)
+@pytest.mark.parametrize("case", [c for c in CASES if c.input_shape[0] >= 2], ids=lambda c: c.id)
+def test_fft_routes_agree_with_the_reference(case, route, monkeypatch):
+    """Every pass through fft's chunks (an image each, two threads, the weight gradient summed
+    over them) and through its whole-batch route (the stacked GEMM split over the threads, the
+    weight gradient by section 5.7's convolution) is right, and takes the route asked for."""
+    if "fft" not in BACKENDS:
+        pytest.skip("the fft backend is not available")
+    module = kernels.get("fft").module
+    for name, value in FFT_ROUTES[route].items():
+        monkeypatch.setattr(module, name, value)
+    monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
+    monkeypatch.setattr(threads, "budget", lambda: 2)
+    used = []  # (pass, route function) in call order
+    for owner, name in ((module, "_matmul"), (module, "_whole_batch_grad_kernels"),
+                        (threads, "sum_over_batch")):  # fmt: skip
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, _spy(original, name, used))
+    ops = operands(case)
+    for pass_ in PASSES:
+        used.append(pass_)
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "fft")
+        check(f"{pass_} (fft, {route})", "fft", case, pass_, actual, ops.reference(pass_), False)
+    if route == "chunks":
+        assert used == ["forward", "grad_inputs", "grad_kernels", "sum_over_batch"]
+    else:  # the weight gradient's own convolution may be small enough for one chunk
+        assert used[:5] == ["forward", "_matmul", "grad_inputs", "_matmul", "grad_kernels"]
+        assert used[5] == "_whole_batch_grad_kernels" and "sum_over_batch" not in used
+
+
+def _spy(function, name: str, calls: list):
+    def spied(*args):
+        calls.append(name)
+        return function(*args)
+
+    return spied
+
+
 # --- fft without scipy -----------------------------------------------------------------------
 
 
