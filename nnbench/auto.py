@@ -126,7 +126,8 @@ class Plan:
 
     ``race`` is the race's choice and ``finalists`` the candidates within ``TRIAL_FACTOR`` of
     its median. While ``settled`` is False they take turns on the key's calls, and ``backend``
-    is the race's choice, not what the calls run. ``trial`` is the median seconds of each
+    is the race's choice (for a plan from the cache, the cached choice), not what the calls
+    run. ``trial`` is the median seconds of each
     finalist over its calls in use (once settled; None before, or when there was one
     finalist). A plan cached before ``race`` was kept has None there."""
 
@@ -292,7 +293,7 @@ def _verified(backend: str, pass_: str, case: ConvCase) -> Verdict:
 def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -> Plan:
     """The backend auto runs for this call, and the times behind the choice (measured on first
     use of the key, then reused). While the plan is on trial (``settled`` False), ``backend`` is
-    the race's choice and the calls go to its ``finalists`` in turn. ``ValueError`` if no
+    the race's choice (or the cached one) and the calls go to its ``finalists`` in turn. ``ValueError`` if no
     backend supports the case or none passes verification."""
     if pass_ not in PASSES:
         raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
@@ -308,7 +309,7 @@ def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -
             and isinstance(stored.get("backend"), str)
         ):
             name = stored["backend"]
-            if _usable(name, pass_, case):
+            if _unusable(name, pass_, case) is None:
                 _plans[key] = _from_cache(key, name, stored, pass_, case)
                 return _plans[key]
         _plans[key] = _measure(key, pass_, case)
@@ -317,30 +318,47 @@ def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -
         return _plans[key]
 
 
-def _usable(name: str, pass_: str, case: ConvCase) -> bool:
-    """``name`` is available, supports ``case`` and passes verification on it."""
-    return (
-        name in kernels.available()
-        and not case.unsupported_by(name)
-        and _verified(name, pass_, case).passed
-    )
+def _unusable(name: str, pass_: str, case: ConvCase) -> str | None:
+    """Why ``name`` cannot run ``case`` now (not available, unsupported, failed verification),
+    or None."""
+    if name not in kernels.available():
+        return "not available"
+    reason = case.unsupported_by(name)
+    if reason:
+        return reason
+    verdict = _verified(name, pass_, case)
+    return None if verdict.passed else verdict.message()
 
 
 def _from_cache(key: str, name: str, stored: dict, pass_: str, case: ConvCase) -> Plan:
     """The cached choice ``name`` (verified) as a plan of this process: on trial again among
-    those of its cached finalists that still pass verification, as a plan just raced is, so
-    that a choice made in a busy moment of the machine is not kept for good; settled at once
-    where it is the only one. The race's times and choice are kept from the cache."""
+    those of its cached finalists that can still run the case, as a plan just raced is, so that
+    a choice made in a busy moment of the machine is not kept for good; settled at once where
+    it is the only one. The race's times and choice are kept from the cache; a finalist left
+    out goes to ``failed`` with the reason, and the cache says so once the plan settles."""
     seconds = stored.get("seconds") if isinstance(stored.get("seconds"), dict) else {}
     listed = stored.get("finalists") if isinstance(stored.get("finalists"), list) else []
     cached = [other for other in listed if isinstance(other, str)]
-    order = cached if name in cached else [name, *cached]
-    finalists = tuple(
-        other for other in dict.fromkeys(order) if other == name or _usable(other, pass_, case)
+    finalists, failed = [], {}
+    for other in dict.fromkeys(cached if name in cached else [name, *cached]):
+        why = None if other == name else _unusable(other, pass_, case)
+        if why is None:
+            finalists.append(other)
+        else:
+            failed[other] = why
+    planned = Plan(
+        key=key,
+        backend=name,
+        seconds=seconds,
+        failed=failed,
+        source="cache",
+        finalists=tuple(finalists),
+        settled=len(finalists) == 1,
+        race=stored.get("race") if isinstance(stored.get("race"), str) else None,
     )
-    race = stored.get("race") if isinstance(stored.get("race"), str) else None
-    alone = len(finalists) == 1
-    return Plan(key, name, seconds, {}, "cache", finalists, None, settled=alone, race=race)
+    if planned.settled and failed:
+        _persist(key, planned)
+    return planned
 
 
 def _measure(key: str, pass_: str, case: ConvCase) -> Plan:

@@ -371,6 +371,11 @@ def test_a_cached_finalist_that_now_fails_is_not_tried_again(
     chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert (chosen.source, chosen.backend) == ("cache", settled.backend)
     assert chosen.finalists == (settled.backend,) and chosen.settled and auto.pending() == []
+    assert set(chosen.failed) == {"fastwrong", "gone"} and "FAILED" in chosen.failed["fastwrong"]
+    assert chosen.failed["gone"] == "not available"
+    rewritten = json.loads(private_cache.read_text())["plans"][settled.key]
+    assert rewritten["finalists"] == [settled.backend] and set(rewritten["failed"]) == {
+        "fastwrong", "gone"}  # fmt: skip
 
 
 def test_conv2d_and_environment_variable_accept_auto(monkeypatch, rng):
