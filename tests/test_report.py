@@ -835,13 +835,14 @@ def test_old_schema_and_changed_code_runs_of_one_commit_stay_apart():
 
 
 def test_each_run_is_also_judged_alone_and_disagreeing_runs_are_said(workdir):
-    """Two overhead runs of one machine, 1.10 (met) then 1.30 (MISSED): the column shows the
-    worse of the two (the middle value of an even count: met in one run of two is not met) and
-    both runs' verdicts; a target only one run measured shows its value alone."""
+    """Two overhead runs of one machine, 1.30 (MISSED) then 1.10 (met): the column shows the
+    worse of the two (the middle value of an even count: met in one run of two is not met),
+    not the later one, and both runs' verdicts; a target only one run measured shows its value
+    alone."""
     first = write_run(
         workdir / "first.json",
         recipe_records() + [overhead_record(engine=0.011, twin=0.010)],
-        datetime="2026-11-27T00:00:00",
+        datetime="2026-11-29T00:00:00",
     )
     # the second run's recipe is twice as slow, torch included: im2col / torch is 0.5 in both
     second = write_run(
@@ -874,6 +875,24 @@ def test_each_run_is_also_judged_alone_and_disagreeing_runs_are_said(workdir):
         "**Runs disagree**, each judged alone: `engine_overhead` in Small Xeon 2c · 2 thr: met "
         "in 1 of 2 runs, 1.10× to 1.30×." in glance
     )
+
+
+def test_a_higher_is_better_target_over_runs_is_judged_on_their_middle_value():
+    target = next(t for t in policy.SPEED_TARGETS if t.key == "im2col_vs_torch")
+    assert target.higher and target.threshold == pytest.approx(0.5)
+
+    def judged(value):
+        return metrics.Judged(target, "column", metrics.Measured(value, True, "merged"))
+
+    for values, stated, verdict in [
+        ((0.6, 0.45, 0.55), 0.55, "met"),  # 2 of 3
+        ((0.6, 0.45, 0.48), 0.48, "MISSED"),  # 1 of 3
+        ((0.6, 0.45), 0.45, "MISSED"),  # 1 of 2: the worse middle one
+        ((0.6, 0.52, 0.45, 0.7), 0.52, "met"),  # 3 of 4
+    ]:
+        runs = {(target.key, "column"): [judged(v) for v in values]}
+        (over,) = metrics.over_runs([judged(values[-1])], runs)
+        assert (over.measured.value, over.verdict) == (pytest.approx(stated), verdict)
 
 
 @pytest.mark.parametrize(
@@ -1216,6 +1235,13 @@ def test_the_auto_step_is_judged_on_paired_rounds(workdir):
     bare = [_record("auto", "step", "step", "cifar10-fast", 0.55, flops=2e9)]
     frame = frame_of(write_run(workdir / "bare.json", bare))
     assert not metrics.auto_step_vs_fastest(frame, "Small Xeon 2c · 2 thr").complete
+    # torch's own step record failed its check: auto against im2col, the one left
+    failed = [_record("torch", "step", "step", "cifar10-fast", 0.5, flops=2e9, passed=False)]
+    frame = frame_of(write_run(workdir / "failed.json", failed + records[2:]))
+    measured = metrics.auto_step_vs_fastest(frame, "Small Xeon 2c · 2 thr")
+    assert " / im2col " in measured.detail
+    assert measured.value == pytest.approx(statistics.median(
+        a / b for a, b in zip(rounds["auto"], rounds["im2col"])))  # fmt: skip
 
 
 def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_report):

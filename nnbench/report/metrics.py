@@ -462,17 +462,18 @@ AUTO_STEP_MODEL = "cifar10-fast"
 
 
 def auto_step_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> Measured:
-    rows = frame[
+    steps = frame[
         (frame["column"] == column)
         & (frame["suite"] == "step")
         & (frame["label"] == AUTO_STEP_MODEL)
-        & tables.not_failed(frame)  # a failed result is not a fast one
     ]
-    auto = rows[rows["backend"] == backend]
-    single = rows[~rows["backend"].isin(NOT_ALGORITHMS)]
-    # without single-backend steps of its own (a run of auto alone), against the models
-    # timed in auto's rounds, as ``auto_choices`` does
-    best = _against_fastest(auto.iloc[0], single) if not auto.empty else None
+    ok = tables.not_failed(steps)  # a failed result is not a fast one
+    auto = steps[ok & (steps["backend"] == backend)]
+    single = steps[ok & ~steps["backend"].isin(NOT_ALGORITHMS)]
+    failed = frozenset(steps.loc[~ok, "backend"])
+    # without single-backend steps that passed (a run of auto alone), against the models timed
+    # in auto's rounds but those that failed, as ``auto_choices`` does
+    best = _against_fastest(auto.iloc[0], single, failed) if not auto.empty else None
     if best is None:
         return _missing(f"no {AUTO_STEP_MODEL} training steps of auto and a single backend")
     return Measured(

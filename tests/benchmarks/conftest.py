@@ -21,6 +21,8 @@ run.
 machine state. With the user cache, one plan made in a disturbed moment (on the 2-core AMD
 EPYC, conv3's forward planned while other jobs ran: im2col 6.0 ms, torch 8.4 ms, where both
 take 2.4-3.8 ms alone) was reused by every later run, which measured auto at 1.37x the fastest.
+(auto now puts a cached choice on trial again with its finalists in each process; a session
+still plans from the race, so that each run measures auto's whole choice, not a cached one.)
 """
 
 from __future__ import annotations
