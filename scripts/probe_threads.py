@@ -5,7 +5,7 @@
 
 Two measurements, each a table on stdout and a record in ``--out`` (JSON, written atomically):
 
-1. ``settings``: im2col and loop on the CIFAR-10 recipe's layers (forward and both gradients)
+1. ``settings``: im2col, loop and fft on the CIFAR-10 recipe's layers (forward and both gradients)
    at the most threads asked for, with each backend's ``CHUNK_BYTES`` and
    ``kernels.threads.THREAD_COST_ELEMENTS`` (how finely a call is cut into slices) set to
    each pair of ``--chunk-mb`` and ``--thread-costs`` (by default a small grid around the
@@ -34,14 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels
-from kernels import backend_im2col, backend_loop, threads
+from kernels import backend_fft, backend_im2col, backend_loop, threads
 from nnbench import bench, machine, runtime
 from nnbench._io import atomic_write_json, unwritable_reason
 from nnbench.bench.cases import recipe_cases, thread_ladder
 
 CHUNK_MB = (0.5, 1, 2, 4, 8)
 THREAD_COSTS = (1 << 14, 1 << 16, 1 << 18, 1 << 20)
-BACKENDS = {"im2col": backend_im2col, "loop": backend_loop}
+BACKENDS = {"im2col": backend_im2col, "loop": backend_loop, "fft": backend_fft}
 PASSES = ("forward", "grad_inputs", "grad_kernels")
 
 
