@@ -56,8 +56,9 @@ def one_thread():
     """Run this module's tiny convolutions on one BLAS/FFT/torch thread.
 
     Thread start-up and spin-waiting dominate arrays this small, and on a shared 2-core machine
-    they made the module 8x slower. Results do not depend on the thread count
-    (``test_thread_count_does_not_change_results`` checks that with the work split and chunked).
+    they made the module 8x slower. Results do not depend on the thread count, but for fft's
+    last bits (``test_thread_count_does_not_change_results`` checks that with the work split and
+    chunked).
     """
     with pinned_threads(1):
         yield
@@ -121,7 +122,8 @@ def test_thread_count_does_not_change_results(backend, case, monkeypatch):
     Forced: any size is split (``THREAD_COST_ELEMENTS`` 1e-9), 2 threads whatever the cores, and
     a backend's ``CHUNK_BYTES`` at 1 byte, so that every image is its own chunk (a thread with
     a batch of 2 walks two) and a weight gradient is a sum of per-image parts. Integer inputs
-    make every order of summation exact.
+    make every order of summation exact, but for the backends of ``CHUNK_ROUNDED``, which are
+    held to their tolerance against the reference instead.
     """
     skip_unsupported(backend, case)
     ops = operands(case, integer=True)
