@@ -932,6 +932,10 @@ def test_a_target_several_runs_measured_is_judged_on_their_middle_value(
     assert f"the runs merged, each benchmark's latest record: {latest:.2f}×" in (
         overhead.measured.detail
     )
+    middle = order[engine_ms.index(round(stated * 10, 1))]  # the run whose value is stated
+    assert overhead.measured.detail.startswith(
+        f"middle of the values of {len(engine_ms)} runs, each judged alone: {middle}, "
+    )
 
 
 def test_a_run_of_one_thread_count_is_no_scaling_measure(workdir):

@@ -520,6 +520,7 @@ class Judged:
     target: policy.SpeedTarget
     column: str
     measured: Measured
+    run: str | None = None  # the run judged alone (``judge_runs``); None: the merged column
 
     @property
     def verdict(self) -> str:
@@ -549,7 +550,7 @@ def judge_runs(
     for run_id in order if order is not None else dict.fromkeys(frame["run"]):
         for j in judge_all(frame[frame["run"] == run_id], targets):
             if j.verdict != "not measured" and j.column in columns:
-                by_run.setdefault((j.target.key, j.column), []).append(j)
+                by_run.setdefault((j.target.key, j.column), []).append(replace(j, run=run_id))
     return by_run
 
 
@@ -565,13 +566,15 @@ def over_runs(judged: list[Judged], by_run: dict[tuple, list[Judged]]) -> list[J
         if len(runs) < 2:
             stated.append(j)
             continue
-        values = sorted((r.measured.value for r in runs), reverse=j.target.higher)  # best first
+        ordered = sorted(runs, key=lambda r: r.measured.value, reverse=j.target.higher)
+        middle = ordered[len(ordered) // 2]  # of the runs, best first
         merged = f"{j.measured.value:.2f}×" if math.isfinite(j.measured.value) else "none"
         detail = (
-            f"middle of the values of {len(runs)} runs, each judged alone (the runs merged, "
-            f"each benchmark's latest record: {merged}; {j.measured.detail})"
+            f"middle of the values of {len(runs)} runs, each judged alone: {middle.run}, "
+            f"{middle.measured.detail} (the runs merged, each benchmark's latest record: "
+            f"{merged}; {j.measured.detail})"
         )
-        stated.append(replace(j, measured=Measured(values[len(values) // 2], True, detail)))
+        stated.append(replace(j, measured=Measured(middle.measured.value, True, detail)))
     return stated
 
 
