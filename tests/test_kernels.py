@@ -644,7 +644,7 @@ def test_fft_routes_agree_with_the_reference(case, route, monkeypatch):
         monkeypatch.setattr(module, name, value)
     monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
     monkeypatch.setattr(threads, "budget", lambda: 2)
-    used = []  # (pass, route function) in call order
+    used = []  # each pass, then the route functions it called, in call order
     for owner, name in ((module, "_matmul"), (module, "_whole_batch_grad_kernels"),
                         (threads, "sum_over_batch")):  # fmt: skip
         original = getattr(owner, name)
