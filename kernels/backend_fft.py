@@ -132,8 +132,9 @@ COPIES_PER_VALUE = 8
 SUMS_PER_CHUNK = 2
 
 #: scipy.fft keeps float32 in single precision and can run an FFT call on several threads;
-#: without scipy, numpy.fft (tests/test_kernels.py runs that path too). Loaded on the first call: the
-#: module-level ``_scipy_fft`` is replaced by the module, or None where scipy is missing.
+#: without scipy, numpy.fft (tests/test_kernels.py runs that path too). Loaded on the first
+#: call: the module-level ``_scipy_fft`` is replaced by the module, or None where scipy is
+#: missing.
 _scipy_fft = "not loaded"
 
 
@@ -219,10 +220,25 @@ class _Axes:
         rows, columns = slice(first_h, first_h + count_h), slice(first_w, first_w + count_w)
         return cls(length_h, length_w, rows, columns, first_h - start_h, first_w - start_w)
 
+    @property
+    def height(self) -> int:
+        """How many rows of the full convolution are kept."""
+        return self.rows.stop - self.rows.start
+
+    @property
+    def width(self) -> int:
+        """How many columns of the full convolution are kept."""
+        return self.columns.stop - self.columns.start
+
+    def output(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A fresh array of ``shape`` (.., .., out_h, out_w) for the kept rows and columns:
+        zeroed only where they do not fill it (padding past the full support)."""
+        filled = (self.top, self.left, self.height, self.width) == (0, 0, *shape[-2:])
+        return np.empty(shape, dtype) if filled else np.zeros(shape, dtype)
+
     def kept(self, out: np.ndarray) -> np.ndarray:
         """The view of ``out`` (.., .., out_h, out_w) the kept rows and columns fill."""
-        height, width = self.rows.stop - self.rows.start, self.columns.stop - self.columns.start
-        return out[:, :, self.top : self.top + height, self.left : self.left + width]
+        return out[:, :, self.top : self.top + self.height, self.left : self.left + self.width]
 
     def values(self, h: int, channels: int) -> int:
         """Complex values a call holds per image of ``channels`` channels of h rows: its row
@@ -275,13 +291,12 @@ def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarra
     c, _, kh, kw = kernels.shape
     axes = _Axes.of(h, w, kh, kw, padding)
     out_h, out_w = h - kh + 1 + 2 * padding, w - kw + 1 + 2 * padding
-    out = np.zeros((n, c, out_h, out_w), inputs.dtype)
+    out = axes.output((n, c, out_h, out_w), inputs.dtype)
     kept = axes.kept(out)
     with _profile.stage("fft"):
         k_hat = _spectrum(kernels.transpose(1, 0, 2, 3), axes, threads.budget())
 
-    count_h = axes.rows.stop - axes.rows.start
-    per_image = axes.values(h, d) + axes.values(count_h, c)
+    per_image = axes.values(h, d) + axes.values(axes.height, c)
     images = _chunk_images(per_image, n, inputs.dtype)
     if images is None:  # the whole batch, each step on the budget's threads
         spectra = _outputs(inputs, k_hat, axes, threads.budget(), _matmul)
@@ -320,7 +335,7 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
 
     spectra = threads.sum_over_batch(chunk, n, COPIES_PER_VALUE * 2 * n * per_image, images)
     kh, kw = h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding
-    out = np.zeros((c, d, kh, kw), inputs.dtype)
+    out = axes.output((c, d, kh, kw), inputs.dtype)
     with _profile.stage("fft"):
         full = _inverse(spectra, axes, threads.budget())  # (d, c, kept rows, kept columns)
         np.copyto(axes.kept(out), full.transpose(1, 0, 2, 3), casting="same_kind")
