@@ -127,9 +127,9 @@ class Plan:
     ``race`` is the race's choice and ``finalists`` the candidates within ``TRIAL_FACTOR`` of
     its median. While ``settled`` is False they take turns on the key's calls, and ``backend``
     is the race's choice (for a plan from the cache, the cached choice), not what the calls
-    run. ``trial`` is the median seconds of each
-    finalist over its calls in use (once settled; None before, or when there was one
-    finalist). A plan cached before ``race`` was kept has None there."""
+    run. ``trial`` is the median seconds of each finalist over its calls in use (once
+    settled; None before, or when there was one finalist). A plan cached before ``race`` was
+    kept has None there."""
 
     key: str
     backend: str
@@ -293,8 +293,8 @@ def _verified(backend: str, pass_: str, case: ConvCase) -> Verdict:
 def plan(pass_: str, input_shape, kernel_shape, padding: int, dtype="float32") -> Plan:
     """The backend auto runs for this call, and the times behind the choice (measured on first
     use of the key, then reused). While the plan is on trial (``settled`` False), ``backend`` is
-    the race's choice (or the cached one) and the calls go to its ``finalists`` in turn. ``ValueError`` if no
-    backend supports the case or none passes verification."""
+    the race's choice (or the cached one) and the calls go to its ``finalists`` in turn.
+    ``ValueError`` if no backend supports the case or none passes verification."""
     if pass_ not in PASSES:
         raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
     key = key_for(pass_, input_shape, kernel_shape, padding, dtype)
