@@ -111,7 +111,7 @@ _lock = threading.RLock()
 _plans: dict[str, Plan] = {}
 _fast: dict[tuple, kernels.Backend] = {}  # (pass, shapes, padding, dtype, budget) -> backend
 _supported: dict[tuple, str | None] = {}
-_verdicts: dict[tuple[str, str, str], object] = {}
+_verdicts: dict[tuple[str, str, str, int], object] = {}
 _loaded: dict[str, object] = {}
 _trials: dict[str, _Trial] = {}  # plan key -> the trial of its finalists in use
 _clock = time.perf_counter  # of the trial (the tests script it)
@@ -277,8 +277,9 @@ def _check_case(case: ConvCase) -> ConvCase:
 
 
 def _verify(backend: str, pass_: str, case: ConvCase) -> Verdict:
-    """``backend``'s verdict on ``pass_`` of ``case`` (cached per process and case)."""
-    key = (backend, pass_, case.id)
+    """``backend``'s verdict on ``pass_`` of ``case`` (cached per process, case and thread
+    budget: the budget decides how a call is cut, and so what runs)."""
+    key = (backend, pass_, case.id, threads.budget())
     if key not in _verdicts:
         _verdicts[key] = check_backend(backend, case, pass_)
     return _verdicts[key]

@@ -296,6 +296,33 @@ def test_a_backend_wrong_only_on_large_batches_is_caught_on_the_exact_shapes(tmp
     sys.modules.pop("kernels.backend_bigwrong", None)
 
 
+def test_a_backend_wrong_only_on_more_threads_is_caught_at_that_budget(tmp_path, monkeypatch):
+    """A verdict holds for the thread budget it was reached at: the budget decides how a call
+    is cut, so a backend right on one thread is verified again on two."""
+    _add_backend(
+        tmp_path,
+        monkeypatch,
+        "wrongontwo",
+        """
+        from kernels import threads
+        from kernels.backend_im2col import convolve as right
+        def convolve(inputs, kernels, padding):
+            result = right(inputs, kernels, padding)
+            if threads.budget() > 1:
+                result[0] = 0
+            return result
+    """,
+    )
+    from kernels import threads
+
+    one = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert "wrongontwo" not in one.failed
+    monkeypatch.setattr(threads, "budget", lambda: 2)
+    two = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
+    assert two.key != one.key and "wrongontwo" in two.failed and two.backend != "wrongontwo"
+    sys.modules.pop("kernels.backend_wrongontwo", None)
+
+
 def test_the_cache_is_reused_by_a_new_process(private_cache):
     probe = textwrap.dedent(f"""
         import warnings
