@@ -59,7 +59,7 @@ by pseudo-commutativity (section 5.6) when that shrinks the column matrix (c*h*w
 that call is not chunked.
 
 What bounds it: its GEMMs, which the benchmark suite times alone at the same shapes and threads
-(``extra_info["gemm_bound_s"]``), and the copies around them (``extra_info["breakdown"]``);
+(``extra_info["gemm_bound_s"]``), and the copies around them (``extra_info["breakdown_s"]``);
 the report shows both. ``OPENBLAS_CORETYPE`` changes the first a lot: it selects which SGEMM
 kernels OpenBLAS runs.
 """

@@ -60,7 +60,9 @@ every intermediate is a multiple of 1/4 and exact: the tests' integer inputs com
 ``EXACT`` is still False, as that promise is not kept for every small-integer input: the quarter
 steps and the larger transformed values use up range that a direct sum keeps. The tolerance
 table (``nnbench.verify.tolerances``) gives the measured worst case against a float64
-reference.
+reference. A NaN or inf input is not kept to the outputs a direct sum would give it: the
+transforms carry it to every output of the tiles whose input tiles hold it, and turn an inf
+into NaN (inf - inf in B^T d B, 0 * inf in A^T M A) where a direct sum gives inf.
 
 F(4x4, 3x3) (36 products per 16 outputs, 4x fewer GEMM flops than direct) is not offered. Its
 transforms hold 1/6, 1/12, 1/24 and coefficients up to 8, whose rounding is amplified

@@ -247,8 +247,9 @@ class Conv2D(Layer):
     """y = convolve_p(x, K) + b with 'same' padding p = (k - 1) / 2 (sections 4.1.1, 5.7).
 
     x (n, d, h, w); K = ``kernels`` (c, d, k, k) ~ N(0, sqrt(2 / (d k k))); b = ``biases`` (c,).
-    The forward pass and both gradients run on one convolution backend of the ``kernels``
-    package: the ``kernel`` argument (a name or a ``kernels.Backend``), else the model's
+    The forward pass and both gradients go to one convolution backend of the ``kernels``
+    package (which may compute a pass by another route: its ``ROUTES``, e.g. winograd's weight
+    gradient): the ``kernel`` argument (a name or a ``kernels.Backend``), else the model's
     ``kernel``, else ``kernels.resolve(None)`` (``$NNBENCH_KERNEL``, then the default). The
     resolved backend is ``self.backend`` (``self.backend.name``), fixed at build time.
     Backward uses ``forward_inputs``.
