@@ -46,7 +46,10 @@ Where a chunk would hold fewer than ``MIN_CHUNK_IMAGES`` images of a larger batc
 channels, large images), its per-frequency products would be a few rows each, too small for
 the BLAS, and there would be many calls of them: the call then runs on the whole batch at
 once, each FFT on the budget's threads (scipy's ``workers``) and the stack of per-frequency
-GEMMs split over the threads (``_matmul``).
+GEMMs split over the threads (``_matmul``). For the same reason a thread's run of the batch
+holds at least ``MIN_CHUNK_IMAGES`` images (``min_rows`` of ``kernels.threads.over_batch``):
+on many cores a call is cut into fewer runs than there are threads rather than into runs of
+a few images each.
 
 The weight gradient is the convolution of the flipped inputs, batch and channels swapped, with
 grad_outputs as the "kernels" (section 5.7): at each frequency a (d, n) @ (n, c) product whose
@@ -54,7 +57,8 @@ reduction runs over the batch. ``grad_kernels`` therefore cuts the batch into ch
 each chunk's spectra of x and of grad_outputs give its share of the (d, c) products, the
 shares are added up per frequency (``kernels.threads.sum_over_batch``) and transformed back
 once. Those (d, c) sums are added once per chunk, so where they outweigh a chunk's own spectra
-(d c > ``SUMS_PER_CHUNK`` b (d + c) per frequency) or a chunk would be too small, the weight
+(d c > ``SUMS_PER_CHUNK`` b (d + c) per frequency, b the images of a chunk or, where shorter,
+of a thread's run) or a chunk would be too small, the weight
 gradient is section 5.7's convolution on the whole batch instead
 (``kernels._registry.generic_grad_kernels``). The input gradient is the forward on flipped,
 transposed kernels (``kernels._registry.generic_grad_inputs``).
@@ -69,7 +73,8 @@ bounded, at roughly 1e-6 of the largest output in float32 and 1e-15 in float64).
 inputs therefore do not give integer outputs, unlike the direct backends (see
 tests/test_kernels.py, where fft is the one backend held to a tolerance on integer inputs).
 Without scipy, ``numpy.fft`` (the same pocketfft, single-threaded, and in numpy < 2 double
-precision only) is used and the result is cast back to the input dtype.
+precision only) is used and the result is cast back to the input dtype. For the same reason a
+NaN or inf anywhere in an image makes every output of that image NaN.
 
 Speed
 -----
@@ -232,7 +237,8 @@ class _Axes:
 
     def output(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A fresh array of ``shape`` (.., .., out_h, out_w) for the kept rows and columns:
-        zeroed only where they do not fill it (padding past the full support)."""
+        uninitialised where they fill it, all zeros where they do not (padding past the full
+        support leaves a border that nothing writes)."""
         filled = (self.top, self.left, self.height, self.width) == (0, 0, *shape[-2:])
         return np.empty(shape, dtype) if filled else np.zeros(shape, dtype)
 
@@ -309,7 +315,8 @@ def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarra
         with _profile.stage("fft"):
             np.copyto(kept[s], spectra, casting="same_kind")
 
-    threads.over_batch(chunk, n, COPIES_PER_VALUE * 2 * n * per_image, images)
+    work = COPIES_PER_VALUE * 2 * n * per_image
+    threads.over_batch(chunk, n, work, images, min_rows=MIN_CHUNK_IMAGES)
     return out
 
 
@@ -322,8 +329,13 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     _, c, oh, ow = grad_outputs.shape
     axes = _Axes.of(h, w, oh, ow, padding)
     per_image = axes.values(h, d) + axes.values(oh, c)
+    work = COPIES_PER_VALUE * 2 * n * per_image
     images = _chunk_images(per_image, n, inputs.dtype)
-    if images is None or d * c > SUMS_PER_CHUNK * min(images, n) * (d + c):
+    if images is None:
+        return _whole_batch_grad_kernels(inputs, grad_outputs, padding)
+    # the images of a chunk's products: at most a thread's run of the batch (the shortest)
+    rows = min(images, n // threads.parts_for(n, work, MIN_CHUNK_IMAGES))
+    if d * c > SUMS_PER_CHUNK * rows * (d + c):
         return _whole_batch_grad_kernels(inputs, grad_outputs, padding)
 
     def chunk(s: slice) -> np.ndarray:  # a run of images' share of the product, per frequency
@@ -333,7 +345,7 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
         with _profile.stage("gemm"):
             return _profile.matmul(x_hat.swapaxes(-1, -2), g_hat)  # (Lh, Lw/2+1, d, c)
 
-    spectra = threads.sum_over_batch(chunk, n, COPIES_PER_VALUE * 2 * n * per_image, images)
+    spectra = threads.sum_over_batch(chunk, n, work, images, min_rows=MIN_CHUNK_IMAGES)
     kh, kw = h - oh + 1 + 2 * padding, w - ow + 1 + 2 * padding
     out = axes.output((c, d, kh, kw), inputs.dtype)
     with _profile.stage("fft"):

@@ -5,7 +5,8 @@ numpy runs its loops on one thread; only its BLAS uses several. Work the BLAS do
 into slices of the batch axis and run on a small pool of threads. numpy releases the GIL inside
 its loops and BLAS calls, so the slices really run side by side.
 
-How many threads: the BLAS thread limit in force, at most the cores. That is the limit that
+How many threads: the BLAS thread limit in force, at most the cores (``CORES``: those the
+process may run on, and no more than a cgroup CPU quota leaves it). That is the limit that
 ``threadpoolctl.threadpool_limits`` (and ``nnbench.machine.pinned_threads``, which also sets
 torch's) controls, so one setting pins numpy's BLAS, torch and this pool alike.
 
@@ -42,16 +43,81 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
 from kernels import _profile
 
-try:  # the cores this process may run on (affinity, cpusets), not all of the machine's
-    CORES = len(os.sched_getaffinity(0))
-except AttributeError:  # not Linux
-    CORES = os.cpu_count() or 1
+
+def cgroup_cpus(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """The CPUs a cgroup CPU quota leaves this process, rounded up (what a container's
+    ``--cpus`` sets), or None where no quota is set or none can be read.
+
+    Affinity says which cores a process may run on, not for how long: a container limited to
+    4 CPUs on a 64-core host sees 64 cores, and 64 threads there take turns on 4 CPUs' worth
+    of time. The quota is read from the process's cgroup (``membership``) and each one above
+    it, the smallest wins: cgroup v2's ``cpu.max`` ("max" or "<quota> <period>") and v1's
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1: none).
+    """
+    try:
+        entries = [line.split(":", 2) for line in membership.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    shares = []
+    for entry in entries:
+        if len(entry) != 3:
+            continue
+        _, controllers, path = entry
+        if controllers == "":  # v2, mounted at the root, or under unified/ beside v1
+            mounts = [root, root / "unified"]
+        elif "cpu" in controllers.split(","):
+            mounts = [root / controllers, root / "cpu", root / "cpu,cpuacct"]
+        else:
+            continue
+        for mount in mounts:
+            directory = mount / path.strip("/")
+            while directory.is_relative_to(mount):  # this cgroup, then the ones above it
+                share = _cpu_share(directory, v2=controllers == "")
+                if share is not None:
+                    shares.append(share)
+                if directory == mount:
+                    break
+                directory = directory.parent
+    return max(1, math.ceil(min(shares))) if shares else None
+
+
+def _cpu_share(directory: Path, v2: bool) -> float | None:
+    """quota / period of one cgroup directory, None where it sets none or cannot be read."""
+    try:
+        if v2:
+            quota, period = (directory / "cpu.max").read_text().split()
+        else:
+            quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+            period = (directory / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        share = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return share if share > 0 else None
+
+
+def _cores() -> int:
+    """The cores this process may run on (affinity, cpusets), not all of the machine's, and
+    at most what a cgroup CPU quota leaves it (``cgroup_cpus``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpus()
+    return min(cores, quota) if quota else cores
+
+
+CORES = _cores()
 
 #: What one more slice costs (waking its thread, its Python under the GIL), counted as the
 #: elements of copying that take as long. See the module docstring for how it is used.
@@ -165,12 +231,14 @@ def rows_per_chunk(values_per_row: int, dtype: np.dtype, chunk_bytes: int) -> in
     return max(1, chunk_bytes // (values_per_row * np.dtype(dtype).itemsize))
 
 
-def parts_for(n: int, elements: int) -> int:
+def parts_for(n: int, elements: int, min_rows: int = 1) -> int:
     """How many slices to cut ``n`` rows holding ``elements`` elements of work into (1 = inline):
-    sqrt(elements / THREAD_COST_ELEMENTS), at most the budget and ``n``."""
+    sqrt(elements / THREAD_COST_ELEMENTS), at most the budget and ``n // min_rows`` (so that
+    every slice holds at least ``min_rows`` rows, or all ``n`` where there are fewer)."""
     if getattr(_inside, "active", False):
         return 1
-    return max(1, min(budget(), n, math.isqrt(int(max(elements, 0) / THREAD_COST_ELEMENTS))))
+    most = min(budget(), n // max(1, min_rows))
+    return max(1, min(most, math.isqrt(int(max(elements, 0) / THREAD_COST_ELEMENTS))))
 
 
 # --- the pool -------------------------------------------------------------------------------
@@ -287,15 +355,20 @@ def run(body: Callable[[T], object], items: list[T]) -> None:
 
 
 def over_batch(
-    body: Callable[[slice], object], n: int, elements: int, chunk: int | None = None
+    body: Callable[[slice], object],
+    n: int,
+    elements: int,
+    chunk: int | None = None,
+    min_rows: int = 1,
 ) -> None:
     """Call ``body(s)`` for slices s covering range(n), in parallel.
 
-    ``n`` rows hold ``elements`` elements of work in all (see ``parts_for``). Each thread takes
-    one run of consecutive rows and, with ``chunk``, walks it ``chunk`` rows at a time, so that
-    the temporaries of one call stay in cache.
+    ``n`` rows hold ``elements`` elements of work in all (see ``parts_for``; each thread's run
+    holds at least ``min_rows`` rows). Each thread takes one run of consecutive rows and, with
+    ``chunk``, walks it ``chunk`` rows at a time, so that the temporaries of one call stay in
+    cache.
     """
-    run(lambda rows: _walk(body, rows, chunk), split(n, parts_for(n, elements)))
+    run(lambda rows: _walk(body, rows, chunk), split(n, parts_for(n, elements, min_rows)))
 
 
 def copy(out: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -308,7 +381,11 @@ def copy(out: np.ndarray, source: np.ndarray) -> np.ndarray:
 
 
 def sum_over_batch(
-    body: Callable[[slice], np.ndarray], n: int, elements: int, chunk: int | None = None
+    body: Callable[[slice], np.ndarray],
+    n: int,
+    elements: int,
+    chunk: int | None = None,
+    min_rows: int = 1,
 ) -> np.ndarray:
     """The sum of ``body(s)`` over slices s covering range(n), computed like ``over_batch``.
 
@@ -316,7 +393,7 @@ def sum_over_batch(
     so the result depends on how many slices there are and on ``chunk``, but not on timing.
     ``body`` must return a fresh, writable array: the others are added into the first one.
     """
-    parts = split(n, parts_for(n, elements))
+    parts = split(n, parts_for(n, elements, min_rows))
     totals: list[np.ndarray | None] = [None] * len(parts)
 
     def add_up(index: int) -> None:

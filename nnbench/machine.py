@@ -18,6 +18,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from kernels import threads
 from nnbench import runtime
 
 # Environment variables that change how fast the same code runs here; recorded with every result.
@@ -48,11 +49,9 @@ def cpu_model() -> str:
 
 
 def cpu_count() -> int:
-    """Cores this process may run on (affinity-aware where the OS tells)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """Cores this process may run on: its affinity, at most a cgroup CPU quota
+    (``kernels.threads.CORES``)."""
+    return threads.CORES
 
 
 def library_versions() -> dict[str, str]:

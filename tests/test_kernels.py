@@ -144,7 +144,7 @@ def test_thread_count_does_not_change_results(backend, case, monkeypatch):
         if backend in CHUNK_ROUNDED:  # held to its tolerance against the reference instead
             check(name, backend, case, pass_, actual, ops.reference(pass_), integer=False)
         else:
-            compare(name, actual, single[pass_], exact=True).check()
+            compare(name, actual, single[pass_], dtype=case.dtype, exact=True).check()
     if hasattr(module, "threads") and case == CASES[0]:  # 3x3 'same': every pass splits
         assert split_calls.count(2) >= len(PASSES), f"{backend} split only {split_calls}"
 
@@ -169,11 +169,11 @@ def test_more_cores_than_slices_gives_the_same_result(backend, case, monkeypatch
     original = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a: (ran.append(1), original(*a)))
     monkeypatch.setattr(threads, "budget", lambda: 4)
-    monkeypatch.setattr(threads, "parts_for", lambda n, elements: min(2, n))
-    for pass_ in ("forward", "grad_inputs"):
+    monkeypatch.setattr(threads, "parts_for", lambda n, elements, min_rows=1: min(2, n))
+    for pass_ in PASSES:  # the weight gradient has no such path: it is summed over 2 slices
         actual = CALLS[pass_](*ops.arguments(pass_), case.padding, backend)
         compare(f"{pass_} ({backend}, BLAS-threaded GEMMs)", actual, single[pass_],
-                exact=True).check()  # fmt: skip
+                dtype=case.dtype, exact=True).check()  # fmt: skip
     if case == CASES[0]:
         assert ran  # the path under test ran
 
@@ -662,11 +662,43 @@ def test_fft_routes_agree_with_the_reference(case, route, monkeypatch):
 
 
 def _spy(function, name: str, calls: list):
-    def spied(*args):
+    def spied(*args, **kwargs):
         calls.append(name)
-        return function(*args)
+        return function(*args, **kwargs)
 
     return spied
+
+
+@pytest.mark.parametrize("budget", [1, 64])
+def test_fft_cuts_many_cores_into_runs_of_whole_chunks(budget, monkeypatch):
+    """On many cores a call is cut into fewer runs than threads, each of at least
+    MIN_CHUNK_IMAGES images, and the weight gradient's route is judged on the images a run
+    really holds: 32 images of 64 -> 64 channels take chunks on one thread, but on 64 threads
+    runs of 8, whose (d, c) sums outweigh their spectra, send it to the whole-batch route."""
+    if "fft" not in BACKENDS:
+        pytest.skip("the fft backend is not available")
+    module = kernels.get("fft").module
+    case = ConvCase((32, 64, 4, 4), (64, 64, 3, 3), 1, "float64")
+    monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)  # every slice worth a thread
+    monkeypatch.setattr(threads, "budget", lambda: budget)
+    used, runs = [], []
+    for name in ("_whole_batch_grad_kernels",):
+        monkeypatch.setattr(module, name, _spy(getattr(module, name), name, used))
+    monkeypatch.setattr(threads, "sum_over_batch", _spy(threads.sum_over_batch, "sums", used))
+    split = threads.split
+    monkeypatch.setattr(threads, "split", lambda n, parts: runs.append(split(n, parts)) or runs[-1])
+    ops = operands(case)
+    for pass_ in PASSES:
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "fft")
+        check(f"{pass_} (fft, budget {budget})", "fft", case, pass_, actual,
+              ops.reference(pass_), False)  # fmt: skip
+    batch_runs = [s.stop - s.start for cut in runs if cut[-1].stop == 32 for s in cut]
+    assert batch_runs and min(batch_runs) >= module.MIN_CHUNK_IMAGES
+    if budget == 1:
+        assert used == ["sums"]
+    else:
+        assert max(len(cut) for cut in runs if cut[-1].stop == 32) == 32 // 8
+        assert used[0] == "_whole_batch_grad_kernels" and "sums" not in used
 
 
 # --- fft without scipy -----------------------------------------------------------------------
