@@ -276,43 +276,34 @@ def test_the_candidates_within_the_trial_factor_go_on_trial(monkeypatch):
     assert set(chosen.finalists) == {"im2col", "loop"}
 
 
-def test_a_backend_wrong_only_on_large_batches_is_caught_on_the_exact_shapes(tmp_path, monkeypatch):
-    """The small check case has a batch of 2; this backend is right there and wrong beyond."""
-    _add_backend(
-        tmp_path,
-        monkeypatch,
-        "bigwrong",
-        """
+def _add_wrong_im2col(tmp_path, monkeypatch, name: str, images: str, when: str = "True") -> None:
+    """Backend ``name``: im2col's forward, with ``images`` of the batch (an index) zeroed
+    where ``when`` (an expression, which may read ``threads.budget()``) holds."""
+    source = f"""
+        from kernels import threads
         from kernels.backend_im2col import convolve as right
         def convolve(inputs, kernels, padding):
             result = right(inputs, kernels, padding)
-            result[2:] = 0
+            if {when}:
+                result[{images}] = 0
             return result
-    """,
-    )
+    """
+    _add_backend(tmp_path, monkeypatch, name, source)
+    monkeypatch.delitem(sys.modules, f"kernels.backend_{name}", raising=False)
+
+
+def test_a_backend_wrong_only_on_large_batches_is_caught_on_the_exact_shapes(tmp_path, monkeypatch):
+    """The small check case has a batch of 2; this backend is right there and wrong beyond."""
+    _add_wrong_im2col(tmp_path, monkeypatch, "bigwrong", "2:")
     big = ConvCase((4, 3, 9, 9), (5, 3, 3, 3), 1)
     chosen = auto.plan("forward", big.input_shape, big.kernel_shape, 1)
     assert "bigwrong" in chosen.failed and chosen.backend != "bigwrong"
-    sys.modules.pop("kernels.backend_bigwrong", None)
 
 
 def test_a_backend_wrong_only_on_more_threads_is_caught_at_that_budget(tmp_path, monkeypatch):
     """A verdict holds for the thread budget it was reached at: the budget decides how a call
     is cut, so a backend right on one thread is verified again on two."""
-    _add_backend(
-        tmp_path,
-        monkeypatch,
-        "wrongontwo",
-        """
-        from kernels import threads
-        from kernels.backend_im2col import convolve as right
-        def convolve(inputs, kernels, padding):
-            result = right(inputs, kernels, padding)
-            if threads.budget() > 1:
-                result[0] = 0
-            return result
-    """,
-    )
+    _add_wrong_im2col(tmp_path, monkeypatch, "wrongontwo", "0", when="threads.budget() > 1")
     from kernels import threads
 
     one = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
@@ -320,7 +311,6 @@ def test_a_backend_wrong_only_on_more_threads_is_caught_at_that_budget(tmp_path,
     monkeypatch.setattr(threads, "budget", lambda: 2)
     two = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert two.key != one.key and "wrongontwo" in two.failed and two.backend != "wrongontwo"
-    sys.modules.pop("kernels.backend_wrongontwo", None)
 
 
 def test_the_cache_is_reused_by_a_new_process(private_cache):
