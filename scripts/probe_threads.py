@@ -5,8 +5,9 @@
 
 Two measurements, each a table on stdout and a record in ``--out`` (JSON, written atomically):
 
-1. ``settings``: im2col, loop and fft on the CIFAR-10 recipe's layers (forward and both gradients)
-   at the most threads asked for, with each backend's ``CHUNK_BYTES`` and
+1. ``settings``: im2col, loop, fft and winograd on the CIFAR-10 recipe's layers (forward and
+   both gradients; winograd's own passes only, not the weight gradient it leaves to im2col,
+   its ``ROUTES``) at the most threads asked for, with each backend's ``CHUNK_BYTES`` and
    ``kernels.threads.THREAD_COST_ELEMENTS`` (how finely a call is cut into slices) set to
    each pair of ``--chunk-mb`` and ``--thread-costs`` (by default a small grid around the
    shipped values). Median ms of ``--calls`` calls after one untimed call per setting (a new
@@ -34,14 +35,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels
-from kernels import backend_fft, backend_im2col, backend_loop, threads
+from kernels import backend_fft, backend_im2col, backend_loop, backend_winograd, threads
 from nnbench import bench, machine, runtime
 from nnbench._io import atomic_write_json, unwritable_reason
 from nnbench.bench.cases import recipe_cases, thread_ladder
 
 CHUNK_MB = (0.5, 1, 2, 4, 8)
 THREAD_COSTS = (1 << 14, 1 << 16, 1 << 18, 1 << 20)
-BACKENDS = {"im2col": backend_im2col, "loop": backend_loop, "fft": backend_fft}
+BACKENDS = {
+    "im2col": backend_im2col,
+    "loop": backend_loop,
+    "fft": backend_fft,
+    "winograd": backend_winograd,
+}
 PASSES = ("forward", "grad_inputs", "grad_kernels")
 
 
@@ -52,7 +58,7 @@ def probe_settings(
     with machine.pinned_threads(threads_count):
         for case in recipe_cases("fast"):
             for name, module in BACKENDS.items():
-                for pass_ in PASSES:
+                for pass_ in _own_passes(name, module):
                     call = bench.make_call(name, case, pass_)
                     for mb, cost in itertools.product(chunk_mb, thread_costs):
                         shipped = module.CHUNK_BYTES, threads.THREAD_COST_ELEMENTS
@@ -75,6 +81,12 @@ def probe_settings(
                             }
                         )
     return rows
+
+
+def _own_passes(name: str, module) -> tuple[str, ...]:
+    """The passes ``module`` computes itself (its ``ROUTES`` name it), not by another backend."""
+    routes = getattr(module, "ROUTES", {})
+    return tuple(p for p in PASSES if routes.get(p, name).startswith(name))
 
 
 def probe_step(ladder: list[int], calls: int) -> list[dict]:

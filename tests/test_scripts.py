@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import kernels
-from kernels import backend_fft, backend_im2col, backend_loop, threads
+from kernels import backend_fft, backend_im2col, backend_loop, backend_winograd, threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,11 +141,17 @@ def test_probe_threads_times_each_setting_and_each_layer(tmp_path):
     assert done.returncode == 0, done.stderr
     record = json.loads(out.read_text())
     rows = record["settings"]
-    assert len(rows) == 3 * 3 * 3  # recipe layers x backends x passes, one setting each
+    # recipe layers x (3 backends x 3 passes + winograd's own 2), one setting each
+    assert len(rows) == 3 * (3 * 3 + 2)
+    assert {row["pass"] for row in rows if row["backend"] == "winograd"} == {
+        "forward",
+        "grad_inputs",
+    }
     assert all(row["median_ms"] > 0 and row["threads"] == 1 for row in rows)
     # one setting given: im2col's shipped pair, and any backend that ships the same chunk size
     shipped = {row["backend"] for row in rows if row["shipped"]}
-    modules = {"im2col": backend_im2col, "loop": backend_loop, "fft": backend_fft}
+    modules = {"im2col": backend_im2col, "loop": backend_loop, "fft": backend_fft,
+               "winograd": backend_winograd}  # fmt: skip
     assert shipped == {
         name for name, module in modules.items() if module.CHUNK_BYTES == backend_im2col.CHUNK_BYTES
     }
