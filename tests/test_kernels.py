@@ -682,8 +682,8 @@ def test_fft_cuts_many_cores_into_runs_of_whole_chunks(budget, monkeypatch):
     monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)  # every slice worth a thread
     monkeypatch.setattr(threads, "budget", lambda: budget)
     used, runs = [], []
-    for name in ("_whole_batch_grad_kernels",):
-        monkeypatch.setattr(module, name, _spy(getattr(module, name), name, used))
+    whole = "_whole_batch_grad_kernels"
+    monkeypatch.setattr(module, whole, _spy(getattr(module, whole), whole, used))
     monkeypatch.setattr(threads, "sum_over_batch", _spy(threads.sum_over_batch, "sums", used))
     split = threads.split
     monkeypatch.setattr(threads, "split", lambda n, parts: runs.append(split(n, parts)) or runs[-1])
