@@ -9,6 +9,15 @@ every GEMM is recorded with its operands' shapes, strides and dtype, the thread 
 the parallel section (``kernels.threads.run``) it ran in. ``replay(record)`` then runs the same
 GEMMs on fresh operands of the same layout, section by section, each thread's GEMMs on one
 thread as before: the time of the GEMMs alone, the backend's own bound.
+
+``matmul`` is also where the GEMMs let other threads run. ``np.matmul`` releases the GIL only
+when its output has more than 500 elements (numpy's threshold for releasing it in a loop); with
+a smaller output it holds the GIL for the whole BLAS call, however long the reduction, and the
+other threads' slices wait at their next numpy call. The weight gradient of a small layer is
+such a GEMM: im2col's (K, M) @ (M, c) is 27 x 16 on the CIFAR-10 recipe's first layer, the
+loop's GEMVs have c outputs. ``np.dot`` of 2-D operands (or 2-D by 1-D) always releases it,
+but zero-fills its output before the BLAS call, an extra pass that costs 5% on a wide output;
+so ``matmul`` takes ``np.dot`` for outputs of at most ``DOT_OUTPUT_ELEMENTS`` elements.
 """
 
 from __future__ import annotations
@@ -23,6 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["Profile", "matmul", "numbered", "profiled", "replay_plan", "stage"]
+
+#: Outputs up to this many elements are computed with ``np.dot``, which releases the GIL
+#: whatever the output's size (see the module docstring); its zero-fill is then negligible.
+DOT_OUTPUT_ELEMENTS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -92,10 +105,11 @@ def _describe(array: np.ndarray) -> tuple:
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``np.matmul(a, b, out=out)``, recorded while a profile is active."""
+    """``np.matmul(a, b, out=out)``, with the GIL released during the BLAS call (``np.dot``
+    where the output is small, see the module docstring), recorded while a profile is active."""
     profile = _active
     if profile is None:
-        return np.matmul(a, b, out=out)
+        return _gemm(a, b, out)
     from kernels import threads
 
     libs = threads._blas()
@@ -109,7 +123,27 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     )
     with profile.lock:
         profile.gemms.append(gemm)
+    return _gemm(a, b, out)
+
+
+def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``a @ b`` into ``out``: ``np.dot`` for a small output where it takes the operands as
+    they are (2-D by 2-D or 1-D, each C- or F-contiguous, else it copies them; ``out`` None or
+    C-contiguous of the result's dtype), else ``np.matmul``."""
+    if (
+        a.ndim == 2
+        and 1 <= b.ndim <= 2
+        and a.shape[0] * (b.shape[1] if b.ndim == 2 else 1) <= DOT_OUTPUT_ELEMENTS
+        and _one_segment(a)
+        and _one_segment(b)
+        and (out is None or (out.flags.c_contiguous and out.dtype == np.result_type(a, b)))
+    ):
+        return np.dot(a, b, out=out)
     return np.matmul(a, b, out=out)
+
+
+def _one_segment(array: np.ndarray) -> bool:
+    return array.flags.c_contiguous or array.flags.f_contiguous
 
 
 def numbered(body):

@@ -57,9 +57,9 @@ reduction runs over the batch. ``grad_kernels`` therefore cuts the batch into ch
 each chunk's spectra of x and of grad_outputs give its share of the (d, c) products, the
 shares are added up per frequency (``kernels.threads.sum_over_batch``) and transformed back
 once. Those (d, c) sums are added once per chunk, so where they outweigh a chunk's own spectra
-(d c > ``SUMS_PER_CHUNK`` b (d + c) per frequency, b the images of a chunk or, where shorter,
-of a thread's run) or a chunk would be too small, the weight
-gradient is section 5.7's convolution on the whole batch instead
+(d c > ``SUMS_PER_CHUNK`` b (d + c) per frequency, b the images of the shortest chunk,
+``kernels.threads.shortest_run``) or a chunk would be too small, the weight gradient is
+section 5.7's convolution on the whole batch instead
 (``kernels._registry.generic_grad_kernels``). The input gradient is the forward on flipped,
 transposed kernels (``kernels._registry.generic_grad_inputs``).
 
@@ -333,8 +333,7 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     images = _chunk_images(per_image, n, inputs.dtype)
     if images is None:
         return _whole_batch_grad_kernels(inputs, grad_outputs, padding)
-    # the images of a chunk's products: at most a thread's run of the batch (the shortest)
-    rows = min(images, n // threads.parts_for(n, work, MIN_CHUNK_IMAGES))
+    rows = threads.shortest_run(n, work, images, MIN_CHUNK_IMAGES)  # a chunk's images, fewest
     if d * c > SUMS_PER_CHUNK * rows * (d + c):
         return _whole_batch_grad_kernels(inputs, grad_outputs, padding)
 

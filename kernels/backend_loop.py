@@ -279,19 +279,28 @@ def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndar
         # flat position i of it pairs with flat position i + u*Wp + v of the image.
         grid = embed_channels_first(grad_outputs, hp, wp, "loop.gy_grid")
         gy = grid.reshape(c, -1)[:, :q]
+        gemv = d <= GEMV_CHANNELS  # a (c, q) x (q, d) GEMM this thin runs slower than GEMVs
+        if gemv:  # contiguous, for the GEMVs to take it as it is (see below)
+            contiguous = scratch("loop.gy", (c, q), inputs.dtype)
+            np.copyto(contiguous, gy)
+            gy = contiguous
     result = np.empty((c, d, kh, kw), inputs.dtype)
-    products = scratch("loop.kernel_row", (kw, c, d), inputs.dtype)
+    # Each GEMV has only c outputs: np.matmul would hold the GIL through it, np.dot (which
+    # _profile.matmul takes for it) releases it but wants contiguous operands and output.
+    shape = (kw, d, c) if gemv else (kw, c, d)
+    products = scratch("loop.kernel_row", shape, inputs.dtype)
     for u in range(kh):
         rows = _shifted_rows(padded, u, kw, q)  # (kw, d, q)
         with _profile.stage("gemm"):
-            if d <= GEMV_CHANNELS:  # a (c, q) x (q, d) GEMM this thin runs slower than GEMVs
+            if gemv:
                 for v in range(kw):
                     for j in range(d):
-                        _profile.matmul(gy, rows[v, j], out=products[v, :, j])
+                        _profile.matmul(gy, rows[v, j], out=products[v, j])
             else:
                 _profile.matmul(gy, rows.transpose(0, 2, 1), out=products)
+        by_tap = products.transpose(2, 1, 0) if gemv else products.transpose(1, 2, 0)
         # the kernel is the flipped taps: offset (u, v) is kernel entry (kh-1-u, kw-1-v)
-        result[:, :, kh - 1 - u, ::-1] = products.transpose(1, 2, 0)
+        result[:, :, kh - 1 - u, ::-1] = by_tap  # (c, d, kw)
     return result
 
 

@@ -3,7 +3,9 @@
 numpy runs its loops on one thread; only its BLAS uses several. Work the BLAS does not see
 (layout copies, elementwise passes, many small GEMMs, reductions over the batch) is split here
 into slices of the batch axis and run on a small pool of threads. numpy releases the GIL inside
-its loops and BLAS calls, so the slices really run side by side.
+its loops and BLAS calls, so the slices really run side by side; but ``np.matmul`` holds it
+through a BLAS call whose output has 500 elements or fewer, so the backends' GEMMs go through
+``_profile.matmul``, which takes ``np.dot`` for those.
 
 How many threads: the BLAS thread limit in force, at most the cores (``CORES``: those the
 process may run on, and no more than a cgroup CPU quota leaves it). That is the limit that
@@ -79,7 +81,11 @@ def cgroup_cpus(
         else:
             continue
         for mount in mounts:
-            directory = mount / path.strip("/")
+            # Inside a cgroup namespace the path can climb above the namespace's root
+            # ("/../.."): what lies above the mount is not visible, the mount is the top.
+            directory = Path(os.path.normpath(mount / path.strip("/")))
+            if not directory.is_relative_to(mount):
+                directory = mount
             while directory.is_relative_to(mount):  # this cgroup, then the ones above it
                 share = _cpu_share(directory, v2=controllers == "")
                 if share is not None:
@@ -366,9 +372,19 @@ def over_batch(
     ``n`` rows hold ``elements`` elements of work in all (see ``parts_for``; each thread's run
     holds at least ``min_rows`` rows). Each thread takes one run of consecutive rows and, with
     ``chunk``, walks it ``chunk`` rows at a time, so that the temporaries of one call stay in
-    cache.
+    cache (no chunk shorter than ``min_rows`` either: ``_chunks``).
     """
-    run(lambda rows: _walk(body, rows, chunk), split(n, parts_for(n, elements, min_rows)))
+    run(
+        lambda rows: _walk(body, rows, chunk, min_rows),
+        split(n, parts_for(n, elements, min_rows)),
+    )
+
+
+def shortest_run(n: int, elements: int, chunk: int | None = None, min_rows: int = 1) -> int:
+    """The fewest rows that ``over_batch`` or ``sum_over_batch`` called with these arguments
+    hands to one ``body`` call (as the budget stands now)."""
+    parts = split(n, parts_for(n, elements, min_rows))
+    return min(run.stop - run.start for rows in parts for run in _chunks(rows, chunk, min_rows))
 
 
 def copy(out: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -397,7 +413,7 @@ def sum_over_batch(
     totals: list[np.ndarray | None] = [None] * len(parts)
 
     def add_up(index: int) -> None:
-        for part in _chunks(parts[index], chunk):
+        for part in _chunks(parts[index], chunk, min_rows):
             value = body(part)
             if totals[index] is None:
                 totals[index] = value
@@ -456,16 +472,18 @@ def whole_batch(n: int, elements: int, per_row: int, dtype) -> int | None:
     return rows_per_chunk(per_row, dtype, WHOLE_BATCH_BYTES)
 
 
-def _chunks(rows: slice, chunk: int | None) -> list[slice]:
+def _chunks(rows: slice, chunk: int | None, min_rows: int = 1) -> list[slice]:
     """``rows`` in ceil(size / chunk) runs of at most ``chunk`` rows, as equal as possible (no
-    short last run), the longer ones first. A thread's runs then change shape at most once in
-    a call, and once more at the start of the next call (back to the longer runs), so a scratch
-    buffer's zero border (``_layout.bordered``) is redrawn at most twice a call, however many
-    runs the thread walks; mixing the two lengths in any order could redraw it at every run."""
+    short last run), the longer ones first. No run is cut shorter than ``min_rows``: there are
+    then fewer, longer runs (10 rows in chunks of 8 with min_rows 8: one run of 10, not two of
+    5). A thread's runs change shape at most once in a call, and once more at the start of the
+    next call (back to the longer runs), so a scratch buffer's zero border
+    (``_layout.bordered``) is redrawn at most twice a call, however many runs the thread walks;
+    mixing the two lengths in any order could redraw it at every run."""
     size = rows.stop - rows.start
     if chunk is None or size <= chunk:
         return [rows]
-    count = -(-size // chunk)
+    count = max(1, min(-(-size // chunk), size // max(1, min_rows)))
     longer = size % count  # runs one row longer than size // count
     bounds = [rows.start]
     for index in range(count):
@@ -473,8 +491,8 @@ def _chunks(rows: slice, chunk: int | None) -> list[slice]:
     return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
-def _walk(body: Callable[[slice], object], rows: slice, chunk: int | None) -> None:
-    for part in _chunks(rows, chunk):
+def _walk(body: Callable[[slice], object], rows: slice, chunk: int | None, min_rows: int) -> None:
+    for part in _chunks(rows, chunk, min_rows):
         body(part)
 
 

@@ -73,6 +73,8 @@ def _cgroups(tmp_path, membership: str, files: dict[str, str]):
         ("0::/job/step\n", {"job/step/cpu.max": "max 100000", "job/cpu.max": "300000 100000"}, 3),
         ("0::/job\n", {"job/cpu.max": "800000 100000", "cpu.max": "200000 100000"}, 2),
         ("0::/gone\n", {"cpu.max": "600000 100000"}, 6),  # the namespace's root only
+        # above the namespace's root: nothing outside the mount is read
+        ("0::/../outside\n", {"cpu.max": "300000 100000", "../outside/cpu.max": "1 100000"}, 3),
         ("0::/\n", {"unified/cpu.max": "200000 100000"}, 2),
         (
             "4:cpu,cpuacct:/docker/x\n",
@@ -96,6 +98,7 @@ def _cgroups(tmp_path, membership: str, files: dict[str, str]):
         "parent's",
         "smallest",
         "namespace root",
+        "above the namespace",
         "hybrid v2",
         "v1",
         "v1 no quota",
@@ -147,6 +150,28 @@ def test_over_batch_walks_every_row_once_in_chunks(two_threads):
         sizes = [stop - start for start, stop, who in seen if who == name]
         assert max(sizes) - min(sizes) <= 1, sizes
         assert sizes == sorted(sizes, reverse=True), sizes
+
+
+@pytest.mark.parametrize(
+    "n, chunk, min_rows, sizes",
+    [(20, 8, 1, [5, 5, 5, 5]), (20, 8, 8, [10, 10]), (26, 8, 8, [13, 13]), (34, 8, 8, [9, 8, 9, 8]),
+     (20, None, 8, [10, 10]), (6, 4, 8, [6])],
+    ids=lambda value: str(value),
+)  # fmt: skip
+def test_chunks_are_no_shorter_than_min_rows(n, chunk, min_rows, sizes, two_threads):
+    """Two runs; each walked in chunks of about ``chunk`` rows, none cut below ``min_rows``
+    (a batch shorter than that is one run, whole); ``shortest_run``: the fewest rows a call
+    gets."""
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def body(part: slice) -> None:
+        with lock:
+            seen.append(part.stop - part.start)
+
+    threads.over_batch(body, n, 10**9, chunk, min_rows)
+    assert sorted(seen) == sorted(sizes) and sum(seen) == n
+    assert threads.shortest_run(n, 10**9, chunk, min_rows) == min(sizes)
 
 
 def test_small_work_runs_inline(monkeypatch):
@@ -535,6 +560,71 @@ def test_matmul_splits_large_gemms_and_matches_numpy(two_threads, rng):
         result = threads.matmul(a, b)
     assert calls == [2]
     np.testing.assert_array_equal(result, a.astype(np.float64) @ b)
+
+
+def _f32(rng, *shape) -> np.ndarray:
+    return rng.integers(-4, 5, shape).astype(np.float32)  # integer sums: exact in any order
+
+
+# (a, b, out) builders; what each is: the route _profile.matmul should take
+GEMM_CASES = {
+    "weight-gradient (27, M) @ (M, 16)": (lambda r: (_f32(r, 27, 900), _f32(r, 900, 16), None), "dot"),
+    "transposed operands": (lambda r: (_f32(r, 900, 27).T, _f32(r, 16, 900).T, None), "dot"),
+    "gemv into a row": (lambda r: (_f32(r, 16, 900), _f32(r, 900), np.empty(16, np.float32)), "dot"),
+    "out given": (lambda r: (_f32(r, 27, 900), _f32(r, 900, 16), np.empty((27, 16), np.float32)), "dot"),
+    "strided operand (np.dot would copy it)": (lambda r: (_f32(r, 16, 1000)[:, :900], _f32(r, 900), None), "matmul"),
+    "strided out": (lambda r: (_f32(r, 27, 900), _f32(r, 900, 16), np.empty((27, 32), np.float32)[:, :16]), "matmul"),
+    "out of another dtype": (lambda r: (_f32(r, 27, 90), _f32(r, 90, 16), np.empty((27, 16))), "matmul"),
+    "wide output": (lambda r: (_f32(r, 16, 27), _f32(r, 27, 2000), None), "matmul"),
+    "stacked": (lambda r: (_f32(r, 4, 8, 30), _f32(r, 4, 30, 5), None), "matmul"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", GEMM_CASES)
+def test_profile_matmul_takes_np_dot_for_small_outputs_and_equals_matmul(case, rng, monkeypatch):
+    """Small outputs go to np.dot (which releases the GIL, see ``kernels._profile``) where it
+    takes the operands and output as they are; everything else to np.matmul; same result."""
+    from kernels import _profile
+
+    make, route = GEMM_CASES[case]
+    a, b, out = make(rng)
+    taken = []
+    for name in ("dot", "matmul"):
+        real = getattr(np, name)
+        monkeypatch.setattr(np, name, lambda *args, _real=real, _name=name, **kw: (
+            taken.append(_name), _real(*args, **kw))[1])  # fmt: skip
+    result = _profile.matmul(a, b, out=out)
+    monkeypatch.undo()
+    assert taken == [route]
+    if out is not None:
+        assert result is out or np.shares_memory(result, out)
+    np.testing.assert_array_equal(result, np.matmul(a.astype(np.float64), b))
+
+
+@pytest.mark.parametrize("shape", [(27, 16), (16, 1), (64, 32)], ids=lambda s: f"out{s}")
+def test_profile_matmul_lets_other_threads_run_during_the_blas_call(shape, rng):
+    """Another Python thread runs while the GEMM runs (np.matmul with an output of at most 500
+    elements holds the GIL through the whole BLAS call). Decided without a clock: with a switch
+    interval of minutes, the waiting thread can take the GIL only when this one releases it;
+    it then counts to the end before this one gets the GIL back."""
+    from kernels import _profile
+
+    m, n = shape
+    a = _f32(rng, m, 200_000)
+    b = _f32(rng, 200_000, n)[:, 0] if n == 1 else _f32(rng, 200_000, n)
+    go, counted = threading.Event(), []
+    counter = threading.Thread(target=lambda: (go.wait(), counted.append(sum(range(10**6)))))
+    counter.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(300)
+    try:
+        go.set()  # the counter is runnable now, but this thread holds the GIL
+        _profile.matmul(a, b)
+        ran_during_the_gemm = bool(counted)
+    finally:
+        sys.setswitchinterval(interval)
+        counter.join()
+    assert ran_during_the_gemm
 
 
 # --- engine layers split over threads ------------------------------------------------------
