@@ -129,14 +129,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     """``a @ b`` into ``out``: ``np.dot`` for a small output where it takes the operands as
     they are (2-D by 2-D or 1-D, each C- or F-contiguous, else it copies them; ``out`` None or
-    C-contiguous of the result's dtype), else ``np.matmul``."""
+    C-contiguous, aligned and writeable, of the result's dtype), else ``np.matmul``."""
     if (
         a.ndim == 2
         and 1 <= b.ndim <= 2
         and a.shape[0] * (b.shape[1] if b.ndim == 2 else 1) <= DOT_OUTPUT_ELEMENTS
         and _one_segment(a)
         and _one_segment(b)
-        and (out is None or (out.flags.c_contiguous and out.dtype == np.result_type(a, b)))
+        and (out is None or (out.flags.carray and out.dtype == np.result_type(a, b)))
     ):
         return np.dot(a, b, out=out)
     return np.matmul(a, b, out=out)

@@ -37,7 +37,8 @@ Chunks
 ------
 The spectra of a whole batch are several times its size and would stream through memory
 several times per call (FFTs, transposes, GEMM, inverse), so a call walks the batch in chunks
-of images, about ``CHUNK_BYTES`` of spectra each, and takes each chunk from its images to its
+of images, about ``CHUNK_BYTES`` of spectra each (up to twice that where a thread's run of
+the batch is not cut below ``MIN_CHUNK_IMAGES``), and takes each chunk from its images to its
 rows of the output on one thread: real FFT, transpose, column FFT, the GEMM against the
 kernels' spectra (computed once per call), the inverse and the copy out. The kernels are small
 next to the batch, so their spectra are shared by every chunk.

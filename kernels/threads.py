@@ -3,9 +3,11 @@
 numpy runs its loops on one thread; only its BLAS uses several. Work the BLAS does not see
 (layout copies, elementwise passes, many small GEMMs, reductions over the batch) is split here
 into slices of the batch axis and run on a small pool of threads. numpy releases the GIL inside
-its loops and BLAS calls, so the slices really run side by side; but ``np.matmul`` holds it
-through a BLAS call whose output has 500 elements or fewer, so the backends' GEMMs go through
-``_profile.matmul``, which takes ``np.dot`` for those.
+its loops and BLAS calls, so the slices really run side by side. Not always: ``np.matmul``
+holds it through a BLAS call whose output has 500 elements or fewer, so the backends' 2-D GEMMs
+go through ``_profile.matmul``, which takes ``np.dot`` for those. Stacked products that small
+still hold it (the loop backend's weight gradient for a few input channels, the engine's
+per-channel sums of a few images).
 
 How many threads: the BLAS thread limit in force, at most the cores (``CORES``: those the
 process may run on, and no more than a cgroup CPU quota leaves it). That is the limit that
@@ -80,12 +82,12 @@ def cgroup_cpus(
             mounts = [root / controllers, root / "cpu", root / "cpu,cpuacct"]
         else:
             continue
-        for mount in mounts:
-            # Inside a cgroup namespace the path can climb above the namespace's root
-            # ("/../.."): what lies above the mount is not visible, the mount is the top.
-            directory = Path(os.path.normpath(mount / path.strip("/")))
+        for mount in map(_normalised, mounts):
+            directory = _normalised(mount / path.strip("/"))
             if not directory.is_relative_to(mount):
-                directory = mount
+                # Inside a cgroup namespace, a cgroup outside the namespace's root shows as
+                # "/../..": neither it nor the cgroups above it can be seen from here.
+                continue
             while directory.is_relative_to(mount):  # this cgroup, then the ones above it
                 share = _cpu_share(directory, v2=controllers == "")
                 if share is not None:
@@ -94,6 +96,10 @@ def cgroup_cpus(
                     break
                 directory = directory.parent
     return max(1, math.ceil(min(shares))) if shares else None
+
+
+def _normalised(path: Path) -> Path:
+    return Path(os.path.normpath(path))  # ".." resolved as text, no symbolic links followed
 
 
 def _cpu_share(directory: Path, v2: bool) -> float | None:
@@ -384,7 +390,9 @@ def shortest_run(n: int, elements: int, chunk: int | None = None, min_rows: int 
     """The fewest rows that ``over_batch`` or ``sum_over_batch`` called with these arguments
     hands to one ``body`` call (as the budget stands now)."""
     parts = split(n, parts_for(n, elements, min_rows))
-    return min(run.stop - run.start for rows in parts for run in _chunks(rows, chunk, min_rows))
+    return min(
+        piece.stop - piece.start for rows in parts for piece in _chunks(rows, chunk, min_rows)
+    )
 
 
 def copy(out: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -473,10 +481,10 @@ def whole_batch(n: int, elements: int, per_row: int, dtype) -> int | None:
 
 
 def _chunks(rows: slice, chunk: int | None, min_rows: int = 1) -> list[slice]:
-    """``rows`` in ceil(size / chunk) runs of at most ``chunk`` rows, as equal as possible (no
-    short last run), the longer ones first. No run is cut shorter than ``min_rows``: there are
-    then fewer, longer runs (10 rows in chunks of 8 with min_rows 8: one run of 10, not two of
-    5). A thread's runs change shape at most once in a call, and once more at the start of the
+    """``rows`` in ceil(size / chunk) runs of about ``chunk`` rows, as equal as possible (no
+    short last run), the longer ones first. At most ``chunk`` rows each, unless that would cut
+    a run shorter than ``min_rows``: there are then fewer, longer runs (10 rows in chunks of 8
+    with min_rows 8: one run of 10, not two of 5). A thread's runs change shape at most once in a call, and once more at the start of the
     next call (back to the longer runs), so a scratch buffer's zero border
     (``_layout.bordered``) is redrawn at most twice a call, however many runs the thread walks;
     mixing the two lengths in any order could redraw it at every run."""
