@@ -547,9 +547,12 @@ def test_whole_batch_gemms_run_on_at_most_the_cores(backend, blas_limits_seen, m
     assert seen and max(seen) <= threads.CORES, seen
 
 
+def _f32(rng, *shape) -> np.ndarray:
+    return rng.integers(-4, 5, shape).astype(np.float32)  # integer sums: exact in any order
+
+
 def test_matmul_splits_large_gemms_and_matches_numpy(two_threads, rng):
-    a = rng.integers(-4, 5, (40, 300)).astype(np.float32)  # integer sums: exact in any order
-    b = rng.integers(-4, 5, (300, 1000)).astype(np.float32)
+    a, b = _f32(rng, 40, 300), _f32(rng, 300, 1000)
     calls = []
     run = threads.run
     with pytest.MonkeyPatch.context() as patch:
@@ -560,10 +563,6 @@ def test_matmul_splits_large_gemms_and_matches_numpy(two_threads, rng):
         result = threads.matmul(a, b)
     assert calls == [2]
     np.testing.assert_array_equal(result, a.astype(np.float64) @ b)
-
-
-def _f32(rng, *shape) -> np.ndarray:
-    return rng.integers(-4, 5, shape).astype(np.float32)  # integer sums: exact in any order
 
 
 # (a, b, out) builders; what each is: the route _profile.matmul should take
