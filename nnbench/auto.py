@@ -30,17 +30,21 @@ backend that ``plan`` chose for that key:
 
 Later calls with the same key reuse the settled choice (a dictionary lookup per call). Settled
 choices persist in a small JSON file in the user cache folder (``cache_path``;
-``$NNBENCH_AUTO_CACHE`` overrides it), keyed by machine and library versions and written
-atomically when the plan settles (a plan still on trial when the process ends is made again in
-the next). A cache that is corrupt, of another schema or from another machine or versions is
-ignored with a warning. A cached choice is verified again in each process before it is used,
-and where the race had left it finalists, those of them that still pass verification go on
-trial with it again on the key's first calls (the race is not run again): a choice settled in
-a busy moment of the machine is put right in the next process, not kept for good. The key is
-the pass, the case (shapes, padding, dtype) and the thread budget
-(``kernels.threads.budget()``, which ``nnbench.machine.pinned_threads`` sets for torch too).
-``plan(...)`` shows what auto would use and the times behind it; ``settle(fn)`` calls ``fn``
-until the trials of the keys it uses are over (a warm-up).
+``$NNBENCH_AUTO_CACHE`` overrides it), written atomically when the plan settles (a plan still on
+trial when the process ends is made again in the next). The file holds one entry of plans per
+machine and library versions, so that a cache folder shared by several machines (a cluster's
+nodes, a workstation and a server) keeps the plans of each: a process uses its machine's entry
+(a machine not in the file yet times everything, without a warning), and writes that entry only,
+last, keeping the others; the file keeps the ``CACHE_MACHINES`` entries written last. A cache
+that is corrupt or of another schema is ignored whole with a warning, and replaced at the next
+write. A cached choice is verified again in each process before it is used, and where the race
+had left it finalists, those of them that still pass verification go on trial with it again on
+the key's first calls (the race is not run again): a choice settled in a busy moment of the
+machine is put right in the next process, not kept for good. The key is the pass, the case
+(shapes, padding, dtype) and the thread budget (``kernels.threads.budget()``, which
+``nnbench.machine.pinned_threads`` sets for torch too). ``plan(...)`` shows what auto would use
+and the times behind it; ``settle(fn)`` calls ``fn`` until the trials of the keys it uses are
+over (a warm-up).
 
 ``auto`` lives in nnbench (it uses the verification core) and registers itself with
 ``kernels`` when nnbench is imported; ``kernels`` alone does not offer it.
@@ -72,6 +76,7 @@ from nnbench.verify import PASSES, ConvCase, Verdict, check_backend, operands
 
 __all__ = [
     "CACHE_ENV",
+    "CACHE_MACHINES",
     "CLOSE_FACTOR",
     "MAX_REPEATS",
     "NAME",
@@ -91,7 +96,10 @@ __all__ = [
 
 NAME = "auto"
 CACHE_ENV = "NNBENCH_AUTO_CACHE"
-SCHEMA = "nnbench.auto/4"  # 2: medians of interleaved rounds; 3: close ones timed again; 4: trial
+SCHEMA = "nnbench.auto/5"  # 2: medians of interleaved rounds; 3: close ones timed again; 4: trial;
+# 5: several machines per file
+#: Machines (fingerprints) whose plans the cache file keeps: the entries written last.
+CACHE_MACHINES = 8
 #: Interleaved rounds of every candidate; at most MAX_REPEATS for the close ones.
 REPEATS, MAX_REPEATS = 5, 60
 #: Candidates whose median after REPEATS rounds is within this factor of the smallest are
@@ -211,57 +219,86 @@ def key_for(pass_: str, input_shape, kernel_shape, padding: int, dtype) -> str:
 
 
 def _cached() -> dict:
-    """The persisted choices for this machine (read once); {} with a warning if unusable."""
-    if "plans" in _loaded:
-        return _loaded["plans"]
-    path, plans = cache_path(), {}
-    if path.exists():
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-            schema = payload.get("schema") if isinstance(payload, dict) else None
-            if isinstance(schema, str) and schema.startswith("nnbench.auto/") and schema != SCHEMA:
-                warnings.warn(
-                    f"ignoring the auto-plan cache {path}: its plans were made the way schema "
-                    f"{schema!r} says, not {SCHEMA!r}; backends will be timed again",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            elif schema != SCHEMA:
-                raise ValueError(f"schema is not {SCHEMA!r}")
-            elif payload.get("machine") != _fingerprint():
-                warnings.warn(
-                    f"ignoring the auto-plan cache {path}: it was made on another machine or "
-                    "with other library versions; backends will be timed again",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            elif not isinstance(payload.get("plans"), dict):
-                raise ValueError("'plans' is not an object")
-            else:
-                plans = payload["plans"]
-        except (OSError, ValueError) as exc:
+    """This machine's persisted choices (read once): the plans of the cache file's entry for
+    ``_fingerprint()``. {} where the file has no such entry (a machine new to a shared file:
+    nothing to say), and {} with a warning where the file is unusable."""
+    if "plans" not in _loaded:
+        _loaded["plans"] = _plans_of(_machines())
+    return _loaded["plans"]
+
+
+def _plans_of(machines: list[dict]) -> dict:
+    """The plans of this machine's entry among ``machines``, or {} (the last entry if several:
+    the one written last)."""
+    mine = [entry for entry in machines if entry["machine"] == _fingerprint()]
+    return mine[-1]["plans"] if mine else {}
+
+
+def _machines() -> list[dict]:
+    """The entries of the cache file (``{"machine": fingerprint, "plans": {...}}``), oldest
+    written first; [] where there is no file, and [] with a warning where it is unusable (not
+    JSON, of another schema, or of this schema with a malformed structure): it is ignored
+    whole, not trusted in part."""
+    path = cache_path()
+    if not path.exists():
+        return []
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        schema = payload.get("schema") if isinstance(payload, dict) else None
+        if isinstance(schema, str) and schema.startswith("nnbench.auto/") and schema != SCHEMA:
             warnings.warn(
-                f"ignoring the auto-plan cache {path}: it is not a valid cache ({exc}); "
-                "backends will be timed again",
+                f"ignoring the auto-plan cache {path}: its plans were made the way schema "
+                f"{schema!r} says, not {SCHEMA!r}; backends will be timed again",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-    _loaded["plans"] = plans
-    return plans
+            return []
+        if schema != SCHEMA:
+            raise ValueError(f"schema is not {SCHEMA!r}")
+        malformed = _malformed(payload.get("machines"))
+        if malformed:
+            raise ValueError(malformed)
+        return payload["machines"]
+    except (OSError, ValueError) as exc:
+        warnings.warn(
+            f"ignoring the auto-plan cache {path}: it is not a valid cache ({exc}); "
+            "backends will be timed again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return []
+
+
+def _malformed(machines: object) -> str | None:
+    """What is wrong with ``machines``, the file's list of entries, or None."""
+    if not isinstance(machines, list):
+        return "'machines' is not a list"
+    for entry in machines:
+        if not isinstance(entry, dict):
+            return "an entry of 'machines' is not an object"
+        if not isinstance(entry.get("machine"), dict):
+            return "the 'machine' of an entry is not an object"
+        if not isinstance(entry.get("plans"), dict):
+            return "the 'plans' of an entry is not an object"
+    return None
 
 
 def _persist(key: str, chosen: Plan) -> None:
-    """Add the choice to the cache file, merged with what is there now (another process may
-    have added keys since this one read it)."""
-    _loaded.pop("plans", None)
+    """Add the choice to this machine's entry of the cache file, merged with what the file holds
+    now (another process, on this machine or another sharing the file, may have written since
+    this one read it). The other machines' entries are kept as they are; this machine's goes
+    last, and the entries before the last ``CACHE_MACHINES`` (those written longest ago) are
+    dropped. A file that is unusable is replaced by one of this machine's entry only."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # this process has already said so if it is unusable
-        plans = dict(_cached())
-    plans[key] = chosen.as_dict()
+        machines = _machines()
+    plans = {**_plans_of(machines), key: chosen.as_dict()}
     _loaded["plans"] = plans
+    mine = {"machine": _fingerprint(), "plans": plans}
+    others = [entry for entry in machines if entry["machine"] != mine["machine"]]
+    kept = [*others, mine][-CACHE_MACHINES:]
     try:
-        payload = {"schema": SCHEMA, "machine": _fingerprint(), "plans": plans}
-        atomic_write_json(cache_path(), payload)
+        atomic_write_json(cache_path(), {"schema": SCHEMA, "machines": kept})
     except OSError as exc:  # a read-only cache folder costs a re-timing, nothing else
         warnings.warn(f"could not save the auto-plan cache: {exc}", RuntimeWarning, stacklevel=2)
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from nnbench.verify import ConvCase, compare, operands
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ConvCase((4, 3, 9, 9), (5, 3, 3, 3), 1)
+#: The fingerprint of a machine that is not this one.
+OTHER = {"cpu_model": "another CPU", "cores": 2, "machine": "riscv64", "versions": {}, "blas": []}
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +35,14 @@ def private_cache(tmp_path, monkeypatch):
     with pinned_threads(1):
         yield tmp_path / "plans.json"
     auto.forget()
+
+
+def _saved(private_cache) -> tuple[dict, dict]:
+    """The cache file's content, and this machine's plans in it (to edit, then write back)."""
+    saved = json.loads(private_cache.read_text())
+    assert saved["schema"] == auto.SCHEMA
+    (mine,) = [entry for entry in saved["machines"] if entry["machine"] == auto._fingerprint()]
+    return saved, mine["plans"]
 
 
 @pytest.mark.parametrize("pass_", ["forward", "grad_inputs", "grad_kernels"])
@@ -61,9 +72,7 @@ def test_a_settled_choice_is_reused_and_persisted(private_cache, monkeypatch):
     auto.settle(lambda: kernels.convolve(*ops.arguments("forward"), 1, backend="auto"))
     settled = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert settled.settled and (settled.trial is None) == (len(settled.finalists) == 1)
-    saved = json.loads(private_cache.read_text())
-    stored = saved["plans"][settled.key]
-    assert saved["schema"] == auto.SCHEMA and stored["backend"] == settled.backend
+    assert _saved(private_cache)[1][settled.key]["backend"] == settled.backend
     auto.forget()  # a new process, in effect
     again = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert again.source == "cache" and again.backend == settled.backend
@@ -76,14 +85,37 @@ def test_a_settled_choice_is_reused_and_persisted(private_cache, monkeypatch):
         ('{"schema": "other/9"}', "not a valid cache"),
         ('{"schema": "nnbench.auto/1", "plans": {}}', "the way schema 'nnbench.auto/1' says"),
         ("[1, 2]", "not a valid cache"),
+        (
+            '{"schema": "nnbench.auto/4", "machine": {}, "plans": {}}',
+            "the way schema 'nnbench.auto/4' says",
+        ),
+        (json.dumps({"schema": auto.SCHEMA, "machines": {}}), "'machines' is not a list"),
+        (json.dumps({"schema": auto.SCHEMA, "machines": [[]]}), "an entry of 'machines' is not"),
+        (
+            json.dumps({"schema": auto.SCHEMA, "machines": [{"machine": OTHER, "plans": []}]}),
+            "the 'plans' of an entry is not an object",
+        ),
     ],
-    ids=["corrupt", "foreign-schema", "older-schema", "not-an-object"],
+    ids=[
+        "corrupt",
+        "foreign-schema",
+        "older-schema",
+        "not-an-object",
+        "one-machine-schema",
+        "machines-not-a-list",
+        "entry-not-an-object",
+        "plans-not-an-object",
+    ],
 )
 def test_an_unusable_cache_is_ignored_with_a_warning(private_cache, content, reason):
+    """Ignored whole, and replaced by a fresh file at the next write."""
     private_cache.write_text(content)
     with pytest.warns(RuntimeWarning, match=reason):
         chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert chosen.source == "measured"
+    auto._persist(chosen.key, replace(chosen, settled=True))
+    saved, plans = _saved(private_cache)
+    assert len(saved["machines"]) == 1 and list(plans) == [chosen.key]
 
 
 def _settled_plan(monkeypatch) -> auto.Plan:
@@ -94,17 +126,45 @@ def _settled_plan(monkeypatch) -> auto.Plan:
     return auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
 
 
-def test_a_cache_from_another_machine_is_not_trusted(private_cache, monkeypatch):
-    _settled_plan(monkeypatch)
-    saved = json.loads(private_cache.read_text())
-    key = next(iter(saved["plans"]))
-    saved["machine"]["cpu_model"] = "some other CPU"
-    saved["plans"][key]["backend"] = "loop"
-    private_cache.write_text(json.dumps(saved))
-    auto.forget()
-    with pytest.warns(RuntimeWarning, match="another machine"):
-        chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
-    assert chosen.source == "measured"
+def test_another_machines_plans_are_not_used_nor_warned_about_and_are_kept(
+    private_cache, monkeypatch
+):
+    """A cache file shared with another machine, which settled this very key on "loop": this
+    machine times the key itself, without a warning, and saves its plans beside the other's."""
+    key = auto.key_for("forward", CASE.input_shape, CASE.kernel_shape, 1, "float32")
+    theirs = {"machine": OTHER, "plans": {key: auto.Plan(key, "loop", {"loop": 1e-3}).as_dict()}}
+    private_cache.write_text(json.dumps({"schema": auto.SCHEMA, "machines": [theirs]}))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "ignoring the auto-plan cache", RuntimeWarning)
+        settled = _settled_plan(monkeypatch)
+    assert settled.source == "measured"
+    saved, mine = _saved(private_cache)
+    assert saved["machines"][0] == theirs and saved["machines"][1]["plans"] == mine
+    assert mine == {key: settled.as_dict()}
+    auto.forget()  # a process of the other machine still finds its plans
+    auto._loaded["fingerprint"] = OTHER
+    assert auto._cached() == theirs["plans"]
+
+
+def test_the_cache_keeps_the_machines_that_wrote_last(private_cache):
+    """Each machine's write puts its entry last, its plans merged; past CACHE_MACHINES entries,
+    those written longest ago go (machine 0 wrote again after machine 1, so 1 goes before 0)."""
+
+    def write_on(machine: int, pass_: str = "forward") -> None:
+        auto.forget()  # a process of that machine
+        auto._loaded["fingerprint"] = {**OTHER, "cpu_model": f"CPU {machine}"}
+        key = auto.key_for(pass_, CASE.input_shape, CASE.kernel_shape, 1, "float32")
+        auto._persist(key, auto.Plan(key, "im2col", {"im2col": machine}))
+
+    last = auto.CACHE_MACHINES
+    for machine in range(last):
+        write_on(machine)
+    write_on(0, "grad_inputs")
+    write_on(last)
+    machines = json.loads(private_cache.read_text())["machines"]
+    written = [*range(2, last), 0, last]
+    assert [entry["machine"]["cpu_model"] for entry in machines] == [f"CPU {m}" for m in written]
+    assert [len(entry["plans"]) for entry in machines[-2:]] == [2, 1]  # 0's first plan is kept
 
 
 def _add_backend(tmp_path, monkeypatch, name: str, source: str) -> None:
@@ -195,7 +255,7 @@ def test_a_plan_on_trial_settles_on_the_finalist_faster_in_use(
     assert settled.trial == pytest.approx({"quick": 0.001, "sluggish": 0.004})
     assert settled.seconds == raced.seconds  # the race's times are kept beside the trial's
     assert settled.race == "sluggish"  # and so is its choice
-    saved = json.loads(private_cache.read_text())["plans"][raced.key]
+    saved = _saved(private_cache)[1][raced.key]
     assert saved["backend"] == "quick" and saved["settled"] and saved["trial"] == settled.trial
     call()
     assert len(modules["quick"].CALLS) == 11 and len(modules["sluggish"].CALLS) == 10
@@ -230,7 +290,7 @@ def test_a_cached_choice_goes_on_trial_again_and_is_put_right(on_trial, monkeypa
     settled = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
     assert settled.settled and settled.backend == "quick" and settled.source == "cache"
     assert settled.trial == pytest.approx({"quick": 0.001, "sluggish": 0.004})
-    saved = json.loads(private_cache.read_text())["plans"][raced.key]
+    saved = _saved(private_cache)[1][raced.key]
     assert saved["backend"] == "quick" and saved["trial"] == settled.trial
 
 
@@ -369,8 +429,8 @@ def test_a_cached_choice_that_now_fails_or_never_settled_is_planned_again(
     private_cache, wrong_fast_backend, monkeypatch, change
 ):
     settled = _settled_plan(monkeypatch)
-    saved = json.loads(private_cache.read_text())
-    saved["plans"][settled.key].update(change)
+    saved, plans = _saved(private_cache)
+    plans[settled.key].update(change)
     private_cache.write_text(json.dumps(saved))
     auto.forget()
     chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
@@ -381,8 +441,8 @@ def test_a_cached_finalist_that_now_fails_is_not_tried_again(
     private_cache, wrong_fast_backend, monkeypatch
 ):
     settled = _settled_plan(monkeypatch)
-    saved = json.loads(private_cache.read_text())
-    saved["plans"][settled.key]["finalists"] = [settled.backend, "fastwrong", "gone", 7, [1]]
+    saved, plans = _saved(private_cache)
+    plans[settled.key]["finalists"] = [settled.backend, "fastwrong", "gone", 7, [1]]
     private_cache.write_text(json.dumps(saved))
     auto.forget()
     chosen = auto.plan("forward", CASE.input_shape, CASE.kernel_shape, 1)
@@ -390,7 +450,7 @@ def test_a_cached_finalist_that_now_fails_is_not_tried_again(
     assert chosen.finalists == (settled.backend,) and chosen.settled and auto.pending() == []
     assert set(chosen.failed) == {"fastwrong", "gone"} and "FAILED" in chosen.failed["fastwrong"]
     assert chosen.failed["gone"] == "not available"
-    rewritten = json.loads(private_cache.read_text())["plans"][settled.key]
+    rewritten = _saved(private_cache)[1][settled.key]
     assert rewritten["finalists"] == [settled.backend] and set(rewritten["failed"]) == {
         "fastwrong", "gone"}  # fmt: skip
 
