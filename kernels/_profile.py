@@ -5,10 +5,11 @@ Backends mark their steps with ``with _profile.stage("layout"):`` (``"gemm"``, `
 cost one attribute lookup and nothing is recorded: the hot path stays as it is.
 
 Inside ``profiled()`` every stage adds its seconds (summed over the threads that ran it), and
-every GEMM is recorded with its operands' shapes, strides and dtype, the thread that ran it and
-the parallel section (``kernels.threads.run``) it ran in. ``replay(record)`` then runs the same
-GEMMs on fresh operands of the same layout, section by section, each thread's GEMMs on one
-thread as before: the time of the GEMMs alone, the backend's own bound.
+every GEMM is recorded with its operands' shapes, strides, dtype and addresses, the thread that
+ran it and the parallel section (``kernels.threads.run``) it ran in. ``replay_plan(record)``
+then runs the same GEMMs on fresh operands of the same layout, sharing memory where the call's
+shared it, section by section, each thread's GEMMs on one thread as before: the time of the
+GEMMs alone, the backend's own bound.
 
 ``matmul`` is also where the GEMMs let other threads run. ``np.matmul`` releases the GIL only
 when its output has more than 500 elements (numpy's threshold for releasing it in a loop); with
@@ -48,6 +49,9 @@ class Gemm:
     b: tuple
     out: tuple | None
     blas_threads: int = 0  # the BLAS limit in force when it ran (0: unknown)
+    #: where a, b and out lay in memory (out: None when there was none), so that the replay
+    #: lays its operands out as they were: one buffer where the call used one (``_operands``)
+    addresses: tuple = ()
 
 
 @dataclass
@@ -104,6 +108,10 @@ def _describe(array: np.ndarray) -> tuple:
     return array.shape, tuple(s // array.itemsize for s in array.strides), array.dtype.str
 
 
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)``, with the GIL released during the BLAS call (``np.dot``
     where the output is small, see the module docstring), recorded while a profile is active."""
@@ -120,6 +128,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         _describe(b),
         None if out is None else _describe(out),
         libs[0].num_threads if libs else 0,
+        (_address(a), _address(b), None if out is None else _address(out)),
     )
     with profile.lock:
         profile.gemms.append(gemm)
@@ -200,23 +209,73 @@ def _operand(spec: tuple, rng: np.random.Generator) -> np.ndarray:
     )
 
 
+def _operands(gemms: list[Gemm], rng: np.random.Generator) -> list[tuple]:
+    """Fresh (a, b, out) for each GEMM, laid out in memory as the call's were: operands whose
+    bytes overlapped in the call (a buffer reused chunk after chunk, the same operand of many
+    GEMMs, shifted views of one image) are views of one fresh buffer at the same offsets, at
+    the same alignment to 64 bytes, so that the replay finds them in the caches as the call
+    did. Operands made one by one would read each from memory: the loop backend's 27 GEMVs
+    per chunk on one gradient took the replay 1.5 to 2x the whole call's time. A region read
+    as two dtypes, or an operand recorded without its address, gets an array of its own."""
+    specs = [spec for gemm in gemms for spec in (gemm.a, gemm.b, gemm.out)]
+    addresses = [address for gemm in gemms for address in (gemm.addresses or (None, None, None))]
+    arrays: list[np.ndarray | None] = [None] * len(specs)
+    spans = []
+    for index, (spec, address) in enumerate(zip(specs, addresses)):
+        if spec is not None and address is not None and all(n > 0 for n in spec[0]):
+            spans.append((*_span(spec, address), index))
+    spans.sort()
+    regions: list[list] = []  # [first byte, end byte, operand indices]
+    for low, high, index in spans:
+        if regions and low < regions[-1][1]:
+            regions[-1][1] = max(regions[-1][1], high)
+            regions[-1][2].append(index)
+        else:
+            regions.append([low, high, [index]])
+    for low, high, members in regions:
+        dtypes = {specs[index][2] for index in members}
+        if len(dtypes) > 1:
+            continue
+        dtype = np.dtype(dtypes.pop())
+        raw = rng.standard_normal(-(-(high - low + 64) // dtype.itemsize)).astype(dtype)
+        shift = (low - raw.ctypes.data) % 64  # the call's alignment to 64 bytes
+        for index in members:
+            shape, strides, _ = specs[index]
+            arrays[index] = np.ndarray(
+                shape,
+                dtype,
+                buffer=raw,
+                offset=shift + addresses[index] - low,
+                strides=tuple(s * dtype.itemsize for s in strides),
+            )
+    for index, spec in enumerate(specs):
+        if arrays[index] is None and spec is not None:
+            arrays[index] = _operand(spec, rng)
+    return [tuple(arrays[i : i + 3]) for i in range(0, len(arrays), 3)]
+
+
+def _span(spec: tuple, address: int) -> tuple[int, int]:
+    """The first byte and the end of the bytes an operand recorded at ``address`` covers."""
+    shape, strides, dtype = spec
+    item = np.dtype(dtype).itemsize
+    low = address + sum((n - 1) * s * item for n, s in zip(shape, strides) if s < 0)
+    high = address + sum((n - 1) * s * item for n, s in zip(shape, strides) if s > 0) + item
+    return low, high
+
+
 def replay_plan(profile: Profile, seed: int = 0):
-    """A function that runs the recorded GEMMs alone, on operands made once, as they ran:
-    GEMMs outside a section on the calling thread, with the BLAS on one thread if it ran so
-    (else on the threads in force, at most the cores), each section's GEMMs grouped by thread
-    and run through ``kernels.threads.run`` (which holds the BLAS at one thread, as it did)."""
+    """A function that runs the recorded GEMMs alone, on operands made once and laid out as
+    the call's were (``_operands``), as they ran: GEMMs outside a section on the calling
+    thread, with the BLAS on one thread if it ran so (else on the threads in force, at most
+    the cores), each section's GEMMs grouped by thread and run through ``kernels.threads.run``
+    (which holds the BLAS at one thread, as it did)."""
     from kernels import threads
 
     rng = np.random.default_rng(seed)
     steps: list[tuple[int, list[list[tuple]]]] = []  # (section, per-thread operand lists)
     by_section: dict[int, dict[str, list[tuple]]] = {}
     held: set[int] = set()  # steps outside sections that ran with the BLAS on one thread
-    for gemm in profile.gemms:
-        ops = (
-            _operand(gemm.a, rng),
-            _operand(gemm.b, rng),
-            None if gemm.out is None else _operand(gemm.out, rng),
-        )
+    for gemm, ops in zip(profile.gemms, _operands(profile.gemms, rng)):
         if gemm.section == 0:
             if gemm.blas_threads == 1:
                 held.add(len(steps))

@@ -17,6 +17,7 @@ import kernels
 from kernels._registry import load
 from nnbench import bench, recipes
 from nnbench.bench.cases import KERNEL_SIZES, KERNEL_SWEEP_WIDTHS
+from nnbench.machine import pinned_threads
 
 TINY = bench.BenchCase("recipe", "tiny", (2, 3, 6, 5), (4, 3, 3, 3), 1)
 SMALL = bench.BenchCase("recipe", "small", (4, 8, 10, 10), (6, 8, 3, 3), 1)
@@ -301,6 +302,51 @@ def test_the_replay_runs_the_gemms_that_ran_as_they_ran(backend, pass_):
         )
 
     assert ran.gemms and signature(replayed) == signature(ran)
+
+
+#: A case whose first-layer channels take the loop backend's GEMV branch (one gradient for
+#: many GEMVs) and whose forward reads shifted views of one padded image.
+THREE_CHANNELS = bench.BenchCase("recipe", "small-d3", (4, 3, 10, 10), (6, 3, 3, 3), 1)
+
+
+@pytest.mark.parametrize("backend", ["im2col", "loop", "winograd"])
+@pytest.mark.parametrize("pass_", bench.PASSES)
+@pytest.mark.parametrize("case", [SMALL, THREE_CHANNELS], ids=lambda c: c.label)
+def test_the_replay_shares_memory_where_the_call_did(backend, pass_, case):
+    """Two operands of the replay overlap exactly where the call's did, at the same distance
+    apart: the GEMMs alone see the caches as they did in the call (one operand of many GEMMs
+    is read once from memory, not once per GEMM)."""
+    if backend not in kernels.available() or case.unsupported_by(backend):
+        pytest.skip(f"{backend} does not run here")
+    from kernels import _profile
+
+    call = bench.make_call(backend, case, pass_)
+    with pinned_threads(1):  # one thread: the replay records its GEMMs in the call's order
+        with _profile.profiled() as ran:
+            call.fn()
+        replay = _profile.replay_plan(ran)
+        with _profile.profiled() as replayed:
+            replay()
+
+    def operands(profile):
+        return [
+            _profile._span(spec, address)
+            for gemm in profile.gemms
+            for spec, address in zip((gemm.a, gemm.b, gemm.out), gemm.addresses)
+            if spec is not None
+        ]
+
+    def layout(spans):
+        return {
+            (i, j): spans[i][0] - spans[j][0]
+            for i in range(len(spans))
+            for j in range(i)
+            if spans[i][0] < spans[j][1] and spans[j][0] < spans[i][1]
+        }
+
+    assert ran.gemms and layout(operands(replayed)) == layout(operands(ran))
+    if backend == "loop" and case is THREE_CHANNELS:  # the case this test is for
+        assert layout(operands(ran))
 
 
 def test_profile_of_torch_records_no_gemm():

@@ -1252,7 +1252,7 @@ def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_repo
     frame = frame_of(*two_machines)
     bound = metrics.bound_table(frame)
     row = bound[(bound["backend"] == "im2col")].iloc[0]
-    assert row["median / GEMMs"] == pytest.approx(2.0)
+    assert row["call / GEMMs"] == pytest.approx(2.0)
     assert (row["layout copies %"], row["GEMM %"], row["col2im / reduction %"]) == (
         pytest.approx(30.0),
         pytest.approx(50.0),

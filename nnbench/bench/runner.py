@@ -46,7 +46,7 @@ def time_call(fn: Callable[[], object]) -> float:
 
 def median_seconds(fn: Callable[[], object], rounds: int) -> float:
     """The median of ``rounds`` timed calls of ``fn`` after one warm-up call (the suite's
-    protocol, for numbers measured beside a benchmark: the GEMM bound)."""
+    protocol, for a call timed on its own: ``scripts/probe_threads.py``'s grid)."""
     fn()
     return statistics.median(time_call(fn) for _ in range(max(1, rounds)))
 

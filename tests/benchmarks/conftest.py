@@ -44,7 +44,8 @@ BUDGET_ENV = "NNBENCH_BENCH_BUDGET"
 #: that): up to MAX_ROUNDS rounds for the fast calls, MIN_ROUNDS for the slow ones whatever the
 #: budget. The report's quick set and the committed runs use less (``--bench-budget 0.5``).
 DEFAULT_BUDGET = 1.5
-#: Rounds of the GEMM-bound replay at most (it runs after the benchmark's own rounds).
+#: Rounds of the GEMM-bound replay, each with one more timed call of the benchmarked function
+#: beside it (after the benchmark's own rounds).
 BOUND_ROUNDS = 15
 #: Rounds at least of a benchmark with calls beside it, whatever the budget: its ratios are
 #: medians over rounds of per-round ratios. On the 2-core VM two identical calls timed so came
@@ -154,8 +155,12 @@ def measure(benchmark, bench_threads, bench_budget):
     beside=None, **info)``: one untimed call sizes the rounds, ``benchmark.pedantic`` times
     ``call.fn`` (one call per round, after one warm-up round), then the last result is checked
     against the float64 reference and one more untimed call measures the peak memory. With
-    ``profile``, the call is also run once under ``kernels._profile`` (seconds per stage) and
-    the GEMMs it ran are replayed alone (``gemm_bound_s``). ``beside`` ({name: function}) are
+    ``profile``, the call is also run once under ``kernels._profile`` (seconds per stage), and
+    the GEMMs it ran are replayed alone, interleaved with the call in ``BOUND_ROUNDS`` more
+    rounds: ``gemm_bound_s`` is the replay's median, ``gemm_bound_call_s`` the call's in those
+    same rounds, whose ratio is the distance to the bound that the report shows (a ratio of
+    two medians from one machine state, however the state drifted since the benchmark's own
+    rounds). ``beside`` ({name: function}) are
     calls timed in the same rounds, each once before the benchmarked call (interleaved: the
     same machine state; in a new random order each round, seeded), the rounds sized to twice
     the budget for them all (at least ``BESIDE_MIN_ROUNDS``); their medians are
@@ -199,7 +204,9 @@ def measure(benchmark, bench_threads, bench_budget):
             stages, gemm_calls, replay = bench.profile_call(call.fn)
             more.update(breakdown_s=stages, gemm_calls=gemm_calls, gemm_bound_s=None)
             if replay is not None:
-                more["gemm_bound_s"] = bench.median_seconds(replay, min(rounds, BOUND_ROUNDS))
+                with_call, alone = bench.interleaved(call.fn, replay, rounds=BOUND_ROUNDS)
+                more["gemm_bound_s"] = statistics.median(alone)
+                more["gemm_bound_call_s"] = statistics.median(with_call)
         benchmark.extra_info.update(
             bench.extra_info(
                 backend,
