@@ -281,6 +281,12 @@ def _chunk_images(per_image: int, n: int, dtype) -> int | None:
     return None if images < min(MIN_CHUNK_IMAGES, n) else images
 
 
+def _work(n: int, per_image: int) -> int:
+    """The work of ``n`` images of ``per_image`` complex values each, in elements of copying
+    (``COPIES_PER_VALUE``), for ``kernels.threads``."""
+    return COPIES_PER_VALUE * 2 * n * per_image
+
+
 def _outputs(images: np.ndarray, k_hat: np.ndarray, axes: _Axes, workers: int, matmul):
     """The kept rows and columns (a view) of the outputs of ``images`` (b, d, h, w) against the
     kernels' spectra ``k_hat`` (length_h, length_w // 2 + 1, d, c)."""
@@ -316,8 +322,7 @@ def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarra
         with _profile.stage("fft"):
             np.copyto(kept[s], spectra, casting="same_kind")
 
-    work = COPIES_PER_VALUE * 2 * n * per_image
-    threads.over_batch(chunk, n, work, images, min_rows=MIN_CHUNK_IMAGES)
+    threads.over_batch(chunk, n, _work(n, per_image), images, min_rows=MIN_CHUNK_IMAGES)
     return out
 
 
@@ -330,7 +335,7 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     _, c, oh, ow = grad_outputs.shape
     axes = _Axes.of(h, w, oh, ow, padding)
     per_image = axes.values(h, d) + axes.values(oh, c)
-    work = COPIES_PER_VALUE * 2 * n * per_image
+    work = _work(n, per_image)
     images = _chunk_images(per_image, n, inputs.dtype)
     if images is None:
         return _whole_batch_grad_kernels(inputs, grad_outputs, padding)

@@ -5,9 +5,9 @@ numpy runs its loops on one thread; only its BLAS uses several. Work the BLAS do
 into slices of the batch axis and run on a small pool of threads. numpy releases the GIL inside
 its loops and BLAS calls, so the slices really run side by side. Not always: ``np.matmul``
 holds it through a BLAS call whose output has 500 elements or fewer, so the backends' 2-D GEMMs
-go through ``_profile.matmul``, which takes ``np.dot`` for those. Stacked products that small
-still hold it (the loop backend's weight gradient for a few input channels, the engine's
-per-channel sums of a few images).
+go through ``_profile.matmul``, which takes ``np.dot`` for those. A stacked product that small
+holds it too: the engine's per-channel sums cut their slices no smaller (``gil_free_rows``);
+the loop backend's weight gradient for 5 to 10 input channels still holds it.
 
 How many threads: the BLAS thread limit in force, at most the cores (``CORES``: those the
 process may run on, and no more than a cgroup CPU quota leaves it). That is the limit that
@@ -134,6 +134,18 @@ CORES = _cores()
 #: What one more slice costs (waking its thread, its Python under the GIL), counted as the
 #: elements of copying that take as long. See the module docstring for how it is used.
 THREAD_COST_ELEMENTS = 1 << 16
+
+#: numpy releases the GIL in a loop only when the loop runs more than this many times: a
+#: stacked product (``np.matmul`` of a stack, ``np.vecdot``) with this many outputs or fewer
+#: holds it through all of its BLAS calls, and slices of one run one at a time.
+NUMPY_GIL_OUTPUTS = 500
+
+
+def gil_free_rows(outputs_per_row: int) -> int:
+    """The fewest rows of a batch for which a stacked numpy product with ``outputs_per_row``
+    outputs per row releases the GIL: the ``min_rows`` of a slice computing one."""
+    return NUMPY_GIL_OUTPUTS // max(1, outputs_per_row) + 1
+
 
 _inside = threading.local()
 _blas_lock = threading.Lock()
@@ -380,19 +392,20 @@ def over_batch(
     ``chunk``, walks it ``chunk`` rows at a time, so that the temporaries of one call stay in
     cache (no chunk shorter than ``min_rows`` either: ``_chunks``).
     """
-    run(
-        lambda rows: _walk(body, rows, chunk, min_rows),
-        split(n, parts_for(n, elements, min_rows)),
-    )
+    run(functools.partial(_walk, body), _runs(n, elements, chunk, min_rows))
 
 
 def shortest_run(n: int, elements: int, chunk: int | None = None, min_rows: int = 1) -> int:
     """The fewest rows that ``over_batch`` or ``sum_over_batch`` called with these arguments
     hands to one ``body`` call (as the budget stands now)."""
-    parts = split(n, parts_for(n, elements, min_rows))
-    return min(
-        piece.stop - piece.start for rows in parts for piece in _chunks(rows, chunk, min_rows)
-    )
+    runs = _runs(n, elements, chunk, min_rows)
+    return min(piece.stop - piece.start for pieces in runs for piece in pieces)
+
+
+def _runs(n: int, elements: int, chunk: int | None, min_rows: int) -> list[list[slice]]:
+    """What each thread of an ``over_batch`` or ``sum_over_batch`` call walks: one run of
+    consecutive rows per thread (``parts_for``), in chunks (``_chunks``)."""
+    return [_chunks(rows, chunk, min_rows) for rows in split(n, parts_for(n, elements, min_rows))]
 
 
 def copy(out: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -417,18 +430,18 @@ def sum_over_batch(
     so the result depends on how many slices there are and on ``chunk``, but not on timing.
     ``body`` must return a fresh, writable array: the others are added into the first one.
     """
-    parts = split(n, parts_for(n, elements, min_rows))
-    totals: list[np.ndarray | None] = [None] * len(parts)
+    runs = _runs(n, elements, chunk, min_rows)
+    totals: list[np.ndarray | None] = [None] * len(runs)
 
     def add_up(index: int) -> None:
-        for part in _chunks(parts[index], chunk, min_rows):
+        for part in runs[index]:
             value = body(part)
             if totals[index] is None:
                 totals[index] = value
             else:
                 totals[index] += value
 
-    run(add_up, list(range(len(parts))))
+    run(add_up, list(range(len(runs))))
     total = totals[0]
     for value in totals[1:]:
         total += value
@@ -484,10 +497,10 @@ def _chunks(rows: slice, chunk: int | None, min_rows: int = 1) -> list[slice]:
     """``rows`` in ceil(size / chunk) runs of about ``chunk`` rows, as equal as possible (no
     short last run), the longer ones first. At most ``chunk`` rows each, unless that would cut
     a run shorter than ``min_rows``: there are then fewer, longer runs (10 rows in chunks of 8
-    with min_rows 8: one run of 10, not two of 5). A thread's runs change shape at most once in a call, and once more at the start of the
-    next call (back to the longer runs), so a scratch buffer's zero border
-    (``_layout.bordered``) is redrawn at most twice a call, however many runs the thread walks;
-    mixing the two lengths in any order could redraw it at every run."""
+    with min_rows 8: one run of 10, not two of 5). A thread's runs change shape at most once in
+    a call, and once more at the start of the next call (back to the longer runs), so a scratch
+    buffer's zero border (``_layout.bordered``) is redrawn at most twice a call, however many
+    runs the thread walks; mixing the two lengths in any order could redraw it at every run."""
     size = rows.stop - rows.start
     if chunk is None or size <= chunk:
         return [rows]
@@ -499,9 +512,9 @@ def _chunks(rows: slice, chunk: int | None, min_rows: int = 1) -> list[slice]:
     return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
-def _walk(body: Callable[[slice], object], rows: slice, chunk: int | None, min_rows: int) -> None:
-    for part in _chunks(rows, chunk, min_rows):
-        body(part)
+def _walk(body: Callable[[slice], object], pieces: list[slice]) -> None:
+    for piece in pieces:
+        body(piece)
 
 
 def _inline(body: Callable[[T], object], item: T) -> None:

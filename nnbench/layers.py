@@ -95,13 +95,15 @@ def _constant(value: float, size: int, dtype: np.dtype) -> np.ndarray:
     return vector
 
 
-def _batched(function, *operands, out):
+def _batched(function, *operands, out, elements=None, min_rows=1):
     """``function(*operands, out=out)`` computed in slices of the batch axis, in parallel.
 
     ``out`` is an array or a tuple of arrays, all with the batch axis first. An operand with
     at least as many axes as ``out`` (its first) has the batch axis first and is sliced with
     it; one with fewer axes (per-channel constants such as (d, 1, 1), scalars) is passed whole.
     ``function`` takes the operands positionally and ``out=`` like a ufunc. Returns ``out``.
+    The work is counted as ``out``'s elements unless ``elements`` says otherwise (a reduction
+    reads far more than it writes); every slice holds at least ``min_rows`` rows.
     """
     outs = out if isinstance(out, tuple) else (out,)
     n, ndim = len(outs[0]), outs[0].ndim
@@ -121,7 +123,8 @@ def _batched(function, *operands, out):
         sliced = tuple(o[part] for o in outs)
         function(*args, out=sliced if isinstance(out, tuple) else sliced[0])
 
-    threads.over_batch(body, n, outs[0].size)
+    work = outs[0].size if elements is None else elements
+    threads.over_batch(body, n, work, min_rows=min_rows)
     return out
 
 
@@ -136,13 +139,13 @@ def _channel_sum(array: np.ndarray) -> np.ndarray:
 
     A matrix-vector product with ones runs the long h*w sums in BLAS (blocked, vectorised,
     no temporary): several times faster than ``sum(axis=(0, 2, 3))`` and as accurate. The
-    per-image sums are computed in parallel and then added in batch order.
+    per-image sums are computed in parallel (``_per_image_sums``) and then added in batch order.
     """
     n, d = array.shape[:2]
     flat = array.reshape(n, d, -1)
     ones = _constant(1, flat.shape[2], array.dtype)
-    per_image = _batched(np.matmul, flat, ones, out=np.empty((n, d), array.dtype))
-    return per_image.sum(axis=0)
+    per_image = np.empty((n, d), array.dtype)
+    return _per_image_sums(np.matmul, flat, ones, out=per_image, elements=array.size)
 
 
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -150,8 +153,20 @@ def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     n, d = a.shape[:2]
     rows = a.reshape(n, d, 1, -1)
     columns = b.reshape(n, d, -1, 1)
-    per_image = _batched(np.matmul, rows, columns, out=np.empty((n, d, 1, 1), a.dtype))
-    return per_image.reshape(n, d).sum(axis=0)
+    per_image = np.empty((n, d, 1, 1), a.dtype)
+    return _per_image_sums(np.matmul, rows, columns, out=per_image, elements=a.size + b.size)
+
+
+def _per_image_sums(product, *operands, out, elements):
+    """``product(*operands, out=out)``, a stacked product with one output per image and channel
+    (``out`` (n, d, ...)), in slices of the batch, then those outputs added up in batch order ->
+    (d,). Its work is the ``elements`` it reads, not the n * d values it writes. A slice of b
+    images has b * d outputs, and numpy holds the GIL through a stacked product with at most
+    ``threads.NUMPY_GIL_OUTPUTS`` of them, which would run the slices one at a time: each slice
+    has more (``threads.gil_free_rows``), unless the whole batch has fewer."""
+    n, d = out.shape[:2]
+    _batched(product, *operands, out=out, elements=elements, min_rows=threads.gil_free_rows(d))
+    return out.reshape(n, d).sum(axis=0)
 
 
 # --- activations ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ engine layers whose passes are split over threads: a split run equals the one-th
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import subprocess
@@ -613,6 +614,13 @@ def test_profile_matmul_lets_other_threads_run_during_the_blas_call(shape, rng):
     m, n = shape
     a = _f32(rng, m, 20_000)
     b = _f32(rng, 20_000, n)[:, 0] if n == 1 else _f32(rng, 20_000, n)
+    assert _another_thread_ran_during(lambda: _profile.matmul(a, b))
+
+
+def _another_thread_ran_during(call, tries: int = 200) -> bool:
+    """Whether a waiting Python thread ran while ``call`` ran (up to ``tries`` calls). No clock:
+    with a switch interval of minutes, the waiting thread can take the GIL only when ``call``
+    releases it, and then counts to the end before this thread gets it back."""
     go, counted = threading.Event(), []
     counter = threading.Thread(target=lambda: (go.wait(), counted.append(sum(range(10**6)))))
     counter.start()
@@ -620,15 +628,57 @@ def test_profile_matmul_lets_other_threads_run_during_the_blas_call(shape, rng):
     sys.setswitchinterval(300)
     try:
         go.set()  # the counter is runnable now, but this thread holds the GIL
-        for _ in range(200):
-            _profile.matmul(a, b)
+        for _ in range(tries):
+            call()
             if counted:
                 break
-        ran_during_a_gemm = bool(counted)
+        return bool(counted)
     finally:
         sys.setswitchinterval(interval)
         counter.join()
-    assert ran_during_a_gemm
+
+
+@pytest.mark.parametrize("channels", [16, 64])
+@pytest.mark.parametrize("product", ["sum", "dot"])
+def test_a_stacked_product_releases_the_gil_from_gil_free_rows(product, channels, rng):
+    """numpy's threshold, as ``threads.NUMPY_GIL_OUTPUTS`` states it: a stacked product of the
+    engine's per-channel sums over ``gil_free_rows`` images lets another thread run, one image
+    fewer does not (fails if a numpy release moves the threshold)."""
+    rows = threads.gil_free_rows(channels)
+    seen = []
+    for images in (rows - 1, rows):
+        a = _f32(rng, images * channels, 4096).reshape(images, channels, 1, 4096)
+        if product == "sum":
+            operands = a[:, :, 0], np.ones(4096, np.float32)
+        else:
+            operands = a, a.reshape(images, channels, 4096, 1)
+        seen.append(_another_thread_ran_during(functools.partial(np.matmul, *operands), 20))
+    assert seen == [False, True]
+
+
+@pytest.mark.parametrize("channels", [3, 16, 64])
+def test_channel_sums_cut_no_slice_that_holds_the_gil(channels, rng, monkeypatch):
+    """The engine's per-channel sums (BatchNorm, the convolution bias) are cut over threads
+    however little work they hold, but each slice's product has more outputs than numpy's
+    threshold: a slice with fewer would hold the GIL and run alone. Same sums as one thread."""
+    from nnbench import layers
+
+    a, b = (normal(rng, (96, channels, 3, 4), "float32") for _ in range(2))
+    expected = layers._channel_sum(a), layers._channel_dot(a, b)
+    monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
+    monkeypatch.setattr(threads, "budget", lambda: 16)
+    outputs = []
+    real = np.matmul
+    monkeypatch.setattr(
+        np, "matmul", lambda *args, out: outputs.append(out.size) or real(*args, out=out)
+    )
+    got = layers._channel_sum(a), layers._channel_dot(a, b)
+    monkeypatch.undo()
+    slices = 96 // threads.gil_free_rows(channels)
+    assert len(outputs) == 2 * max(1, slices)
+    assert min(outputs) > threads.NUMPY_GIL_OUTPUTS or slices < 2
+    for one, split in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(split, one)
 
 
 # --- engine layers split over threads ------------------------------------------------------
@@ -659,6 +709,7 @@ def test_layer_split_over_threads_equals_one_thread(name, dtype, rng, monkeypatc
             if split:
                 patch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
                 patch.setattr(threads, "budget", lambda: 2)
+                patch.setattr(threads, "NUMPY_GIL_OUTPUTS", 0)  # per-channel sums cut too
             layer = built(make(dtype), dtype)
             randomize_parameters(layer, np.random.default_rng(1))
             layer.is_training = training
