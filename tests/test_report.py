@@ -1248,6 +1248,27 @@ def test_the_auto_step_is_judged_on_paired_rounds(workdir):
         a / b for a, b in zip(rounds["auto"], rounds["im2col"])))  # fmt: skip
 
 
+def test_the_distance_to_the_bound_comes_from_the_rounds_beside_the_replay(workdir):
+    """A run that timed the call beside its GEMMs (``gemm_bound_call_s``) is judged on that
+    median, not on the benchmark's own (taken in other rounds); one without it is judged on its
+    own median and said to use the older replay."""
+    column = "Small Xeon 2c · 2 thr"
+    records = recipe_records()
+    for record in records:
+        extra = record["extra_info"]
+        if extra.get("gemm_bound_s"):
+            extra["gemm_bound_call_s"] = 3 * extra["gemm_bound_s"]  # median: 2x the GEMMs
+    frame = frame_of(write_run(workdir / "beside.json", records))
+    measured = metrics.distance_to_bound(frame, column, "im2col")
+    assert measured.value == pytest.approx(3.0) and metrics.OLD_REPLAY not in measured.detail
+    table = metrics.bound_table(frame)
+    assert np.allclose(table["call / GEMMs"], 3.0)
+    assert np.allclose(table["call beside its GEMMs (ms)"], 3 * table["its GEMMs alone (ms)"])
+    older = metrics.distance_to_bound(frame_of(write_run(workdir / "older.json",
+                                                         recipe_records())), column, "im2col")  # fmt: skip
+    assert older.value == pytest.approx(2.0) and metrics.OLD_REPLAY in older.detail
+
+
 def test_bound_overhead_auto_and_routes_are_shown(two_machines, two_machine_report):
     frame = frame_of(*two_machines)
     bound = metrics.bound_table(frame)

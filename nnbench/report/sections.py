@@ -236,8 +236,9 @@ def _bound_section(ctx: Context) -> list[str]:
             "Each numpy backend's median against the same GEMMs replayed alone (same shapes, same "
             "threads, operands sharing memory where the call's did): `call / GEMMs` is its "
             "distance to its own bound, the call's median over the GEMMs' in rounds that "
-            "interleave the two (in runs before 2026-12-01, the benchmark's own median). The "
-            "shares split the profiled time of one call (summed over threads) into its stages."
+            "interleave the two (`call beside its GEMMs`). Runs that did not record that median "
+            "(`—`) used the benchmark's own median and an " + metrics.OLD_REPLAY + ". The shares "
+            "split the profiled time of one call (summed over threads) into its stages."
         ),
         "",
         tables.markdown(table, metrics.BOUND_FORMATS),
