@@ -1807,6 +1807,24 @@ def test_the_newest_run_of_each_configuration_is_used(tmp_path):
     )
 
 
+def test_a_replaced_run_still_shows_its_engine_overhead(tmp_path):
+    """A newer run of the same configuration replaces an older one, but the older one's engine /
+    plain-torch ratio is a sample of the same target: the notes give it."""
+    twin = {"seconds": 30.0, "final_test_accuracy": 0.75, "run_ratio": 1.3, "step_rounds": 30}
+    for name, (date, ratio) in {"old": ("01-01", 1.16), "new": ("02-01", 1.04)}.items():
+        payload = accuracy_payload(dataset="cifar10", kernel="torch", preset="fast",
+                                   machine={"date": f"2026-{date}T00:00:00+00:00"},
+                                   torch_twin={**twin, "ratio": ratio})  # fmt: skip
+        (tmp_path / f"accuracy-{name}.json").write_text(json.dumps(payload), encoding="utf-8")
+    inputs = load.collect([tmp_path])
+    assert [r.run_id for r in inputs.accuracy_runs] == ["accuracy-new.json"]
+    assert any(
+        "accuracy-old.json: not shown" in note
+        and "engine / plain-torch ratio: 1.16×, medians of 30 interleaved steps" in note
+        for note in inputs.notes
+    )
+
+
 def test_committed_results_are_read(monkeypatch):
     monkeypatch.chdir(REPO)
     inputs = load.collect([load.DEFAULT_RESULTS_DIR])

@@ -397,9 +397,22 @@ def _keep_newest_accuracy_runs(inputs: Inputs) -> None:
         if older is not None:
             inputs.notes.append(
                 f"{older.path}: not shown, {run.path.name} is a newer run of the same configuration"
+                + _twin_ratio(older)
             )
         newest[run.configuration] = run
     inputs.accuracy_runs = list(newest.values())
+
+
+def _twin_ratio(run: AccuracyRun) -> str:
+    """What a run that is not shown measured of the engine's overhead, for the notes: a ratio
+    that a newer run replaces is still a sample of it."""
+    twin = run.data.get("torch_twin") or {}
+    ratio = twin.get("ratio")
+    if not isinstance(ratio, (int, float)):
+        return ""
+    rounds = twin.get("step_rounds")
+    how = f"medians of {rounds} interleaved steps" if isinstance(rounds, int) else "one run each"
+    return f" (its engine / plain-torch ratio: {ratio:.2f}×, {how})"
 
 
 def _collect_dir(inputs: Inputs, directory: Path, *, accuracy: bool, benchmarks: bool) -> None:
