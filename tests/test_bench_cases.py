@@ -284,16 +284,7 @@ def test_profile_records_stages_and_replays_the_same_gemms(backend):
 @pytest.mark.parametrize("pass_", bench.PASSES)
 def test_the_replay_runs_the_gemms_that_ran_as_they_ran(backend, pass_):
     """Same shapes, strides, BLAS thread limit and grouping into parallel sections."""
-    if backend not in kernels.available() or SMALL.unsupported_by(backend):
-        pytest.skip(f"{backend} does not run here")
-    from kernels import _profile
-
-    call = bench.make_call(backend, SMALL, pass_)
-    with _profile.profiled() as ran:
-        call.fn()
-    replay = _profile.replay_plan(ran)
-    with _profile.profiled() as replayed:
-        replay()
+    ran, replayed = _ran_and_replayed(backend, SMALL, pass_)
 
     def signature(profile):
         sections = sorted({g.section for g in profile.gemms})
@@ -316,17 +307,10 @@ def test_the_replay_shares_memory_where_the_call_did(backend, pass_, case):
     """Two operands of the replay overlap exactly where the call's did, at the same distance
     apart: the GEMMs alone see the caches as they did in the call (one operand of many GEMMs
     is read once from memory, not once per GEMM)."""
-    if backend not in kernels.available() or case.unsupported_by(backend):
-        pytest.skip(f"{backend} does not run here")
     from kernels import _profile
 
-    call = bench.make_call(backend, case, pass_)
     with pinned_threads(1):  # one thread: the replay records its GEMMs in the call's order
-        with _profile.profiled() as ran:
-            call.fn()
-        replay = _profile.replay_plan(ran)
-        with _profile.profiled() as replayed:
-            replay()
+        ran, replayed = _ran_and_replayed(backend, case, pass_)
 
     def operands(profile):
         return [
@@ -348,6 +332,22 @@ def test_the_replay_shares_memory_where_the_call_did(backend, pass_, case):
     assert ran.gemms and layout(operands(replayed)) == layout(operands(ran))
     if backend == "loop" and case is THREE_CHANNELS:  # the case this test is for
         assert layout(operands(ran))[0]
+
+
+def _ran_and_replayed(backend: str, case, pass_: str):
+    """The profiles of one call of ``backend`` on ``case`` and of its GEMMs' replay (skips a
+    backend that does not run here)."""
+    if backend not in kernels.available() or case.unsupported_by(backend):
+        pytest.skip(f"{backend} does not run here")
+    from kernels import _profile
+
+    call = bench.make_call(backend, case, pass_)
+    with _profile.profiled() as ran:
+        call.fn()
+    replay = _profile.replay_plan(ran)
+    with _profile.profiled() as replayed:
+        replay()
+    return ran, replayed
 
 
 def test_profile_of_torch_records_no_gemm():
