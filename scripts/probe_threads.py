@@ -3,8 +3,13 @@
     python scripts/probe_threads.py [--out probe.json] [--threads 1,2,4,16] [--calls 7]
                                     [--chunk-mb 0.5,1,2,4,8] [--thread-costs 16384,65536]
 
-Two measurements, each a table on stdout and a record in ``--out`` (JSON, written atomically):
+Three measurements, each a table on stdout and a record in ``--out`` (JSON, written atomically):
 
+0. ``pool``: what one more slice costs, the quantity ``kernels.threads.THREAD_COST_ELEMENTS``
+   stands for. At each thread count: the round trip of a ``threads.run`` call whose slices do
+   nothing (median of ``POOL_CALLS`` calls), one thread's copy time per float32 element for a
+   1 MB and a 16 MB array (median of ``--calls`` copies), the round trip in elements of those
+   copies, and how much faster ``threads.copy`` is than one thread's copy at those sizes.
 1. ``settings``: im2col, loop, fft and winograd on the CIFAR-10 recipe's layers (forward and
    both gradients; winograd's own passes only, not the weight gradient it leaves to im2col,
    its ``ROUTES``) at the most threads asked for, with each backend's ``CHUNK_BYTES`` and
@@ -24,6 +29,7 @@ probe for tuning those constants, not a benchmark of record (the suite's scaling
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import statistics
@@ -31,6 +37,8 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,6 +49,10 @@ from nnbench._io import atomic_write_json, unwritable_reason
 from nnbench.bench.cases import recipe_cases, thread_ladder
 
 CHUNK_MB = (0.5, 1, 2, 4, 8)
+#: Calls of an empty ``threads.run`` per median: each is tens of microseconds.
+POOL_CALLS = 200
+#: The copies of the pool probe: float32 elements, one array in cache, one well beyond it.
+COPY_SIZES = {"1MB": 1 << 18, "16MB": 1 << 22}
 THREAD_COSTS = (1 << 14, 1 << 16, 1 << 18, 1 << 20)
 BACKENDS = {
     "im2col": backend_im2col,
@@ -87,6 +99,48 @@ def _own_passes(name: str, module) -> tuple[str, ...]:
     """The passes ``module`` computes itself (its ``ROUTES`` name it), not by another backend."""
     routes = getattr(module, "ROUTES", {})
     return tuple(p for p in PASSES if routes.get(p, name).startswith(name))
+
+
+def probe_pool(ladder: list[int], calls: int) -> list[dict]:
+    rows = []
+    arrays = {
+        label: (np.ones((128, size // 128), np.float32), np.empty((128, size // 128), np.float32))
+        for label, size in COPY_SIZES.items()
+    }
+    for count in ladder:
+        with machine.pinned_threads(count):
+            items = list(range(threads.budget()))
+            round_trip = bench.median_seconds(
+                functools.partial(threads.run, _nothing, items), POOL_CALLS
+            )
+            one, split = {}, {}
+            for label, (source, out) in arrays.items():
+                one[label] = bench.median_seconds(lambda s=source, o=out: np.copyto(o, s), calls)
+                split[label] = bench.median_seconds(
+                    lambda s=source, o=out: threads.copy(o, s), calls
+                )
+            rows.append(
+                {
+                    "threads": count,
+                    "slices": len(items),
+                    "round_trip_us": round_trip * 1e6,
+                    "copy_ns_per_element": {
+                        label: seconds * 1e9 / arrays[label][0].size
+                        for label, seconds in one.items()
+                    },
+                    "round_trip_elements": {
+                        label: round(round_trip * arrays[label][0].size / seconds)
+                        for label, seconds in one.items()
+                    },
+                    "split_copy_speedup": {label: one[label] / split[label] for label in one},
+                    "thread_cost_elements": threads.THREAD_COST_ELEMENTS,
+                }
+            )
+    return rows
+
+
+def _nothing(_item) -> None:
+    return None
 
 
 def probe_step(ladder: list[int], calls: int) -> list[dict]:
@@ -171,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=7, help="timed calls per median")
     parser.add_argument("--chunk-mb", default=",".join(f"{v:g}" for v in CHUNK_MB))
     parser.add_argument("--thread-costs", default=",".join(str(v) for v in THREAD_COSTS))
-    parser.add_argument("--skip", choices=["settings", "step"], default=None)
+    parser.add_argument("--skip", choices=["pool", "settings", "step"], default=None)
     args = parser.parse_args(argv)
     if args.calls < 1:
         parser.error(f"--calls must be at least 1, got {args.calls}")
@@ -192,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime.configure()  # as the benchmark suite does, before anything is timed
     record = {"machine": machine.machine_info(), "cores": cores, "calls": args.calls}
+    if args.skip != "pool":
+        record["pool"] = probe_pool(ladder, args.calls)
+        _print_pool(record["pool"])
+        _save(args.out, record)
     if args.skip != "settings":
         rows = probe_settings(max(ladder), args.calls, chunk_mb, thread_costs)
         record["settings"] = rows
@@ -207,6 +265,20 @@ def main(argv: list[str] | None = None) -> int:
 def _save(path: Path | None, record: dict) -> None:
     if path is not None:
         atomic_write_json(path, record)
+
+
+def _print_pool(rows: list[dict]) -> None:
+    print("\nthe pool: an empty threads.run's round trip, in microseconds and in elements of one")
+    print(f"thread's float32 copy (THREAD_COST_ELEMENTS = {threads.THREAD_COST_ELEMENTS}), and")
+    print("threads.copy's speed-up over one thread's copy")
+    print(f"{'threads':>8}{'slices':>8}{'us':>9}" + "".join(
+        f"{'elements ' + label:>18}{'speed-up ' + label:>18}" for label in COPY_SIZES))  # fmt: skip
+    for row in rows:
+        cells = "".join(
+            f"{row['round_trip_elements'][label]:>18d}{row['split_copy_speedup'][label]:>18.2f}"
+            for label in COPY_SIZES
+        )
+        print(f"{row['threads']:>8d}{row['slices']:>8d}{row['round_trip_us']:>9.1f}{cells}")
 
 
 def _print_settings(rows: list[dict], per_row: int) -> None:

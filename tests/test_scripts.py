@@ -157,6 +157,11 @@ def test_probe_threads_times_each_setting_and_each_layer(tmp_path):
     }
     (step,) = record["step"]
     assert step["threads"] == 1 and step["engine_ms"] > 0 and step["twin_ms"] > 0
+    (pool,) = record["pool"]
+    assert (pool["threads"], pool["slices"]) == (1, 1) and pool["round_trip_us"] > 0
+    sizes = _load_probe().COPY_SIZES
+    for field in ("copy_ns_per_element", "round_trip_elements", "split_copy_speedup"):
+        assert set(pool[field]) == set(sizes) and all(v > 0 for v in pool[field].values())
     layers = step["layers_ms"]
     assert any("Conv2D forward" in key for key in layers)
     assert any("BatchNorm backward" in key for key in layers)
