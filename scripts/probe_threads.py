@@ -113,24 +113,21 @@ def probe_pool(ladder: list[int], calls: int) -> list[dict]:
             round_trip = bench.median_seconds(
                 functools.partial(threads.run, _nothing, items), POOL_CALLS
             )
-            one, split = {}, {}
+            one, split, per_element = {}, {}, {}  # seconds: one thread's copy, threads.copy
             for label, (source, out) in arrays.items():
                 one[label] = bench.median_seconds(lambda s=source, o=out: np.copyto(o, s), calls)
                 split[label] = bench.median_seconds(
                     lambda s=source, o=out: threads.copy(o, s), calls
                 )
+                per_element[label] = one[label] / COPY_SIZES[label]
             rows.append(
                 {
                     "threads": count,
                     "slices": len(items),
                     "round_trip_us": round_trip * 1e6,
-                    "copy_ns_per_element": {
-                        label: seconds * 1e9 / arrays[label][0].size
-                        for label, seconds in one.items()
-                    },
+                    "copy_ns_per_element": {k: v * 1e9 for k, v in per_element.items()},
                     "round_trip_elements": {
-                        label: round(round_trip * arrays[label][0].size / seconds)
-                        for label, seconds in one.items()
+                        k: round(round_trip / v) for k, v in per_element.items()
                     },
                     "split_copy_speedup": {label: one[label] / split[label] for label in one},
                     "thread_cost_elements": threads.THREAD_COST_ELEMENTS,

@@ -605,10 +605,8 @@ def test_profile_matmul_takes_np_dot_for_small_outputs_and_equals_matmul(case, r
 def test_profile_matmul_lets_other_threads_run_during_the_blas_call(shape, rng):
     """Another Python thread runs while the GEMM runs (np.matmul with an output of at most 500
     elements holds the GIL through the whole BLAS call; the (64, 32) output, released by numpy
-    itself, checks the test). Decided without a clock: with a switch interval of minutes, the
-    waiting thread can take the GIL only when this one releases it, and then counts to the end
-    before this one gets it back. Up to 200 GEMMs, so that a waiting thread that is slow to be
-    scheduled still finds one of them."""
+    itself, checks the test). Decided without a clock (``_another_thread_ran_during``), over
+    up to 200 GEMMs, so that a waiting thread that is slow to be scheduled still finds one."""
     from kernels import _profile
 
     m, n = shape

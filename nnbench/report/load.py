@@ -410,9 +410,16 @@ def _twin_ratio(run: AccuracyRun) -> str:
     ratio = twin.get("ratio")
     if not isinstance(ratio, (int, float)):
         return ""
+    return f" (its engine / plain-torch ratio: {ratio:.2f}×, {twin_measured_as(twin)})"
+
+
+def twin_measured_as(twin: dict) -> str:
+    """How an accuracy run's engine / plain-torch ``ratio`` was measured: newer runs time
+    interleaved training steps (``step_rounds``), older ones whole trainings, one of each."""
     rounds = twin.get("step_rounds")
-    how = f"medians of {rounds} interleaved steps" if isinstance(rounds, int) else "one run each"
-    return f" (its engine / plain-torch ratio: {ratio:.2f}×, {how})"
+    if isinstance(rounds, int):
+        return f"medians of {rounds} interleaved steps"
+    return "whole training, one run each"
 
 
 def _collect_dir(inputs: Inputs, directory: Path, *, accuracy: bool, benchmarks: bool) -> None:

@@ -28,7 +28,7 @@ import pandas as pd
 import kernels
 from nnbench import policy
 from nnbench.report import provenance, verify
-from nnbench.report.load import AccuracyRun, BenchmarkRun
+from nnbench.report.load import AccuracyRun, BenchmarkRun, twin_measured_as
 
 PASS_ORDER = ("forward", "grad_inputs", "grad_kernels", "layer", "step", "overhead", "sgemm")
 CONV_PASSES = ("forward", "grad_inputs", "grad_kernels")
@@ -888,9 +888,7 @@ def twin_table(runs: list[AccuracyRun]) -> pd.DataFrame:
                 "preset": run.data.get("preset", ""),
                 "smoke": "yes" if run.smoke else "no",
                 "engine / torch": ratio,
-                "measured as": f"medians of {twin['step_rounds']} interleaved steps"
-                if stepped
-                else "whole training, one run each",
+                "measured as": twin_measured_as(twin),
                 "whole training, one run each": one_run,
                 "pure torch train (s)": float(twin["seconds"]),
                 f"target ≤ {target.threshold:g}×": "n/a (smoke)"
