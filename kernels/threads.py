@@ -463,15 +463,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     whole reduction; the BLAS may still block that reduction differently for another slice
     width, so results can differ by rounding (not at all for sums of small integers).
     """
+    if getattr(_inside, "active", False):  # in a slice, whose ``run`` holds the BLAS at one
+        return _profile.matmul(a, b, out=out)  # thread already: no hold to take per GEMM
     m, k = a.shape
     n = b.shape[1]
     if out is None:
         out = np.empty((m, n), np.result_type(a, b))
-    parts = (
-        1
-        if getattr(_inside, "active", False)
-        else min(budget(), n // MIN_COLUMNS_PER_PART, m * n * k // THREAD_COST_MULTIPLY_ADDS)
-    )
+    parts = min(budget(), n // MIN_COLUMNS_PER_PART, m * n * k // THREAD_COST_MULTIPLY_ADDS)
     if parts <= 1:
         with single_threaded_blas():
             return _profile.matmul(a, b, out=out)

@@ -119,9 +119,10 @@ CHUNK_ROUNDED = {"fft"}
 def test_thread_count_does_not_change_results(backend, case, monkeypatch):
     """Split over 2 threads in one-image chunks, every pass gives the single-thread result.
 
-    Forced: any size is split (``THREAD_COST_ELEMENTS`` 1e-9), 2 threads whatever the cores, and
-    a backend's ``CHUNK_BYTES`` at 1 byte, so that every image is its own chunk (a thread with
-    a batch of 2 walks two) and a weight gradient is a sum of per-image parts. Integer inputs
+    Forced: any size is split (``THREAD_COST_ELEMENTS`` 1e-9, and no slice held back for the
+    GIL: ``NUMPY_GIL_OUTPUTS`` 0), 2 threads whatever the cores, and a backend's
+    ``CHUNK_BYTES`` at 1 byte, so that every image is its own chunk (a thread with a batch of 2
+    walks two) and a weight gradient is a sum of per-image parts. Integer inputs
     make every order of summation exact, but for the backends of ``CHUNK_ROUNDED``, which are
     held to their tolerance against the reference instead.
     """
@@ -129,6 +130,7 @@ def test_thread_count_does_not_change_results(backend, case, monkeypatch):
     ops = operands(case, integer=True)
     single = {p: CALLS[p](*ops.arguments(p), case.padding, backend) for p in PASSES}
     monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
+    monkeypatch.setattr(threads, "NUMPY_GIL_OUTPUTS", 0)
     monkeypatch.setattr(threads, "budget", lambda: 2)
     module = kernels.get(backend).module
     if hasattr(module, "CHUNK_BYTES"):
@@ -198,19 +200,24 @@ def test_im2col_reshaped_is_a_view_or_an_error_never_a_copy(reshape_has_copy, mo
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 @pytest.mark.parametrize("col2im", [False, True], ids=["correlate", "col2im"])
-@pytest.mark.parametrize("layout", ["channels-first", "channels-last", "image rows"])
+@pytest.mark.parametrize("layout", ["channels-first", "channels-last", "image rows", "per image"])
 def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, case, monkeypatch):
     """Every pass of every check case with im2col's column matrix forced into one layout (the
     weight gradient too, which picks ROWS by itself never) and its input gradient forced
     through col2im or the correlation: exact on integer inputs, as the shape-picked layout is.
     ROWS's runs wrap past each output row; the wrapped columns are computed and dropped, and
     the extra zero row per image keeps the last run inside the buffer (without it, the view
-    of the last image would reach past the buffer's end and be refused)."""
+    of the last image would reach past the buffer's end and be refused). Per image, the
+    shifted runs wrap too (where the output is as wide as the input), their wrapped terms
+    zeroed: the grid's 'same' cases take that route, the others the windowed copy."""
     from kernels import backend_im2col
 
     if "im2col" not in BACKENDS:
         pytest.skip("im2col is not available")
-    monkeypatch.setattr(backend_im2col, "_layout_for", lambda *args, **kwargs: layout)
+    images = layout == backend_im2col.IMAGES
+    if not images:
+        monkeypatch.setattr(backend_im2col, "_layout_for", lambda *args, **kwargs: layout)
+    monkeypatch.setattr(backend_im2col, "IMAGES_MIN_OUTPUTS", 0 if images else 10**9)
     monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0 if col2im else 10**9)
     case = case.with_dtype("float64")
     ops = operands(case, integer=True)
@@ -218,6 +225,46 @@ def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, cas
         actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
         check(f"{pass_} (im2col, {layout})", "im2col", case, pass_, actual,
               ops.reference(pass_), integer=True)  # fmt: skip
+
+
+#: 'same' cases whose horizontal padding is wider than the image (pw > w: the shifted runs
+#: reach more than one row past an image), and single-pixel images.
+WIDE_PADDING_CASES = [ConvCase((2, 2, 3, 2), (3, 2, 7, 7), 3), ConvCase((3, 2, 1, 1), (4, 2, 3, 3), 1),
+                      ConvCase((2, 1, 2, 3), (5, 1, 5, 9), 4)]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", WIDE_PADDING_CASES, ids=lambda case: case.id)
+def test_im2col_per_image_route_with_padding_wider_than_the_image(case, monkeypatch):
+    """Per image, every pass is exact where a shifted run wraps past more than one row: the
+    guard rows of the padded buffer hold the reads, the wrapped terms are zeroed."""
+    from kernels import backend_im2col
+
+    if "im2col" not in BACKENDS:
+        pytest.skip("im2col is not available")
+    monkeypatch.setattr(backend_im2col, "IMAGES_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0)
+    case = case.with_dtype("float64")
+    ops = operands(case, integer=True)
+    for pass_ in PASSES:
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
+        check(f"{pass_} (im2col, per image)", "im2col", case, pass_, actual,
+              ops.reference(pass_), integer=True)  # fmt: skip
+
+
+def test_im2col_per_thread_buffers_grow_for_a_longer_chunk():
+    """A thread that walks a short chunk, then a longer one (slices run one after the other
+    on one thread), gets buffers made again for the longer one: both chunks' columns are
+    right."""
+    from kernels import backend_im2col
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-4, 5, (5, 2, 6, 6)).astype(np.float32)
+    shifted = backend_im2col._image_columns((2, 6, 6), (3, 3), (1, 1), x.dtype)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))
+    expected = windows.transpose(0, 1, 4, 5, 2, 3).reshape(5, 18, 36)
+    for rows in (slice(0, 1), slice(1, 4), slice(4, 5)):
+        np.testing.assert_array_equal(shifted(x[rows]), expected[rows])
 
 
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
