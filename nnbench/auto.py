@@ -156,13 +156,16 @@ class Plan:
 
 
 def cache_path() -> Path:
-    """The JSON file of persisted choices: ``$NNBENCH_AUTO_CACHE``, else the user cache."""
+    """The JSON file of persisted choices: ``$NNBENCH_AUTO_CACHE``, else a file of this
+    ``SCHEMA``'s own in the user cache (``auto-plans-5.json``), so that two versions of nnbench
+    sharing a home folder keep their plans apart instead of replacing each other's."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("nnbench")) / "auto-plans.json"
+    version = SCHEMA.rsplit("/", 1)[1]
+    return Path(platformdirs.user_cache_dir("nnbench")) / f"auto-plans-{version}.json"
 
 
 def forget() -> None:

@@ -145,7 +145,7 @@ def _channel_sum(array: np.ndarray) -> np.ndarray:
     flat = array.reshape(n, d, -1)
     ones = _constant(1, flat.shape[2], array.dtype)
     per_image = np.empty((n, d), array.dtype)
-    return _per_image_sums(np.matmul, flat, ones, out=per_image, elements=array.size)
+    return _per_image_sums(flat, ones, out=per_image, elements=array.size)
 
 
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -154,18 +154,18 @@ def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     rows = a.reshape(n, d, 1, -1)
     columns = b.reshape(n, d, -1, 1)
     per_image = np.empty((n, d, 1, 1), a.dtype)
-    return _per_image_sums(np.matmul, rows, columns, out=per_image, elements=a.size + b.size)
+    return _per_image_sums(rows, columns, out=per_image, elements=a.size + b.size)
 
 
-def _per_image_sums(product, *operands, out, elements):
-    """``product(*operands, out=out)``, a stacked product with one output per image and channel
+def _per_image_sums(a, b, out, elements):
+    """``np.matmul(a, b, out=out)``, a stacked product with one output per image and channel
     (``out`` (n, d, ...)), in slices of the batch, then those outputs added up in batch order ->
     (d,). Its work is the ``elements`` it reads, not the n * d values it writes. A slice of b
     images has b * d outputs, and numpy holds the GIL through a stacked product with at most
     ``threads.NUMPY_GIL_OUTPUTS`` of them, which would run the slices one at a time: each slice
     has more (``threads.gil_free_rows``), unless the whole batch has fewer."""
     n, d = out.shape[:2]
-    _batched(product, *operands, out=out, elements=elements, min_rows=threads.gil_free_rows(d))
+    _batched(np.matmul, a, b, out=out, elements=elements, min_rows=threads.gil_free_rows(d))
     return out.reshape(n, d).sum(axis=0)
 
 

@@ -175,6 +175,21 @@ def _add_backend(tmp_path, monkeypatch, name: str, source: str) -> None:
     monkeypatch.setattr(kernels, "_BACKENDS", found)
 
 
+def test_each_schema_has_a_cache_file_of_its_own(tmp_path, monkeypatch):
+    """Without ``NNBENCH_AUTO_CACHE``, plans go to the user cache in a file named for the
+    schema: a version of nnbench that plans another way (another schema) writes its own file
+    instead of replacing this one's plans on every run."""
+    import platformdirs
+
+    monkeypatch.delenv(auto.CACHE_ENV)
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda name: str(tmp_path / name))
+    mine = auto.cache_path()
+    monkeypatch.setattr(auto, "SCHEMA", "nnbench.auto/999")
+    other = auto.cache_path()
+    assert mine.parent == other.parent == tmp_path / "nnbench"
+    assert mine != other and "999" in other.name and "999" not in mine.name
+
+
 def test_a_slow_correct_backend_is_timed_and_not_chosen(tmp_path, monkeypatch):
     _add_backend(
         tmp_path,

@@ -160,13 +160,12 @@ def measure(benchmark, bench_threads, bench_budget):
     rounds: ``gemm_bound_s`` is the replay's median, ``gemm_bound_call_s`` the call's in those
     same rounds, whose ratio is the distance to the bound that the report shows (a ratio of
     two medians from one machine state, however the state drifted since the benchmark's own
-    rounds). ``beside`` ({name: function}) are
-    calls timed in the same rounds, each once before the benchmarked call (interleaved: the
-    same machine state; in a new random order each round, seeded), the rounds sized to twice
-    the budget for them all (at least ``BESIDE_MIN_ROUNDS``); their medians are
-    ``beside_median_s`` and their times, round by round, ``beside_rounds_s``
-    (``bench.time_call``'s clock, as the suite's own timer unless ``--benchmark-timer`` says
-    otherwise). A failed verdict is saved with the timings (the report marks the backend
+    rounds). ``beside`` ({name: function}) are calls timed in the same rounds, each once
+    before the benchmarked call (interleaved: the same machine state; in a new random order
+    each round, seeded), the rounds sized to twice the budget for them all (at least
+    ``BESIDE_MIN_ROUNDS``); their medians are ``beside_median_s`` and their times, round by
+    round, ``beside_rounds_s`` (``bench.time_call``'s clock, as the suite's own timer unless
+    ``--benchmark-timer`` says otherwise). A failed verdict is saved with the timings (the report marks the backend
     FAILED) and fails the test. ``info`` goes to ``bench.extra_info``.
     """
 
