@@ -38,8 +38,9 @@ image's GEMM is then large enough), in a few numpy calls and no Python loop over
 The buffers and views of a chunk are made once per call and thread (``_PerThread``): what a
 chunk runs in Python holds the GIL, and with two or more threads every such moment is one in
 which the other threads' next numpy calls wait. On the 2-core AMD EPYC, in-process and
-interleaved against the per-chunk layouts below (the recipe's nine passes, 2 threads), this
-route took 0.81x the time (0.59x for the first layer's input gradient, 0.90-0.95x on 8x8).
+interleaved against the chunk-wide layouts below (the recipe's nine passes, 2 threads), this
+route took 0.81-0.83x the time (geometric mean of two comparisons; 0.61-0.63x for the first
+layer's input gradient, 0.92-0.97x for the 8x8 layer's forward and input gradient).
 
 Smaller images (and the whole-batch GEMM) keep one GEMM over the chunk, (c, K) @ (K, b*oh*ow),
 then a transposing copy of whole images into the result, its columns laid out three ways
@@ -107,6 +108,11 @@ FIRST, LAST, ROWS, IMAGES = "channels-first", "channels-last", "image rows", "pe
 #: (forward and input gradient: its GEMMs then write the result in place; weight gradient:
 #: its GEMMs then read the gradient as it is). Below, each image's GEMM is too small.
 IMAGES_MIN_OUTPUTS = 64
+#: The weight gradient goes image by image only where oh*ow >= IMAGES_SUM_RATIO * c: each
+#: image's (K, c) product is written and summed once more, and must be well under its (K, oh*ow)
+#: columns (at 8x8 with c = 64 image by image took 1.05x the time of the chunk's one GEMM, at
+#: 16x16 with c = 32 0.83-0.88x).
+IMAGES_SUM_RATIO = 2
 #: ROWS is used while its kw - 1 extra columns per output row are at most 1/ROWS_WASTE of ow.
 ROWS_WASTE = 8
 #: ``np.reshape(..., copy=False)`` (numpy 2.1): a view or an error, never a copy.
@@ -153,7 +159,8 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     kh, kw = grad_kernel_shape(inputs, grad_outputs, padding)
     # Not ROWS: its longer reduction (the extra columns, against zero gradient) and the zero
     # columns' copy cost more than its shorter copy saves (measured on the recipe layers).
-    layout = _images_for(oh, ow) or _layout_for(d, kw, ow, rows=False)
+    images = _images_for(oh, ow) if oh * ow >= IMAGES_SUM_RATIO * c else None
+    layout = images or _layout_for(d, kw, ow, rows=False)
     width = _width(layout, kw, ow)
     if layout == IMAGES:
         image_columns = _image_columns(inputs.shape[1:], (kh, kw), (padding, padding), inputs.dtype)

@@ -218,6 +218,7 @@ def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, cas
     if not images:
         monkeypatch.setattr(backend_im2col, "_layout_for", lambda *args, **kwargs: layout)
     monkeypatch.setattr(backend_im2col, "IMAGES_MIN_OUTPUTS", 0 if images else 10**9)
+    monkeypatch.setattr(backend_im2col, "IMAGES_SUM_RATIO", 0)
     monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0 if col2im else 10**9)
     case = case.with_dtype("float64")
     ops = operands(case, integer=True)
@@ -242,6 +243,7 @@ def test_im2col_per_image_route_with_padding_wider_than_the_image(case, monkeypa
     if "im2col" not in BACKENDS:
         pytest.skip("im2col is not available")
     monkeypatch.setattr(backend_im2col, "IMAGES_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(backend_im2col, "IMAGES_SUM_RATIO", 0)
     monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0)
     case = case.with_dtype("float64")
     ops = operands(case, integer=True)
