@@ -29,11 +29,16 @@ image's GEMM is then large enough), in a few numpy calls and no Python loop over
    previous row (where the horizontal padding would be) set to zero;
 3. one stacked GEMM, taps (c, K) @ each image's columns, written straight into the chunk's rows
    of the NCHW result (no placing copy); the weight gradient's, columns @ the output gradient as
-   it is (oh*ow, c), then a sum over the chunk's images;
+   it is (oh*ow, c), then a sum over the chunk's images (only where oh*ow >= ``IMAGES_SUM_RATIO``
+   * c, so that those (K, c) products are small next to the columns). A chunk holds enough
+   images that its stacked GEMM has more than ``threads.NUMPY_GIL_OUTPUTS`` outputs, or numpy
+   would keep the GIL through it (``threads.gil_free_rows``);
 4. col2im, for few input channels (about ``COL2IM_COST`` column copies per element against the
    c output channels the correlation unfolds) and 'same' padding: one GEMM per image, weights
    (K, c) @ the gradient as it is, then ONE np.sum over a strided view that lines up, for each
-   input position, the kh*kw terms that land there (``_Col2imImages``).
+   input position, the kh*kw terms that land there (``_Col2imImages``). Otherwise col2im runs
+   over the chunk (``_grad_inputs_col2im``): a transposing copy of the gradient, one GEMM, and
+   kh*kw shifted adds on a padded grid.
 
 The buffers and views of a chunk are made once per call and thread (``_PerThread``): what a
 chunk runs in Python holds the GIL, and with two or more threads every such moment is one in
@@ -130,15 +135,17 @@ def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> 
     h, w = oh + 2 * ph - kh + 1, ow + 2 * pw - kw + 1
     # Column-matrix sizes: col2im unfolds the d-channel input side, the forward on the
     # transposed kernels the c-channel output side (or, swapped, the kernels themselves).
-    # col2im's kh*kw shifted adds over short rows cost about COL2IM_COST column copies.
-    col2im = COL2IM_COST * d * kh * kw * n * oh * ow
-    if col2im < min(c * kh * kw * n * h * w, c * oh * ow * d * h * w):
+    # col2im's GEMM output and the sum over its taps cost about COL2IM_COST column copies.
+    col2im_size = COL2IM_COST * d * kh * kw * n * oh * ow
+    if col2im_size < min(c * kh * kw * n * h * w, c * oh * ow * d * h * w):
         result = np.empty((n, d, h, w), grad_outputs.dtype)
         weights = np.ascontiguousarray(taps_forward(kernels).reshape(c, d * kh * kw).T)
         per_image = d * kh * kw * oh * ow
         chunk = threads.rows_per_chunk(per_image, grad_outputs.dtype, CHUNK_BYTES)
+        rows = 1
         if _images_for(oh, ow) and (h, w) == (oh, ow):  # image by image, into the result
             col2im = _Col2imImages(weights, (c, oh, ow), (kh, kw), padding)
+            rows = threads.gil_free_rows(per_image)  # its stacked GEMM's outputs
 
             def part(s: slice) -> None:
                 col2im(grad_outputs[s], result[s])
@@ -148,7 +155,7 @@ def grad_inputs(grad_outputs: np.ndarray, kernels: np.ndarray, padding: int) -> 
             def part(s: slice) -> None:
                 _grad_inputs_col2im(grad_outputs[s], weights, (d, kh, kw), padding, result[s])
 
-        threads.over_batch(part, n, n * per_image, chunk)
+        threads.over_batch(part, n, n * per_image, chunk, rows)
         return result
     return _correlate(grad_outputs, taps_grad_inputs(kernels), ph, pw)
 
@@ -364,8 +371,10 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     per_image = d * kh * kw * oh * _width(layout, kw, ow)
     chunk = threads.rows_per_chunk(per_image, x.dtype, CHUNK_BYTES)
 
+    rows = 1
     if layout == IMAGES:
         image_columns = _image_columns(x.shape[1:], (kh, kw), (ph, pw), x.dtype)
+        rows = threads.gil_free_rows(c * oh * ow)  # a stacked GEMM this small keeps the GIL
 
         def part(s: slice) -> None:  # each image's GEMM writes its rows of the result
             columns = image_columns(x[s])  # (b, K, oh*ow)
@@ -377,7 +386,7 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
         def part(s: slice) -> None:
             _correlate_columns(x[s], weights, (kh, kw), (ph, pw), layout, result[s])
 
-    threads.over_batch(part, n, n * per_image, chunk)
+    threads.over_batch(part, n, n * per_image, chunk, rows)
     return result
 
 
@@ -451,6 +460,7 @@ def _columns(x, kh: int, kw: int, ph: int, pw: int, layout: str, into=None):
                 into = scratch("im2col.columns", (d * kh * kw, view[0, 0, 0].size), x.dtype)
             np.copyto(_reshaped(into, view.shape), view)
             return into
+        assert layout == LAST, layout  # IMAGES has its own builders (_image_columns)
         padded = pad_channels_last(x, ph, pw, "im2col.padded")  # (n, Hp, Wp, d)
         view = windows(padded, kh, kw, h_axis=1)  # (n, oh, ow, d, kh, kw)
         view = view.transpose(0, 1, 2, 4, 5, 3)  # (n, oh, ow, kh, kw, d)

@@ -6,8 +6,8 @@ into slices of the batch axis and run on a small pool of threads. numpy releases
 its loops and BLAS calls, so the slices really run side by side. Not always: ``np.matmul``
 holds it through a BLAS call whose output has 500 elements or fewer, so the backends' 2-D GEMMs
 go through ``_profile.matmul``, which takes ``np.dot`` for those. A stacked product that small
-holds it too: the engine's per-channel sums and im2col's per-image weight gradient cut their
-slices no smaller (``gil_free_rows``); the loop backend's weight gradient still holds it where
+holds it too: the engine's per-channel sums and im2col's per-image GEMMs cut their slices no
+smaller (``gil_free_rows``); the loop backend's weight gradient still holds it where
 its stacked (kw, c, d) output has 500 elements or fewer and d is above its GEMV threshold.
 
 How many threads: the BLAS thread limit in force, at most the cores (``CORES``: those the

@@ -35,9 +35,11 @@ trial when the process ends is made again in the next). The file holds one entry
 machine and library versions, so that a cache folder shared by several machines (a cluster's
 nodes, a workstation and a server) keeps the plans of each: a process uses its machine's entry
 (a machine not in the file yet times everything, without a warning), and writes that entry only,
-last, keeping the others; the file keeps the ``CACHE_MACHINES`` entries written last. A cache
-that is corrupt or of another schema is ignored whole with a warning, and replaced at the next
-write. A cached choice is verified again in each process before it is used, and where the race
+last, keeping the others; the file keeps the ``CACHE_MACHINES`` entries written last. The
+default file is one per schema (``auto-plans-5.json``), so versions of nnbench that plan
+differently keep separate files; a cache that is corrupt or of another schema (a file named in
+``$NNBENCH_AUTO_CACHE`` that two versions share) is ignored whole with a warning, and replaced
+at the next write. A cached choice is verified again in each process before it is used, and where the race
 had left it finalists, those of them that still pass verification go on trial with it again on
 the key's first calls (the race is not run again): a choice settled in a busy moment of the
 machine is put right in the next process, not kept for good. The key is the pass, the case

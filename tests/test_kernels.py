@@ -228,29 +228,71 @@ def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, cas
               ops.reference(pass_), integer=True)  # fmt: skip
 
 
-#: 'same' cases whose horizontal padding is wider than the image (pw > w: the shifted runs
-#: reach more than one row past an image), and single-pixel images.
-WIDE_PADDING_CASES = [ConvCase((2, 2, 3, 2), (3, 2, 7, 7), 3), ConvCase((3, 2, 1, 1), (4, 2, 3, 3), 1),
-                      ConvCase((2, 1, 2, 3), (5, 1, 5, 9), 4)]  # fmt: skip
+#: Per-image cases at the edges of the shifted runs: horizontal padding wider than the image
+#: (pw > w: a run reaches more than one row past an image), single-pixel images, rows of
+#: another height than the image's (oh != h), and an input gradient whose correlation has a
+#: vertical pad of -2 (a 1x5 kernel: the windowed copy instead). Enough channels that no
+#: pass swaps image and taps (section 5.6), which would leave the per-image route.
+PER_IMAGE_EDGE_CASES = [ConvCase((2, 20, 3, 2), (20, 20, 7, 7), 3),
+                        ConvCase((3, 30, 1, 1), (30, 30, 3, 3), 1),
+                        ConvCase((2, 16, 2, 3), (16, 16, 5, 9), 4),
+                        ConvCase((2, 3, 4, 6), (4, 3, 1, 5), 2)]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", WIDE_PADDING_CASES, ids=lambda case: case.id)
-def test_im2col_per_image_route_with_padding_wider_than_the_image(case, monkeypatch):
-    """Per image, every pass is exact where a shifted run wraps past more than one row: the
-    guard rows of the padded buffer hold the reads, the wrapped terms are zeroed."""
+@pytest.mark.parametrize("col2im", [False, True], ids=["correlate", "col2im"])
+@pytest.mark.parametrize("case", PER_IMAGE_EDGE_CASES, ids=lambda case: case.id)
+def test_im2col_per_image_route_at_its_edges(case, col2im, monkeypatch):
+    """Per image, every pass is exact at the edges of the shifted runs (see the cases): the
+    guard rows of the padded buffer hold the reads, the wrapped terms are zeroed, and where the
+    shift does not apply the windowed copy takes over."""
     from kernels import backend_im2col
 
     if "im2col" not in BACKENDS:
         pytest.skip("im2col is not available")
     monkeypatch.setattr(backend_im2col, "IMAGES_MIN_OUTPUTS", 0)
     monkeypatch.setattr(backend_im2col, "IMAGES_SUM_RATIO", 0)
-    monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0)
+    monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0 if col2im else 10**9)
     case = case.with_dtype("float64")
     ops = operands(case, integer=True)
     for pass_ in PASSES:
         actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
         check(f"{pass_} (im2col, per image)", "im2col", case, pass_, actual,
               ops.reference(pass_), integer=True)  # fmt: skip
+
+
+def test_im2col_per_image_gemms_in_slices_release_the_gil(monkeypatch):
+    """Split over 2 threads in the smallest chunks, no per-image (stacked) GEMM of a slice has
+    so few outputs that numpy would keep the GIL through it: each chunk holds enough images
+    (here 4 for the forward's 144 outputs per image, 2 for col2im's 324, 14 for the weight
+    gradient's 36)."""
+    from kernels import _profile, backend_im2col
+
+    if "im2col" not in BACKENDS:
+        pytest.skip("im2col is not available")
+    monkeypatch.setattr(backend_im2col, "IMAGES_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(backend_im2col, "IMAGES_SUM_RATIO", 0)
+    monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0)
+    monkeypatch.setattr(backend_im2col, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
+    monkeypatch.setattr(threads, "budget", lambda: 2)
+    outputs = []
+    matmul = _profile.matmul
+
+    def recorded(a, b, out=None):
+        result = matmul(a, b, out=out)
+        if max(a.ndim, b.ndim) == 3:
+            outputs.append(result.size)
+        return result
+
+    monkeypatch.setattr(_profile, "matmul", recorded)
+    case = ConvCase((16, 1, 6, 6), (4, 1, 3, 3), 1, "float64")  # no pass swapped (5.6)
+    ops = operands(case, integer=True)
+    for pass_ in PASSES:
+        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
+        check(f"{pass_} (im2col, small chunks)", "im2col", case, pass_, actual,
+              ops.reference(pass_), integer=True)  # fmt: skip
+    assert len(outputs) >= len(PASSES) * 2  # every pass split, per image
+    assert min(outputs) > threads.NUMPY_GIL_OUTPUTS
 
 
 def test_im2col_per_thread_buffers_grow_for_a_longer_chunk():
