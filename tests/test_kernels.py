@@ -220,11 +220,17 @@ def test_im2col_gives_the_exact_result_in_each_column_layout(layout, col2im, cas
     monkeypatch.setattr(backend_im2col, "IMAGES_MIN_OUTPUTS", 0 if images else 10**9)
     monkeypatch.setattr(backend_im2col, "IMAGES_SUM_RATIO", 0)
     monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0 if col2im else 10**9)
+    _check_im2col_exact(case, layout)
+
+
+def _check_im2col_exact(case: ConvCase, label: str) -> None:
+    """Every pass of ``case`` through im2col (as the test has set it up): exact on integer
+    float64 inputs."""
     case = case.with_dtype("float64")
     ops = operands(case, integer=True)
     for pass_ in PASSES:
         actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
-        check(f"{pass_} (im2col, {layout})", "im2col", case, pass_, actual,
+        check(f"{pass_} (im2col, {label})", "im2col", case, pass_, actual,
               ops.reference(pass_), integer=True)  # fmt: skip
 
 
@@ -252,12 +258,7 @@ def test_im2col_per_image_route_at_its_edges(case, col2im, monkeypatch):
     monkeypatch.setattr(backend_im2col, "IMAGES_MIN_OUTPUTS", 0)
     monkeypatch.setattr(backend_im2col, "IMAGES_SUM_RATIO", 0)
     monkeypatch.setattr(backend_im2col, "COL2IM_COST", 0 if col2im else 10**9)
-    case = case.with_dtype("float64")
-    ops = operands(case, integer=True)
-    for pass_ in PASSES:
-        actual = CALLS[pass_](*ops.arguments(pass_), case.padding, "im2col")
-        check(f"{pass_} (im2col, per image)", "im2col", case, pass_, actual,
-              ops.reference(pass_), integer=True)  # fmt: skip
+    _check_im2col_exact(case, "per image")
 
 
 def test_im2col_per_image_gemms_in_slices_release_the_gil(monkeypatch):
