@@ -334,6 +334,59 @@ def test_the_replay_shares_memory_where_the_call_did(backend, pass_, case):
         assert layout(operands(ran))[0]
 
 
+#: A batch that splits into many slices of several chunks each (see the test below).
+SPLIT = bench.BenchCase("recipe", "split", (16, 8, 12, 12), (8, 8, 3, 3), 1)
+
+
+@pytest.mark.parametrize("backend", ["im2col", "loop", "fft", "winograd"])
+@pytest.mark.parametrize("pass_", bench.PASSES)
+def test_no_thread_of_a_section_writes_what_another_touches(backend, pass_, monkeypatch):
+    """Cut into 8 slices of one-image chunks: within a parallel section, no GEMM output of
+    one thread overlaps an operand of another, in the call and in its replay. The replay lays
+    out its operands by where the call's lay, across the whole call (``_operands``): memory
+    that one thread freed and another then took would become one region there, written by
+    threads running side by side, and the bound would be timed with cache lines bouncing
+    between cores. Run as on many cores here, the call leaves no such region."""
+    from kernels import threads
+
+    monkeypatch.setattr(threads, "budget", lambda: 8)
+    monkeypatch.setattr(threads, "THREAD_COST_ELEMENTS", 1e-9)
+    monkeypatch.setattr(threads, "NUMPY_GIL_OUTPUTS", 0)
+    module = kernels.get(backend).module if backend in kernels.available() else None
+    if hasattr(module, "CHUNK_BYTES"):
+        monkeypatch.setattr(module, "CHUNK_BYTES", 1)
+    ran, replayed = _ran_and_replayed(backend, SPLIT, pass_)
+    for name, profile in (("call", ran), ("replay", replayed)):
+        spans = _spans_by_section(profile)
+        conflicts = [
+            (section, writer, other)
+            for section, ops in spans.items()
+            for writer in ops
+            if writer[1] == "out"
+            for other in ops
+            if other[0] != writer[0] and other[2] < writer[3] and writer[2] < other[3]
+        ]
+        assert not conflicts, f"{name}: {conflicts[:3]}"
+    if pass_ == "grad_kernels" or backend == "fft":  # every such pass splits
+        assert any(len({op[0] for op in ops}) > 2 for ops in _spans_by_section(ran).values())
+
+
+def _spans_by_section(profile) -> dict[int, list[tuple]]:
+    """(thread, role, first byte, end byte) of every GEMM operand run in a parallel section."""
+    from kernels import _profile
+
+    spans: dict[int, list[tuple]] = {}
+    for gemm in profile.gemms:
+        if gemm.section == 0:
+            continue
+        roles = zip(("a", "b", "out"), (gemm.a, gemm.b, gemm.out), gemm.addresses)
+        for role, spec, address in roles:
+            if spec is not None and address is not None:
+                span = (gemm.thread, role, *_profile._span(spec, address))
+                spans.setdefault(gemm.section, []).append(span)
+    return spans
+
+
 def _ran_and_replayed(backend: str, case, pass_: str):
     """The profiles of one call of ``backend`` on ``case`` and of its GEMMs' replay (skips a
     backend that does not run here)."""
