@@ -1101,6 +1101,18 @@ def test_auto_is_judged_on_paired_rounds_where_they_timed_itself_and_the_fastest
     assert table["its median (ms)"].to_numpy() == pytest.approx(1.0)
     measured = metrics.auto_vs_fastest(frame, column)
     assert measured.value == pytest.approx(1.1) and "paired 9" in measured.detail
+    assert "auto ran the fastest backend in 9 of 9, largest where it did 1.10× (" in (
+        measured.detail
+    )
+    assert "ran another" not in measured.detail
+
+    # where auto ran another backend than the fastest, the detail says which, apart
+    for record in [r for r in records if r["extra_info"]["backend"] == "auto"][:2]:
+        record["extra_info"]["auto_choice"] = "im2col"
+    detail = metrics.auto_vs_fastest(frame_of(write_run(workdir / "other.json", records)), column)
+    assert "auto ran the fastest backend in 7 of 9, largest where it did 1.10× (" in detail.detail
+    assert "largest where it ran another 1.10× (" in detail.detail
+    assert "im2col against torch)" in detail.detail
 
     # rounds without the suite's fastest backend (torch given up): the separate records count
     partial = {name: times for name, times in rounds.items() if name != "torch"}

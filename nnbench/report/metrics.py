@@ -458,6 +458,17 @@ def auto_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> 
         f"largest at {worst['case']} {worst['pass']}, over {len(table)} (case, pass); timed "
         + ", ".join(f"{how} {count}" for how, count in timed.items())
     )
+    # Where auto ran the fastest backend itself, its ratio is the resolution of the measurement
+    # (as the control's); where it ran another, the cost of its choice.
+    itself = table["auto ran"] == table["fastest single backend"]
+    detail += f"; auto ran the fastest backend in {int(itself.sum())} of {len(table)}"
+    for where, rows in (("where it did", table[itself]), ("where it ran another", table[~itself])):
+        if not rows.empty:
+            top = rows.loc[rows["auto / fastest"].idxmax()]
+            detail += (
+                f", largest {where} {tables.times(top['auto / fastest'])} "
+                f"({top['case']} {top['pass']}, {top['auto ran']} against {top['fastest single backend']})"
+            )
     tried = table[table["trial"] != "—"]
     if not tried.empty:
         changed = int(tried["trial"].str.startswith("from ").sum())
