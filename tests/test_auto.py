@@ -494,8 +494,10 @@ def test_candidates_are_raced_and_the_finalists_timed_again(monkeypatch):
 
     order = []
     script = {
-        "slow": iter([1.0]),  # over GIVE_UP_FACTOR x the fastest first call: given up
-        "far": iter([0.003] + [0.0028] * 100),  # under it, but over CLOSE_FACTOR x: not a finalist
+        "slow": iter([1.0, 1.0]),  # twice over GIVE_UP_FACTOR x the fastest first call: given up
+        # a stall on its first call only, then under the factor but over CLOSE_FACTOR x: timed,
+        # not a finalist
+        "far": iter([1.0, 0.003] + [0.0028] * 100),
         "a": iter([0.002] * (1 + auto.REPEATS) + [0.0011] * 100),  # faster in the later rounds
         "b": iter([0.002] * (1 + auto.REPEATS) + [0.0019] * 100),
     }
@@ -513,9 +515,10 @@ def test_candidates_are_raced_and_the_finalists_timed_again(monkeypatch):
     seconds, finalists = auto._race(calls)
     assert seconds["slow"] is None and finalists == ["a", "b"]
     assert order[:4] == ["slow", "far", "a", "b"]  # the first call of each screens
-    rounds = order[4 : 4 + 3 * auto.REPEATS]
+    assert order[4:6] == ["slow", "far"]  # a second call of each over the factor: one more try
+    rounds = order[6 : 6 + 3 * auto.REPEATS]
     assert all(sorted(rounds[i : i + 3]) == ["a", "b", "far"] for i in range(0, len(rounds), 3))
-    again = order[4 + 3 * auto.REPEATS :]
+    again = order[6 + 3 * auto.REPEATS :]
     per_round = 0.002 + 0.002  # the finalists' medians after the first REPEATS rounds
     expected = min(auto.MAX_REPEATS - auto.REPEATS, math.ceil(auto.TIMING_SECONDS / per_round))
     assert again.count("a") == again.count("b") == max(auto.REPEATS, expected)
