@@ -1113,6 +1113,12 @@ def test_auto_is_judged_on_paired_rounds_where_they_timed_itself_and_the_fastest
     assert "auto ran the fastest backend in 7 of 9, largest where it did 1.10× (" in detail.detail
     assert "largest where it ran another 1.10× (" in detail.detail
     assert "im2col against torch)" in detail.detail
+    # a record made before auto's choice was recorded counts in neither
+    [r for r in records if r["extra_info"]["backend"] == "auto"][-1]["extra_info"].pop(
+        "auto_choice"
+    )
+    detail = metrics.auto_vs_fastest(frame_of(write_run(workdir / "older.json", records)), column)
+    assert "auto ran the fastest backend in 6 of 8," in detail.detail
 
     # rounds without the suite's fastest backend (torch given up): the separate records count
     partial = {name: times for name, times in rounds.items() if name != "torch"}

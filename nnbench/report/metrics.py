@@ -439,7 +439,8 @@ def auto_choices(frame: pd.DataFrame, column: str) -> pd.DataFrame:
         a = auto.iloc[0]
         row = _against_fastest(a, single, failed)
         if row is not None:
-            ran, race = a["auto_choice"] or "—", a["auto_race"]
+            choice, race = a["auto_choice"], a["auto_race"]
+            ran = choice if isinstance(choice, str) and choice else "—"  # None or NaN: unknown
             trial = "—" if not isinstance(race, str) else "kept" if race == ran else f"from {race}"
             table.append(
                 {"suite": suite, "case": label, "pass": pass_, "auto ran": ran, "trial": trial}
@@ -460,9 +461,13 @@ def auto_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> 
     )
     # Where auto ran the fastest backend itself, its ratio is the resolution of the measurement
     # (as the control's); where it ran another, the cost of its choice.
-    itself = table["auto ran"] == table["fastest single backend"]
-    detail += f"; auto ran the fastest backend in {int(itself.sum())} of {len(table)}"
-    for where, rows in (("where it did", table[itself]), ("where it ran another", table[~itself])):
+    known = table["auto ran"] != "—"  # records made before auto's choice was recorded: unknown
+    itself = known & (table["auto ran"] == table["fastest single backend"])
+    detail += f"; auto ran the fastest backend in {int(itself.sum())} of {int(known.sum())}"
+    for where, rows in (
+        ("where it did", table[itself]),
+        ("where it ran another", table[known & ~itself]),
+    ):
         if not rows.empty:
             top = rows.loc[rows["auto / fastest"].idxmax()]
             detail += (
