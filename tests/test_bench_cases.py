@@ -356,8 +356,8 @@ def test_no_thread_of_a_section_writes_what_another_touches(backend, pass_, monk
     if hasattr(module, "CHUNK_BYTES"):
         monkeypatch.setattr(module, "CHUNK_BYTES", 1)
     ran, replayed = _ran_and_replayed(backend, SPLIT, pass_)
-    for name, profile in (("call", ran), ("replay", replayed)):
-        spans = _spans_by_section(profile)
+    in_call = _spans_by_section(ran)
+    for name, spans in (("call", in_call), ("replay", _spans_by_section(replayed))):
         conflicts = [
             (section, writer, other)
             for section, ops in spans.items()
@@ -368,7 +368,7 @@ def test_no_thread_of_a_section_writes_what_another_touches(backend, pass_, monk
         ]
         assert not conflicts, f"{name}: {conflicts[:3]}"
     if pass_ == "grad_kernels" or backend == "fft":  # every such pass splits
-        assert any(len({op[0] for op in ops}) > 2 for ops in _spans_by_section(ran).values())
+        assert any(len({op[0] for op in ops}) > 2 for ops in in_call.values())
 
 
 def _spans_by_section(profile) -> dict[int, list[tuple]]:

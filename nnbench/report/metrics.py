@@ -471,8 +471,8 @@ def auto_vs_fastest(frame: pd.DataFrame, column: str, backend: str = "auto") -> 
         if not rows.empty:
             top = rows.loc[rows["auto / fastest"].idxmax()]
             detail += (
-                f", largest {where} {tables.times(top['auto / fastest'])} "
-                f"({top['case']} {top['pass']}, {top['auto ran']} against {top['fastest single backend']})"
+                f", largest {where} {tables.times(top['auto / fastest'])} ({top['case']} "
+                f"{top['pass']}, {top['auto ran']} against {top['fastest single backend']})"
             )
     tried = table[table["trial"] != "—"]
     if not tried.empty:
