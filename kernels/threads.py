@@ -336,8 +336,11 @@ _POOL = _Pool()
 def _after_fork_in_child() -> None:
     # The parent's pool threads do not exist in the child: their locks would wait forever.
     # A hold on the BLAS taken by a parent thread would never be released here: undo it.
+    # Forked from inside a slice (a pool thread's, or the caller's own), the child is no
+    # longer in one: the slices of that call stay in the parent, so its calls split again.
     global _POOL, _blas_lock, _blas_generation
     _POOL = _Pool()
+    _inside.active = False
     _blas_lock = threading.Lock()
     _blas_generation += 1
     if _blas_holds:

@@ -294,6 +294,38 @@ def test_split_calls_work_in_a_forked_child(two_threads):
     assert queue.get(timeout=5) == [(0, 1), (1, 2)]
 
 
+def _threads_in_child(queue) -> None:
+    threads.THREAD_COST_ELEMENTS = 1e-9
+    seen = set()
+    threads.run(lambda item: (time.sleep(0.05), seen.add(threading.get_ident())), [0, 1])
+    queue.put(len(seen))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.skipif(threads.CORES < 2, reason="needs two cores")
+def test_a_child_forked_inside_a_slice_splits_its_own_calls(two_threads):
+    """A process forked from a pool thread is not inside a slice of its own: its calls use
+    a pool of their own, not the one-after-the-other path of a nested call."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    exitcodes = []
+
+    def fork_here(item: int) -> None:
+        if item == 1:  # on the pool's thread
+            child = context.Process(target=_threads_in_child, args=(queue,))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                child.start()
+            child.join(timeout=60)
+            if child.is_alive():
+                child.kill()
+            exitcodes.append(child.exitcode)
+
+    threads.run(fork_here, [0, 1])
+    assert exitcodes == [0]
+    assert queue.get(timeout=5) == 2  # its two items ran on two threads
+
+
 class _InterruptOnce:
     """A worker's done lock whose first wait is interrupted (as by Ctrl-C)."""
 
