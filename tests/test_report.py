@@ -795,6 +795,7 @@ def test_runs_side_by_side_one_column_per_machine_and_threads(two_machine_report
     assert {row["threads"] for row in oversubscribed} == {"16→32"}
     glance = _section(text, "## At a glance")
     assert "**Mixed sources**" in glance and "2 machines" in glance
+    assert "BLAS kernels narrower" not in glance  # no CPU flags recorded: nothing to judge
     # The SGEMM peak says which BLAS kernels and which machine it was measured with.
     assert "Haswell kernels" in glance and "SkylakeX kernels" in glance
     assert "Small Xeon 2c · 2 thr: 429 GFLOP/s with OpenBLAS 0.3.30 (Haswell kernels)" in glance
@@ -1539,6 +1540,92 @@ def test_the_report_says_when_the_code_changed_since_a_run(tmp_path):
     glance = _section((out / "REPORT.md").read_text(encoding="utf-8"), "## At a glance")
     assert "**Code changed since these runs**" in glance
     assert f"`old.json` ({old[:7]} → {head[:7]})" in glance
+
+
+AVX512 = ["sse2", "avx", "avx2", "fma", "avx512f", "avx512bw"]
+AVX2 = ["sse2", "avx", "avx2", "fma"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "arch", "coretype", "expected"),
+    [
+        pytest.param(
+            AVX512, "Haswell", "Haswell",
+            "OpenBLAS ran its Haswell kernels (AVX2) on a CPU with AVX-512 "
+            "(`OPENBLAS_CORETYPE=Haswell` was set)",
+            id="avx512-cpu-haswell-set",
+        ),
+        pytest.param(
+            AVX512, "Zen", None, "OpenBLAS ran its Zen kernels (AVX2) on a CPU with AVX-512",
+            id="avx512-cpu-zen-detected",
+        ),
+        pytest.param(
+            AVX2, "Sandybridge", None,
+            "OpenBLAS ran its Sandybridge kernels (AVX) on a CPU with AVX2",
+            id="avx2-cpu-sandybridge",
+        ),
+        pytest.param(AVX512, "SkylakeX", None, None, id="avx512-cpu-skylakex"),
+        pytest.param(AVX2, "Haswell", "Haswell", None, id="avx2-cpu-haswell"),
+        pytest.param(AVX2, "SkylakeX", None, None, id="wider-kernels-than-flags"),
+        pytest.param(AVX512, "Neoverse", None, None, id="unknown-kernel-set"),
+        pytest.param(None, "Haswell", None, None, id="no-flags-recorded"),
+    ],
+)  # fmt: skip
+def test_narrow_blas_names_kernels_narrower_than_the_cpu(flags, arch, coretype, expected):
+    info = machine(arch=arch) | {"cpu": {"flags": flags} if flags is not None else {}}
+    info["environment"] = {**info.get("environment", {}), "OPENBLAS_CORETYPE": coretype}
+    assert provenance.narrow_blas(info) == expected
+
+
+def test_the_report_warns_of_blas_kernels_narrower_than_the_cpu(tmp_path):
+    """A run whose CPU has AVX-512 and whose OpenBLAS ran Haswell's kernels gets a warning
+    naming its column; a run of the same CPU on SkylakeX's kernels gets none."""
+    nnbench = machine(arch="Haswell")
+    nnbench["environment"] = {**nnbench.get("environment", {}), "OPENBLAS_CORETYPE": "Haswell"}
+    narrow = write_run(
+        tmp_path / "narrow.json",
+        [sgemm_record(median=0.08), *recipe_records()],
+        machine_info={"cpu": {"brand_raw": "x", "count": 2, "flags": AVX512}, "nnbench": nnbench},
+    )
+    wide = write_run(
+        tmp_path / "wide.json",
+        [sgemm_record(median=0.04), *recipe_records()],
+        machine_info={
+            "cpu": {"brand_raw": "x", "count": 2, "flags": AVX512},
+            "nnbench": machine(arch="SkylakeX"),
+        },
+    )
+    build([narrow, wide], tmp_path / "out", no_run=True)
+    glance = _section(
+        (tmp_path / "out" / "REPORT.md").read_text(encoding="utf-8"), "## At a glance"
+    )
+    warnings = [line for line in glance.splitlines() if "BLAS kernels narrower" in line]
+    assert len(warnings) == 1, warnings
+    assert "in Small Xeon 2c · Haswell BLAS (every thread count):" in warnings[0]
+    assert "SkylakeX BLAS" not in warnings[0]
+    assert "(`OPENBLAS_CORETYPE=Haswell` was set)" in warnings[0]
+    assert "each column's SGEMM peak is given above" in warnings[0]
+
+
+def test_cpus_of_one_name_but_another_family_or_model_get_columns_of_their_own(tmp_path):
+    """A cloud VM's CPU may say only 'AMD EPYC' on two generations: runs of the same name and
+    BLAS kernels merge only where the recorded family and model agree too."""
+
+    def run(name: str, family: int, model: int) -> Path:
+        cpu = {"brand_raw": "x", "count": 2, "family": family, "model": model}
+        return write_run(
+            tmp_path / name, recipe_records(), machine_info={"cpu": cpu, "nnbench": machine()}
+        )
+
+    zen3, zen5, zen5_again = run("a.json", 25, 1), run("b.json", 26, 2), run("c.json", 26, 2)
+    frame = frame_of(zen3, zen5, zen5_again)
+    assert tables.column_order(frame) == [
+        "Small Xeon 2c (family 25 model 1) · 2 thr",
+        "Small Xeon 2c (family 26 model 2) · 2 thr",
+    ]
+    newer = frame[frame["column"] == "Small Xeon 2c (family 26 model 2) · 2 thr"]
+    assert set(newer["run"]) == {"c.json"}  # b and c merged, the later run's records kept
+    assert tables.column_order(frame_of(zen5, zen5_again)) == ["Small Xeon 2c · 2 thr"]
 
 
 def test_runs_of_changed_code_get_a_column_of_their_own(tmp_path):

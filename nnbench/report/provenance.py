@@ -56,6 +56,17 @@ def machine_label(machine: dict) -> str:
     return f"{short_cpu(machine.get('cpu_model'))}, {machine.get('cores', '?')} cores"
 
 
+def cpu_identity(machine: dict) -> str:
+    """'family 26 model 2' (py-cpuinfo's, which pytest-benchmark records), '' where not
+    recorded. A cloud VM's CPU often says only 'AMD EPYC': two generations of it (one with
+    AVX-512, one without) are told apart by this."""
+    cpu = machine.get("cpu") if isinstance(machine.get("cpu"), dict) else {}
+    family, model = cpu.get("family"), cpu.get("model")
+    if family is None or model is None:
+        return ""
+    return f"family {family} model {model}"
+
+
 def blas_architectures(machine: dict) -> tuple[str, ...]:
     threads = machine.get("threads") if isinstance(machine.get("threads"), dict) else {}
     pools = threads.get("blas") or []
@@ -75,6 +86,58 @@ def blas_kernels(machine: dict) -> str:
     return ", ".join(names) + (f" ({'/'.join(arch)} kernels)" if arch else "")
 
 
+#: The widest vector instructions each of OpenBLAS's kernel sets uses (threadpoolctl's
+#: ``architecture``, lower case). A set not named here is not judged.
+OPENBLAS_ISA = {
+    "sapphirerapids": "AVX-512",
+    "cooperlake": "AVX-512",
+    "skylakex": "AVX-512",
+    "haswell": "AVX2",
+    "zen": "AVX2",
+    "sandybridge": "AVX",
+    "bulldozer": "AVX",
+    "piledriver": "AVX",
+    "steamroller": "AVX",
+    "excavator": "AVX",
+}
+#: Vector instruction sets, widest first, each with the CPU flag that says a CPU has it.
+ISA_FLAGS = (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"))
+
+
+def cpu_isa(machine: dict) -> str | None:
+    """The widest of ``ISA_FLAGS`` that a run's CPU has (py-cpuinfo's flags, which
+    pytest-benchmark records); None where its flags were not recorded or it has none."""
+    cpu = machine.get("cpu") if isinstance(machine.get("cpu"), dict) else {}
+    flags = cpu.get("flags")
+    if not isinstance(flags, list):
+        return None
+    present = {str(flag).lower() for flag in flags}
+    return next((isa for isa, flag in ISA_FLAGS if flag in present), None)
+
+
+def narrow_blas(machine: dict) -> str | None:
+    """Where numpy's OpenBLAS ran a kernel set for narrower vector instructions than the CPU
+    has: 'OpenBLAS ran its Haswell kernels (AVX2) on a CPU with AVX-512
+    (`OPENBLAS_CORETYPE=Haswell` was set)'; None where it did not, or it cannot be told."""
+    isa = cpu_isa(machine)
+    if isa is None:
+        return None
+    order = [name for name, _ in ISA_FLAGS]
+    narrow = [
+        (arch, OPENBLAS_ISA[arch.lower()])
+        for arch in blas_architectures(machine)
+        if arch.lower() in OPENBLAS_ISA
+        and order.index(OPENBLAS_ISA[arch.lower()]) > order.index(isa)
+    ]
+    if not narrow:
+        return None
+    kernels = " and ".join(f"{arch} kernels ({used})" for arch, used in narrow)
+    text = f"OpenBLAS ran its {kernels} on a CPU with {isa}"
+    environment = machine.get("environment")
+    coretype = environment.get("OPENBLAS_CORETYPE") if isinstance(environment, dict) else None
+    return text + (f" (`OPENBLAS_CORETYPE={coretype}` was set)" if coretype else "")
+
+
 def _library(name: object) -> str:
     return {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(str(name), str(name))
 
@@ -91,7 +154,8 @@ def run_threads(machine: dict) -> int | None:
 
 @dataclass(frozen=True)
 class Column:
-    """One column of the side-by-side tables: a machine at a thread count. Runs of old code
+    """One column of the side-by-side tables: a machine (CPU, its family and model, BLAS kernels)
+    at a thread count. Runs of old code
     (code changed since, or records without verdicts: the code before the verification core)
     also carry their commit, so they never merge with runs of the code at HEAD."""
 
@@ -100,9 +164,14 @@ class Column:
     blas: tuple[str, ...] = ()
     old_commit: str | None = None  # records without verdicts, of this commit
     changed_commit: str | None = None  # records of this commit, whose code differs at HEAD
+    cpu: str = ""  # ``cpu_identity``: CPUs of one name but another generation never merge
 
-    def label(self, with_blas: bool = False, with_threads: bool = True) -> str:
+    def label(
+        self, with_blas: bool = False, with_threads: bool = True, with_cpu: bool = False
+    ) -> str:
         text = self.machine.replace(" cores", "c").replace(",", "")
+        if with_cpu and self.cpu:
+            text += f" ({self.cpu})"
         if with_threads:
             text += " · " + ("? thr" if self.threads is None else f"{self.threads} thr")
         if with_blas and self.blas:
@@ -121,6 +190,7 @@ class Column:
             int(cores.group(1)) if cores else 0,
             self.machine,
             self.threads or 0,
+            self.cpu,
             self.blas,
             self.old_commit or "",
             self.changed_commit or "",
@@ -129,13 +199,23 @@ class Column:
 
 def column_labels(columns, with_threads: bool = True) -> dict[Column, str]:
     """A unique label per column, in column order; the BLAS kernels are named where the machine
-    alone does not tell two columns apart."""
+    alone does not tell two columns apart, and the CPU's family and model where that does not
+    either."""
     columns = sorted(set(columns), key=lambda c: c.sort_key)
-    plain = [c.label(with_threads=with_threads) for c in columns]
-    return {
-        c: c.label(with_blas=plain.count(text) > 1, with_threads=with_threads)
-        for c, text in zip(columns, plain)
-    }
+    alike: dict[str, list[Column]] = {}  # columns of one plain label differ in BLAS or CPU
+    for column in columns:
+        alike.setdefault(column.label(with_threads=with_threads), []).append(column)
+    labels = {}
+    for same in alike.values():
+        with_blas = len({c.blas for c in same}) > 1
+        for column in same:
+            rivals = [c for c in same if c.blas == column.blas or not with_blas]
+            labels[column] = column.label(
+                with_blas=with_blas,
+                with_threads=with_threads,
+                with_cpu=len({c.cpu for c in rivals}) > 1,
+            )
+    return {column: labels[column] for column in columns}
 
 
 # --- the code a run measured -----------------------------------------------------------------

@@ -332,6 +332,7 @@ def _at_a_glance(ctx: Context) -> list[str]:
     lines += _fastest_lines(ctx)
     lines += _crossover_lines(ctx)
     lines += _peak_lines(ctx)
+    lines += _narrow_blas_lines(ctx)
     lines += _provenance_warnings(ctx)
     out = ["## At a glance", "", *[f"- {line}" for line in lines if line], ""]
     table = metrics.fastest(ctx.frame)
@@ -492,6 +493,33 @@ def _peak_lines(ctx: Context) -> list[str]:
         )
         + ". It is a reference, not a ceiling: torch and the FFT run other kernels and can pass "
         "it."
+    ]
+
+
+def _narrow_blas_lines(ctx: Context) -> list[str]:
+    """A warning for each column whose numpy GEMMs ran OpenBLAS kernels for narrower vector
+    instructions than its CPU has (``provenance.narrow_blas``): an environment setting, or an
+    OpenBLAS that does not know the CPU, and every numpy backend there runs below what the CPU
+    allows (on a 2-core AMD EPYC with AVX-512, Haswell's kernels ran numpy's SGEMM at about
+    half the rate of SkylakeX's)."""
+    if ctx.frame.empty:
+        return []
+    found: dict[str, list[str]] = {}
+    for run in ctx.material.inputs.benchmark_runs:
+        text = provenance.narrow_blas(run.machine)
+        if text is None:
+            continue
+        rows = ctx.frame[ctx.frame["run"] == run.run_id]
+        for machine in rows.sort_values("column_order")["machine"].unique():
+            if machine not in found.setdefault(text, []):
+                found[text].append(machine)
+    peaks = " (each column's SGEMM peak is given above)" if tables.sgemm_peaks(ctx.frame) else ""
+    return [
+        f"**BLAS kernels narrower than the CPU** in {'; '.join(machines)} (every thread count): "
+        f"{text}. numpy's GEMMs, and every numpy backend built on them, ran below what that CPU "
+        f"can do, while torch chose its kernels by what the CPU has{peaks}."
+        for text, machines in found.items()
+        if machines
     ]
 
 

@@ -209,7 +209,8 @@ def _quartiles(stats: dict) -> tuple[float, float]:
 
 
 def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Column]:
-    """(run id, record threads) -> the record's column. A run of code that has changed since
+    """(run id, record threads) -> the record's column: the machine (its CPU's name, cores, and
+    family and model where recorded), the threads and the BLAS kernels. A run of code that has changed since
     is tagged with its commit ("at <commit>"; a run of the old record schema: "old code
     <commit>"), so runs merge, and are judged together, only where they measured the same
     code. A run whose code cannot be compared (no commit recorded, or one this checkout lacks,
@@ -218,6 +219,7 @@ def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Co
     for run in runs:
         machine = provenance.machine_label(run.machine)
         blas = provenance.blas_architectures(run.machine)
+        cpu = provenance.cpu_identity(run.machine)
         commit, dirty, note = provenance.recorded_source(run.machine, run.commit)
         old = changed = None
         if run.old_schema:
@@ -228,7 +230,7 @@ def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Co
         for entry in run.records:
             threads = entry["extra_info"].get("threads") or default
             key = (run.run_id, threads)
-            found[key] = provenance.Column(machine, threads, blas, old, changed)
+            found[key] = provenance.Column(machine, threads, blas, old, changed, cpu)
     return found
 
 
