@@ -154,10 +154,10 @@ def run_threads(machine: dict) -> int | None:
 
 @dataclass(frozen=True)
 class Column:
-    """One column of the side-by-side tables: a machine (CPU, its family and model, BLAS kernels)
-    at a thread count. Runs of old code
-    (code changed since, or records without verdicts: the code before the verification core)
-    also carry their commit, so they never merge with runs of the code at HEAD."""
+    """One column of the side-by-side tables: a machine (its CPU, with family and model, and
+    its BLAS kernels) at a thread count. Runs of old code (code changed since, or records
+    without verdicts: the code before the verification core) also carry their commit, so they
+    never merge with runs of the code at HEAD."""
 
     machine: str
     threads: int | None

@@ -497,10 +497,10 @@ def _peak_lines(ctx: Context) -> list[str]:
 
 
 def _narrow_blas_lines(ctx: Context) -> list[str]:
-    """A warning for each column whose numpy GEMMs ran OpenBLAS kernels for narrower vector
-    instructions than its CPU has (``provenance.narrow_blas``): an environment setting, or an
-    OpenBLAS that does not know the CPU, and every numpy backend there runs below what the CPU
-    allows (on a 2-core AMD EPYC with AVX-512, Haswell's kernels ran numpy's SGEMM at about
+    """A warning naming the machines (all their thread counts) whose numpy GEMMs ran OpenBLAS
+    kernels for narrower vector instructions than their CPU has (``provenance.narrow_blas``):
+    an environment setting, or an OpenBLAS that does not know the CPU, and every numpy backend
+    there runs below what the CPU allows (on a 2-core AMD EPYC with AVX-512, Haswell's kernels ran numpy's SGEMM at about
     half the rate of SkylakeX's)."""
     if ctx.frame.empty:
         return []

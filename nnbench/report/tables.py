@@ -210,9 +210,9 @@ def _quartiles(stats: dict) -> tuple[float, float]:
 
 def _columns(runs: list[BenchmarkRun]) -> dict[tuple[str, object], provenance.Column]:
     """(run id, record threads) -> the record's column: the machine (its CPU's name, cores, and
-    family and model where recorded), the threads and the BLAS kernels. A run of code that has changed since
-    is tagged with its commit ("at <commit>"; a run of the old record schema: "old code
-    <commit>"), so runs merge, and are judged together, only where they measured the same
+    family and model where recorded), the threads and the BLAS kernels. A run of code that has
+    changed since is tagged with its commit ("at <commit>"; a run of the old record schema: "old
+    code <commit>"), so runs merge, and are judged together, only where they measured the same
     code. A run whose code cannot be compared (no commit recorded, or one this checkout lacks,
     as for a user's run outside git) stays in its machine's column; *Runs used* says so."""
     found = {}
