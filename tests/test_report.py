@@ -1579,7 +1579,7 @@ def test_narrow_blas_names_kernels_narrower_than_the_cpu(flags, arch, coretype, 
 
 def test_the_report_warns_of_blas_kernels_narrower_than_the_cpu(tmp_path):
     """A run whose CPU has AVX-512 and whose OpenBLAS ran Haswell's kernels gets a warning
-    naming its column; a run of the same CPU on SkylakeX's kernels gets none."""
+    naming its machine; a run of the same CPU on SkylakeX's kernels gets none."""
     nnbench = machine(arch="Haswell")
     nnbench["environment"] = {**nnbench.get("environment", {}), "OPENBLAS_CORETYPE": "Haswell"}
     narrow = write_run(

@@ -519,7 +519,6 @@ def _narrow_blas_lines(ctx: Context) -> list[str]:
         f"{text}. numpy's GEMMs, and every numpy backend built on them, ran below what that CPU "
         f"can do, while torch chose its kernels by what the CPU has{peaks}."
         for text, machines in found.items()
-        if machines
     ]
 
 
