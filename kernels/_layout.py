@@ -145,6 +145,39 @@ def pad_channels_first(
     return buffer
 
 
+def shared_border_grid(h: int, w: int, ph: int, pw: int, kh: int, kw: int) -> tuple[int, int]:
+    """Rows and columns per image of ``pad_shared_borders``' grid for a correlation of an
+    (h, w) image, padded by (ph, pw), with a (kh, kw) kernel: the rows and columns that
+    survive the padding (a negative pad crops) and one border of ph rows and pw columns, or
+    the output's rows and columns where there are more of those."""
+    rows, columns = h - 2 * max(0, -ph), w - 2 * max(0, -pw)
+    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    return max(rows + max(0, ph), oh), max(columns + max(0, pw), ow)
+
+
+def pad_shared_borders(
+    x: np.ndarray, ph: int, pw: int, grid: tuple[int, int], key: str
+) -> np.ndarray:
+    """x (n, d, h, w) zero-padded by (ph, pw) into a scratch buffer laid out (d, n + 1, Gh, Gw),
+    with (Gh, Gw) = ``grid`` from ``shared_border_grid``.
+
+    As ``pad_channels_first``, but neighbours share their zero border: each image row is
+    followed by pw zero columns, which are the left border of the next row too, and each image
+    by ph zero rows, the top border of the next image too. Flattened to (d, (n+1)*Gh*Gw), a
+    shift of the padded image by (u, v) is still a shift of the flat index by u*Gw + v: a read
+    past a row's right border lands in the next row's left border, which is zero, as the
+    padding would be, and likewise past an image's bottom. Per image (Gh*Gw) positions instead
+    of (h+2ph)*(w+2pw): 19% fewer at 8x8 with 3x3, 11% at 16x16. The last of the n + 1
+    images is left unwritten but for its zero border: reads from the last image's outputs
+    end in that border's top rows, as they would in a next image's.
+    """
+    n = x.shape[0]
+    src, rows, cols = _interior(x, ph, pw)
+    buffer = bordered(key, (x.shape[1], n + 1, *grid), x.dtype, rows, cols, h_axis=2)
+    buffer[:, :n, rows, cols] = src.transpose(1, 0, 2, 3)
+    return buffer
+
+
 def pad_images(x: np.ndarray, ph: int, pw: int, key: str) -> np.ndarray:
     """x (n, d, h, w) zero-padded by (ph, pw) into a scratch buffer laid out (n, d, Hp, Wp).
 

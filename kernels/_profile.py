@@ -1,7 +1,8 @@
 """Where a backend's time goes: stage timings and a record of its GEMMs, only while profiled.
 
 Backends mark their steps with ``with _profile.stage("layout"):`` (``"gemm"``, ``"col2im"``,
-``"reduction"``, ...) and call ``_profile.matmul`` for their GEMMs. Outside ``profiled()`` both
+``"reduction"``, ...) and call ``_profile.matmul`` for their GEMMs (``_profile.gemm_into`` for
+one that adds into its output, ``kernels._cblas``). Outside ``profiled()`` both
 cost one attribute lookup and nothing is recorded: the hot path stays as it is.
 
 Inside ``profiled()`` every stage adds its seconds (summed over the threads that ran it), and
@@ -32,7 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Profile", "matmul", "numbered", "profiled", "replay_plan", "stage"]
+from kernels import _cblas
+
+__all__ = ["Profile", "gemm_into", "matmul", "numbered", "profiled", "replay_plan", "stage"]
 
 #: Outputs up to this many elements are computed with ``np.dot``, which releases the GIL
 #: whatever the output's size (see the module docstring); its zero-fill is then negligible.
@@ -52,6 +55,9 @@ class Gemm:
     #: where a, b and out lay in memory (out: None when there was none), so that the replay
     #: lays its operands out as they were: one buffer where the call used one (``_operands``)
     addresses: tuple = ()
+    #: ``gemm_into``'s: out = a @ b, or out += a @ b where True (the C BLAS's beta = 1)
+    into: bool = False
+    accumulate: bool = False
 
 
 @dataclass
@@ -115,11 +121,25 @@ def _address(array: np.ndarray) -> int:
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)``, with the GIL released during the BLAS call (``np.dot``
     where the output is small, see the module docstring), recorded while a profile is active."""
-    profile = _active
-    if profile is None:
-        return _gemm(a, b, out)
+    if _active is not None:
+        _record(a, b, out)
+    return _gemm(a, b, out)
+
+
+def gemm_into(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool) -> None:
+    """``_cblas.gemm_into``: ``out = a @ b``, or ``out += a @ b`` in the same pass with
+    ``accumulate``; recorded while a profile is active."""
+    if _active is not None:
+        _record(a, b, out, into=True, accumulate=accumulate)
+    _cblas.gemm_into(a, b, out, accumulate)
+
+
+def _record(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, **kind: bool) -> None:
     from kernels import threads
 
+    profile = _active
+    if profile is None:
+        return
     libs = threads._blas()
     gemm = Gemm(
         getattr(_local, "section", 0),
@@ -129,10 +149,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         None if out is None else _describe(out),
         libs[0].num_threads if libs else 0,
         (_address(a), _address(b), None if out is None else _address(out)),
+        **kind,
     )
     with profile.lock:
         profile.gemms.append(gemm)
-    return _gemm(a, b, out)
 
 
 def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -279,20 +299,23 @@ def replay_plan(profile: Profile, seed: int = 0):
         if gemm.section == 0:
             if gemm.blas_threads == 1:
                 held.add(len(steps))
-            steps.append((0, [[ops]]))
+            steps.append((0, [[(gemm, ops)]]))
             continue
         if gemm.section not in by_section:
             by_section[gemm.section] = {}
             steps.append((gemm.section, []))
-        by_section[gemm.section].setdefault(gemm.thread, []).append(ops)
+        by_section[gemm.section].setdefault(gemm.thread, []).append((gemm, ops))
     plan = [
         (number, groups if number == 0 else list(by_section[number].values()), index in held)
         for index, (number, groups) in enumerate(steps)
     ]
 
     def run_group(group: list[tuple]) -> None:
-        for a, b, out in group:
-            matmul(a, b, out=out)  # recorded too when the replay itself is profiled
+        for gemm, (a, b, out) in group:  # recorded too when the replay itself is profiled
+            if gemm.into:
+                gemm_into(a, b, out, gemm.accumulate)
+            else:
+                matmul(a, b, out=out)
 
     def replay() -> None:
         for number, groups, one_thread in plan:

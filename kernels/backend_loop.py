@@ -8,13 +8,18 @@ that no step copies data. Every pass is a correlation (``kernels._layout``):
     grad_kernels  gk[:, :, kh-1-u, kw-1-v] = sum over (b, t, s) of gy * xpad shifted by (u, v)
 
 Loop over kernel offsets (kh*kw steps). The image is padded once into a channels-first
-buffer (d, n, Hp, Wp). Flattened to (d, N) with N = n*Hp*Wp, a shift of the image by (u, v) is
-a shift of the flat index by u*Wp + v, so the shifted image of the whole batch is the column
-slice ``flat[:, u*Wp+v : u*Wp+v+Q]``: a BLAS operand as it stands, no copy. Each offset is one
-GEMM taps[u, v] (c, d) @ slice (d, Q), accumulated on the padded grid; the flat positions that
-straddle a row or image border are computed and dropped (Hp*Wp/(oh*ow) - 1 extra work: 13% at
-32x32, 27% at 16x16, 56% at 8x8). For grad_kernels the output gradient is placed on the same
-grid (zeros elsewhere) and each offset is one GEMM gy (c, Q) @ slice^T (Q, d).
+buffer in which neighbouring rows and images share their zero border
+(``_layout.pad_shared_borders``: Gw = w + pw columns per row, Gh = h + ph rows per image, and
+one more image after the last, of which only the border is read). Flattened to (d, N), a shift of the image by (u, v) is a shift of the
+flat index by u*Gw + v, so the shifted image of the whole batch is the column slice
+``flat[:, u*Gw+v : u*Gw+v+Q]``: a BLAS operand as it stands, no copy. Each offset is one GEMM
+taps[u, v] (c, d) @ slice (d, Q) that adds into the output grid in the same pass (the C BLAS's
+beta = 1, ``kernels._cblas``; np.matmul would write each product to a buffer for a second
+pass to add). The flat positions of the borders are computed and dropped (Gh*Gw/(oh*ow) - 1
+extra work with 'same' 3x3: 6% at 32x32, 13% at 16x16, 27% at 8x8; a border on each side, as
+in a plainly padded image, would be twice that). For grad_kernels the output gradient is
+placed on the same grid (zeros elsewhere) and each offset is one GEMM gy (c, Q) @ slice^T
+(Q, d).
 
 Loop over output positions (oh*ow steps), for kernels larger than their output, as in the
 weight-gradient call of section 5.7. The image is padded channels-last (n, Hp, Wp, d); the
@@ -29,16 +34,19 @@ swapped by pseudo-commutativity (section 5.6) -- and runs the cheapest. The swap
 the padding is mostly zeros, as in the input gradient of a kernel larger than its output: the
 posed loop would run over every offset of a large, mostly zero, padded grid.
 
-Chunks and threads: the offset loops run per chunk of images (about ``CHUNK_BYTES`` of image,
-outputs and products on the padded grid, so they stay in a core's caches), the chunks shared out
-over the thread budget (``kernels.threads``, a single-threaded BLAS per thread, and no more
-threads than the work is worth); the weight gradient adds the chunks' parts. The kw offsets of
-one kernel row are one numpy call (their shifted images are one strided view), so a chunk makes
-a few numpy calls per kernel row, not per offset: each call holds the GIL briefly, and with many
-threads those moments are what the threads wait on.
+Chunks and threads: the offset loops run per chunk of images (about ``CHUNK_BYTES`` of image
+and outputs on the padded grid, so they stay in a core's caches), the chunks shared out over
+the thread budget (``kernels.threads``, a single-threaded BLAS per thread, and no more threads
+than the work is worth); the weight gradient adds the chunks' parts. Between its GEMMs a chunk
+holds the GIL briefly, and with many threads those moments are what the threads wait on: the
+correlation's GEMMs go through ctypes, which releases the GIL for each; in the weight gradient
+the kw offsets of one kernel row are one numpy call (their shifted images are one strided
+view), a few numpy calls per kernel row, not per offset.
 
-What bounds it: the GEMMs of the offset loop reduce over only d channels, which BLAS runs far
-below its peak, and each writes a whole (c, chunk) product that the row sums read again. Up to
+What bounds it: the GEMMs of the offset loop reduce over only d channels (c in the input
+gradient), which BLAS runs far below its peak, and each reads and writes the whole (c, chunk)
+grid it adds into. ``scripts/probe_loop_ceiling.py`` times the least GEMM work any loop over
+offsets hands the BLAS, against torch. Up to
 ``GEMV_CHANNELS`` input channels the weight gradient runs one GEMV per channel and offset
 instead of a (c, q) x (q, d) GEMM that thin. The benchmark suite records the time of the loop's
 own GEMMs alone (``gemm_bound_s``) and where the rest goes (``breakdown_s``: layout, gemm,
@@ -46,6 +54,8 @@ reduction); the report shows both.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -56,9 +66,10 @@ from kernels._layout import (
     embed_channels_first,
     grad_inputs_padding,
     grad_kernel_shape,
-    pad_channels_first,
     pad_channels_last,
+    pad_shared_borders,
     scratch,
+    shared_border_grid,
     taps_forward,
     taps_grad_inputs,
 )
@@ -85,15 +96,16 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     n, d, h, w = inputs.shape
     _, c, oh, ow = grad_outputs.shape
     kh, kw = grad_kernel_shape(inputs, grad_outputs, padding)
-    hp, wp = h + 2 * padding, w + 2 * padding
-    over_offsets = _cost(kh * kw, c * d * n * hp * wp)
+    wp = w + 2 * padding
+    gh, gw = shared_border_grid(h, w, padding, padding, kh, kw)
+    over_offsets = _cost(kh * kw, c * d * n * gh * gw)
     over_positions = _cost(oh * ow, c * d * n * ((kh - 1) * wp + kw))
     if over_offsets <= over_positions:
 
         def part(s: slice) -> np.ndarray:
             return _grad_kernels_over_offsets(inputs[s], grad_outputs[s], padding, kh, kw)
 
-        grid = (d + c) * hp * wp  # image and gradient on the padded grid
+        grid = (d + c) * gh * gw  # image and gradient on the padded grid
         chunk = threads.rows_per_chunk(grid, inputs.dtype, CHUNK_BYTES)
         return threads.sum_over_batch(part, n, n * grid * kh * kw, chunk)
     with threads.single_threaded_blas():
@@ -123,11 +135,13 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     c, _, kh, kw = taps.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     oh, ow = hp - kh + 1, wp - kw + 1
-    hs, ws = 2 * h + 2 * ph - kh, 2 * w + 2 * pw - kw  # the swapped image, padded
+    gh, gw = shared_border_grid(h, w, ph, pw, kh, kw)
+    ws = 2 * w + 2 * pw - kw  # the swapped image's padded width
+    swapped_grid = math.prod(shared_border_grid(kh, kw, h + ph - kh, w + pw - kw, h, w))
     plans = [
-        (_cost(kh * kw, c * d * n * hp * wp), False, _correlate_over_offsets),
+        (_cost(kh * kw, c * d * n * gh * gw), False, _correlate_over_offsets),
         (_cost(oh * ow, n * c * d * ((kh - 1) * wp + kw)), False, _correlate_over_positions),
-        (_cost(h * w, n * d * c * hs * ws), True, _correlate_over_offsets),
+        (_cost(h * w, n * d * c * swapped_grid), True, _correlate_over_offsets),
         (_cost(oh * ow, c * n * d * ((h - 1) * ws + w)), True, _correlate_over_positions),
     ]
     _, swap, method = min(plans, key=lambda plan: plan[0])
@@ -145,8 +159,7 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
             method(x, taps, ph, pw, result)
         return result
     weights = _offset_weights(taps)
-    # image, outputs, a kernel row's products and their sum, on the padded grid
-    grid = (d + (kw + 2) * c) * hp * wp
+    grid = (d + c) * gh * gw  # image and outputs on the padded grid
     batch = threads.whole_batch(n, n * grid, grid, x.dtype)
     if batch is not None:  # more cores than slices worth cutting: GEMMs on the BLAS's threads
         for lo in range(0, n, batch):
@@ -185,62 +198,55 @@ def _shifted_rows(padded: np.ndarray, u: int, kw: int, q: int) -> np.ndarray:
     )
 
 
+def _add_offsets(weights: np.ndarray, padded: np.ndarray, grid: np.ndarray, oh: int, ow: int):
+    """grid (c, n, Gh, Gw) = the sum over offsets (u, v) of weights[u, v] (c, d) @ the image
+    shifted by (u, v), from ``padded`` (d, n + 1, Gh, Gw, ``pad_shared_borders``): one GEMM
+    per offset, each adding into the grid (``_cblas``), over the flat positions up to the last
+    output (t < oh, s < ow of the last image); the rest of the grid is not written."""
+    kh, kw, c, d = weights.shape
+    _, n, gh, gw = grid.shape
+    q = (n - 1) * gh * gw + (oh - 1) * gw + ow
+    flat = padded.reshape(d, -1)
+    live = grid.reshape(c, -1)[:, :q]
+    with _profile.stage("gemm"):
+        for u in range(kh):
+            for v in range(kw):
+                shift = u * gw + v
+                _profile.gemm_into(weights[u, v], flat[:, shift : shift + q], live, shift > 0)
+
+
 def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
     kh, kw, c, _ = weights.shape
+    n, _, h, w = x.shape
+    oh, ow = result.shape[2:]
+    grid_shape = shared_border_grid(h, w, ph, pw, kh, kw)
     with _profile.stage("layout"):
-        padded = pad_channels_first(x, ph, pw, "loop.padded")  # (d, n, Hp, Wp)
-    _, n, hp, wp = padded.shape
-    q = n * hp * wp - ((kh - 1) * wp + kw - 1)  # positions whose whole patch is in the buffer
-    grid = scratch("loop.grid", (c, n, hp, wp), x.dtype)  # outputs on the padded grid
-    live = grid.reshape(c, -1)[:, :q]
-    products = scratch("loop.products", (kw, c, q), x.dtype)
-    row_total = scratch("loop.row", (c, q), x.dtype)
-    for u in range(kh):
-        with _profile.stage("gemm"):
-            _profile.matmul(weights[u], _shifted_rows(padded, u, kw, q), out=products)
-        with _profile.stage("reduction"):
-            if u == 0:
-                np.sum(products, axis=0, out=live)
-            else:
-                np.sum(products, axis=0, out=row_total)
-                live += row_total
-    oh, ow = hp - kh + 1, wp - kw + 1
+        padded = pad_shared_borders(x, ph, pw, grid_shape, "loop.padded")  # (d, n+1, Gh, Gw)
+    grid = scratch("loop.grid", (c, n, *grid_shape), x.dtype)  # outputs on the padded grid
+    _add_offsets(weights, padded, grid, oh, ow)
     with _profile.stage("layout"):
         np.copyto(result, grid[:, :, :oh, :ow].transpose(1, 0, 2, 3))
 
 
 def _correlate_over_offsets_blas(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
-    """``_correlate_over_offsets`` for a whole batch at once: each kernel row's kw GEMMs on the
-    BLAS's own threads, the row sums and the copies around them as slices of the padded grid."""
+    """``_correlate_over_offsets`` for a whole batch at once: the GEMMs on the BLAS's own
+    threads, the copies around them as slices of the batch over the pool."""
     kh, kw, c, d = weights.shape
     n, _, h, w = x.shape
-    hp, wp = h + 2 * ph, w + 2 * pw
+    oh, ow = result.shape[2:]
+    grid_shape = shared_border_grid(h, w, ph, pw, kh, kw)
     interior, rows, cols = _interior(x, ph, pw)
-    padded = bordered("loop.batch_padded", (d, n, hp, wp), x.dtype, rows, cols, h_axis=2)
+    shape = (d, n + 1, *grid_shape)  # as pad_shared_borders lays it out
+    padded = bordered("loop.batch_padded", shape, x.dtype, rows, cols, h_axis=2)
 
     def pad(s: slice) -> None:
         with _profile.stage("layout"):
             padded[:, s, rows, cols] = interior[s].transpose(1, 0, 2, 3)
 
     threads.over_batch(pad, n, padded.size)
-    q = n * hp * wp - ((kh - 1) * wp + kw - 1)
-    grid = scratch("loop.grid", (c, n, hp, wp), x.dtype)
-    live = grid.reshape(c, -1)[:, :q]
-    products = scratch("loop.products", (kw, c, q), x.dtype)
-    columns = threads.split(q, threads.parts_for(q, products.size))
-    for u in range(kh):
-        with _profile.stage("gemm"), threads.blas_within_cores():
-            _profile.matmul(weights[u], _shifted_rows(padded, u, kw, q), out=products)
-
-        def add_row(s: slice, first: bool = u == 0) -> None:
-            with _profile.stage("reduction"):
-                if first:
-                    np.sum(products[:, :, s], axis=0, out=live[:, s])
-                else:
-                    live[:, s] += np.sum(products[:, :, s], axis=0)
-
-        threads.run(add_row, columns)
-    oh, ow = hp - kh + 1, wp - kw + 1
+    grid = scratch("loop.grid", (c, n, *grid_shape), x.dtype)
+    with threads.blas_within_cores():
+        _add_offsets(weights, padded, grid, oh, ow)
 
     def place(s: slice) -> None:
         with _profile.stage("layout"):
@@ -271,13 +277,14 @@ def _correlate_over_positions(x: np.ndarray, taps: np.ndarray, ph: int, pw: int,
 def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndarray:
     d = inputs.shape[1]
     c = grad_outputs.shape[1]
+    n, _, oh, ow = grad_outputs.shape
+    gh, gw = shared_border_grid(*inputs.shape[2:], padding, padding, kh, kw)
     with _profile.stage("layout"):
-        padded = pad_channels_first(inputs, padding, padding, "loop.padded")  # (d, n, Hp, Wp)
-        _, n, hp, wp = padded.shape
-        q = n * hp * wp - ((kh - 1) * wp + kw - 1)
+        padded = pad_shared_borders(inputs, padding, padding, (gh, gw), "loop.padded")
+        q = (n - 1) * gh * gw + (oh - 1) * gw + ow  # up to the last output
         # The output gradient on the same padded grid, zero where no output exists, so that
-        # flat position i of it pairs with flat position i + u*Wp + v of the image.
-        grid = embed_channels_first(grad_outputs, hp, wp, "loop.gy_grid")
+        # flat position i of it pairs with flat position i + u*Gw + v of the image.
+        grid = embed_channels_first(grad_outputs, gh, gw, "loop.gy_grid")
         gy = grid.reshape(c, -1)[:, :q]
         gemv = d <= GEMV_CHANNELS  # a (c, q) x (q, d) GEMM this thin runs slower than GEMVs
         if gemv:  # contiguous, for the GEMVs to take it as it is (see below)

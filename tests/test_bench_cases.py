@@ -334,6 +334,19 @@ def test_the_replay_shares_memory_where_the_call_did(backend, pass_, case):
         assert layout(operands(ran))[0]
 
 
+@pytest.mark.parametrize("pass_", ["forward", "grad_inputs"])
+def test_the_replay_adds_into_its_output_where_the_call_did(pass_):
+    """The loop's correlation adds each offset's product into one grid (``gemm_into``): the
+    first offset of a chunk writes, the others add, and its replay runs the same kinds of GEMM
+    in the same order, so that the bound times the same work."""
+    with pinned_threads(1):
+        ran, replayed = _ran_and_replayed("loop", SMALL, pass_)
+    kinds = [(gemm.into, gemm.accumulate) for gemm in ran.gemms]
+    assert kinds and kinds == [(gemm.into, gemm.accumulate) for gemm in replayed.gemms]
+    taps = SMALL.kernel_shape[2] * SMALL.kernel_shape[3]
+    assert kinds == [(True, False)] + [(True, True)] * (taps - 1)  # one chunk here
+
+
 #: A batch that splits into many slices of several chunks each (see the test below).
 SPLIT = bench.BenchCase("recipe", "split", (16, 8, 12, 12), (8, 8, 3, 3), 1)
 

@@ -312,6 +312,37 @@ def test_im2col_per_thread_buffers_grow_for_a_longer_chunk():
         np.testing.assert_array_equal(shifted(x[rows]), expected[rows])
 
 
+@pytest.mark.parametrize(
+    ("h", "w", "ph", "pw", "kh", "kw"),
+    [(8, 8, 1, 1, 3, 3), (5, 6, 2, 2, 7, 4), (6, 7, 4, 4, 3, 3), (8, 9, -1, -2, 3, 3),
+     (9, 10, 0, 0, 4, 5), (4, 4, 3, 3, 1, 1), (3, 5, 1, 0, 2, 2), (2, 3, 0, 2, 2, 5)],
+    ids=["3x3-same", "kernel-taller", "p-above-k-1", "crop", "valid", "1x1-wide-border",
+         "ph-not-pw", "pw-not-ph"],
+)  # fmt: skip
+def test_shared_borders_shift_as_the_padded_image_does(h, w, ph, pw, kh, kw):
+    """``pad_shared_borders``: for every output position (t, s) of every image and every
+    offset (u, v), flat position (i*Gh + t)*Gw + s shifted by u*Gw + v holds the padded
+    image's [i, t + u, s + v], zero included, though neighbours share their border."""
+    from kernels._layout import pad_shared_borders, shared_border_grid
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 9, (3, 2, h, w)).astype(np.float64)  # no zero among the pixels
+    grid = shared_border_grid(h, w, ph, pw, kh, kw)
+    flat = pad_shared_borders(x, ph, pw, grid, "test.shared").reshape(2, -1)
+    crop = (slice(max(0, -ph), h - max(0, -ph)), slice(max(0, -pw), w - max(0, -pw)))
+    pads = ((0, 0), (0, 0), (max(0, ph),) * 2, (max(0, pw),) * 2)
+    padded = np.pad(x[:, :, crop[0], crop[1]], pads)
+    oh, ow = padded.shape[2] - kh + 1, padded.shape[3] - kw + 1
+    images, rows, cols = np.meshgrid(range(3), range(oh), range(ow), indexing="ij")
+    starts = (images * grid[0] + rows) * grid[1] + cols
+    for u in range(kh):
+        for v in range(kw):
+            np.testing.assert_array_equal(
+                flat[:, starts + u * grid[1] + v],
+                padded[:, :, u : u + oh, v : v + ow].transpose(1, 0, 2, 3),
+            )
+
+
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
 def test_scratch_shared_by_the_two_layouts_never_keeps_a_stale_border(backend):
     """Channels-first (d, n, Hp, Wp) and channels-last (n, Hp, Wp, d) padded buffers share a

@@ -449,17 +449,23 @@ def test_the_torch_backend_ends_openmp_workers_whose_spin_was_not_tuned(tuned):
 
 @pytest.fixture
 def blas_limits_seen(monkeypatch) -> list[int]:
-    """The BLAS thread limit in force at each GEMM nnbench runs (``_profile.matmul``)."""
+    """The BLAS thread limit in force at each GEMM nnbench runs (``_profile.matmul`` and
+    ``_profile.gemm_into``)."""
     if not [lib for lib in threadpool_info() if lib["user_api"] == "blas"]:
         pytest.skip("no BLAS visible to threadpoolctl")
     seen = []
-    original = threads._profile.matmul
+    matmul, gemm_into = threads._profile.matmul, threads._profile.gemm_into
 
-    def spy(a, b, out=None):
+    def spy_matmul(a, b, out=None):
         seen.append(threads._blas()[0].num_threads)
-        return original(a, b, out=out)
+        return matmul(a, b, out=out)
 
-    monkeypatch.setattr(threads._profile, "matmul", spy)
+    def spy_gemm_into(a, b, out, accumulate):
+        seen.append(threads._blas()[0].num_threads)
+        return gemm_into(a, b, out, accumulate)
+
+    monkeypatch.setattr(threads._profile, "matmul", spy_matmul)
+    monkeypatch.setattr(threads._profile, "gemm_into", spy_gemm_into)
     return seen
 
 

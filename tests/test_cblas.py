@@ -1,0 +1,118 @@
+"""``kernels._cblas``: the GEMM that adds into its output, through the C BLAS or numpy."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import kernels
+from kernels import _cblas, threads
+
+
+def _ints(rng, shape, dtype) -> np.ndarray:
+    return rng.integers(-4, 5, shape).astype(dtype)  # integer sums: exact in any order
+
+
+def _strided(rng, shape, dtype, extra: int = 7, shift: int = 3) -> np.ndarray:
+    """A view with rows longer than its columns, starting mid-row: the loop's shifted images."""
+    rows, columns = shape
+    return _ints(rng, (rows, columns + extra), dtype)[:, shift : shift + columns]
+
+
+#: (a, b, out) of each layout, as (rows, inner, columns); how each operand is laid out
+LAYOUTS = {
+    "contiguous": lambda r, t: (_ints(r, (5, 3), t), _ints(r, (3, 40), t), _ints(r, (5, 40), t)),
+    "shifted views": lambda r, t: (_ints(r, (5, 3), t), _strided(r, (3, 40), t), _strided(r, (5, 40), t)),
+    "one row": lambda r, t: (_ints(r, (1, 3), t), _strided(r, (3, 9), t), _strided(r, (1, 9), t)),
+    "one column": lambda r, t: (_ints(r, (4, 6), t), _ints(r, (6, 1), t), _ints(r, (4, 1), t)),
+    "transposed operand": lambda r, t: (_ints(r, (3, 5), t).T, _ints(r, (3, 8), t), _ints(r, (5, 8), t)),
+}  # fmt: skip
+
+
+@pytest.fixture(params=["c-blas", "numpy"])
+def route(request, monkeypatch) -> str:
+    if request.param == "numpy":
+        monkeypatch.setattr(_cblas, "_function", lambda prefix: None)
+    elif not _cblas.available(np.float32):
+        pytest.skip("no C BLAS GEMM here")
+    return request.param
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["write", "add"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gemm_into_writes_or_adds_the_product(route, layout, dtype, accumulate, rng):
+    a, b, out = LAYOUTS[layout](rng, dtype)
+    before = out.copy()
+    _cblas.gemm_into(a, b, out, accumulate)
+    product = a.astype(np.float64) @ b
+    np.testing.assert_array_equal(out, before + product if accumulate else product)
+
+
+def test_gemm_into_leaves_what_is_around_a_view_as_it_was(route, rng):
+    """Writing into a window of a buffer (the loop's live part of its grid) touches nothing
+    outside the window."""
+    buffer = _ints(rng, (6, 50), np.float32)
+    window = buffer[1:5, 3:43]
+    outside = buffer.copy()
+    _cblas.gemm_into(_ints(rng, (4, 3), np.float32), _strided(rng, (3, 40), np.float32),
+                     window, True)  # fmt: skip
+    outside[1:5, 3:43] = buffer[1:5, 3:43]
+    np.testing.assert_array_equal(buffer, outside)
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"),
+    reason="the C BLAS is used on 64-bit Linux only",
+)
+def test_numpys_blas_gives_its_c_gemm_here():
+    """On 64-bit Linux with numpy's OpenBLAS or MKL, the C BLAS is found and passes its
+    self-test: otherwise the loop backend silently falls back to a slower path."""
+    apis = {lib["internal_api"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+    if not apis & {"openblas", "mkl"}:
+        pytest.skip(f"numpy's BLAS here is {apis or 'unknown'}")
+    assert _cblas.available(np.float32) and _cblas.available(np.float64)
+    assert not _cblas.available(np.int64)
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [lambda *args: None, lambda *args: 1 / 0],
+    ids=["computes-nothing", "raises"],
+)
+def test_self_test_refuses_a_gemm_that_gets_it_wrong(wrong):
+    assert not _cblas._self_test(wrong, "s")
+
+
+@pytest.mark.parametrize("whole_batch", [False, True], ids=["chunks", "whole-batch"])
+@pytest.mark.parametrize("pass_", ["forward", "grad_inputs"])
+def test_loop_gives_the_same_numbers_with_either_route(pass_, whole_batch, rng, monkeypatch):
+    """The loop backend's offsets add into one grid through ``gemm_into``: bit for bit the
+    same result through the C BLAS as through numpy (integers: exact in any order)."""
+    if whole_batch:  # the GEMMs on the BLAS's threads, as on many cores
+        monkeypatch.setattr(threads, "whole_batch", lambda n, elements, per_row, dtype: n)
+    x = _ints(rng, (3, 5, 9, 8), np.float32)
+    k = _ints(rng, (4, 5, 3, 3), np.float32)
+    function = getattr(kernels, {"forward": "convolve", "grad_inputs": "grad_inputs"}[pass_])
+    operand = x if pass_ == "forward" else _ints(rng, (3, 4, 9, 8), np.float32)
+    through_blas = function(operand, k, 1, backend="loop")
+    monkeypatch.setattr(_cblas, "_function", lambda prefix: None)
+    np.testing.assert_array_equal(function(operand, k, 1, backend="loop"), through_blas)
+    reference = function(operand.astype(np.float64), k.astype(np.float64), 1, backend="im2col")
+    np.testing.assert_array_equal(through_blas, reference)
+
+
+def test_gemm_into_lets_other_threads_run_during_the_blas_call(rng):
+    """ctypes releases the GIL for the call: a small output (the size np.matmul would hold the
+    GIL through) lets another Python thread run (``test_threads._another_thread_ran_during``)."""
+    from tests.test_threads import _another_thread_ran_during
+
+    if not _cblas.available(np.float32):
+        pytest.skip("no C BLAS GEMM here")
+    a, b = _ints(rng, (27, 20_000), np.float32), _ints(rng, (20_000, 16), np.float32)
+    out = np.zeros((27, 16), np.float32)
+    assert _another_thread_ran_during(lambda: _cblas.gemm_into(a, b, out, True))
