@@ -1,4 +1,4 @@
-"""The developer scripts in scripts/: the run set's argument checks and the thread probe."""
+"""The developer scripts in scripts/: the run set's argument checks and the probes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import kernels
@@ -179,3 +180,73 @@ def test_probe_threads_names_a_bad_argument(value):
     )
     assert done.returncode == 2
     assert f"--chunk-mb must be comma-separated positive numbers, got '{value}'" in done.stderr
+
+
+def _load_ceiling():
+    spec = importlib.util.spec_from_file_location(
+        "probe_loop_ceiling", ROOT / "scripts" / "probe_loop_ceiling.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _multiply_adds(operands) -> int:
+    lefts, right, out = operands
+    if right.ndim == 2 and out.shape[0] == right.shape[0]:  # GEMV form: one row of out each
+        return len(lefts) * right.shape[0] * lefts[0].size
+    return sum(a.shape[0] * a.shape[1] * right.shape[1] for a in lefts)
+
+
+@pytest.mark.parametrize(
+    ("pass_", "gemv"),
+    [("forward", False), ("grad_inputs", False), ("grad_kernels", False), ("grad_kernels", True)],
+    ids=["forward", "grad_inputs", "grad_kernels", "grad_kernels-gemv"],
+)
+def test_loop_ceiling_runs_exactly_the_loops_multiply_adds(pass_, gemv):
+    """The ceiling leaves out copies and sums, never multiply-adds: over a split of the batch
+    into chunks, its GEMMs do the pass's n*oh*ow*c*d*kh*kw, into an output of their shape."""
+    ceiling = _load_ceiling()
+    rng = np.random.default_rng(0)
+    for case in ceiling.recipe_cases("fast"):
+        n = case.input_shape[0]
+        chunks = [ceiling.gemm_operands(case, pass_, m, rng, gemv) for m in (5, n - 5)]
+        assert sum(_multiply_adds(ops) for ops in chunks) == case.flops // 2, case.label
+        for lefts, right, out in chunks:
+            product = lefts[0] @ right.T if gemv else lefts[0] @ right
+            assert out.shape == (product.T if gemv else product).shape
+
+
+@pytest.mark.skipif("torch" not in kernels.available(), reason="the ceiling needs torch")
+def test_probe_loop_ceiling_times_every_recipe_pass(tmp_path):
+    out = tmp_path / "ceiling.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "probe_loop_ceiling.py"), "--rounds", "1",
+         "--threads", "1", "--out", str(out)],
+        check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())
+    rows = record["passes"]
+    assert [(row["layer"], row["pass"]) for row in rows] == [
+        (case.label, pass_)
+        for case in _load_ceiling().recipe_cases("fast")
+        for pass_ in ("forward", "grad_inputs", "grad_kernels")
+    ]
+    assert all(row["threads"] == 1 for row in rows)
+    assert all(row[f"{name}_ms"] > 0 for row in rows for name in ("torch", "loop", "ceiling"))
+    assert all(re.fullmatch(r"(blas|pool/\d+)(/gemv)?", row["ceiling_sharing"]) for row in rows)
+    for name, mean in record["geometric_mean_vs_torch"].items():
+        ratios = [row["torch_ms"] / row[f"{name}_ms"] for row in rows]
+        assert min(ratios) <= mean <= max(ratios)
+    assert record["machine"]["threads"] and "geometric mean over 9 passes" in done.stdout
+
+
+@pytest.mark.parametrize(("option", "value"), [("--rounds", "0"), ("--threads", "0")])
+def test_probe_loop_ceiling_names_a_bad_argument(option, value):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "probe_loop_ceiling.py"), option, value],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"{option} must be at least 1, got {value}" in done.stderr
