@@ -84,13 +84,16 @@ def test_run_set_makes_the_runs_of_each_mode(tmp_path, mode, benchmark_runs, acc
         assert sum("--preset best" in call for call in accuracy) == 2
 
 
-def _load_probe():
-    spec = importlib.util.spec_from_file_location(
-        "probe_threads", ROOT / "scripts" / "probe_threads.py"
-    )
+def _load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_probe():
+    return _load_script("probe_threads")
 
 
 def test_probe_counts_a_layer_method_called_inside_another_once(monkeypatch):
@@ -183,12 +186,7 @@ def test_probe_threads_names_a_bad_argument(value):
 
 
 def _load_ceiling():
-    spec = importlib.util.spec_from_file_location(
-        "probe_loop_ceiling", ROOT / "scripts" / "probe_loop_ceiling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_script("probe_loop_ceiling")
 
 
 def _multiply_adds(operands) -> int:
