@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -49,6 +48,7 @@ from kernels import _profile, threads
 from nnbench import bench, machine, runtime
 from nnbench._io import atomic_write_json, unwritable_reason
 from nnbench.bench.cases import recipe_cases
+from nnbench.report.tables import geomean
 
 PASSES = ("forward", "grad_inputs", "grad_kernels")
 #: Calls per median when choosing how the ceiling's GEMMs are shared out.
@@ -134,25 +134,19 @@ def probe(threads_count: int, rounds: int) -> list[dict]:
                 loop = bench.make_call("loop", case, pass_)
                 torch = bench.make_call("torch", case, pass_)
                 ceiling_s, loop_s = bench.interleaved(options[chosen], loop.fn, rounds=rounds)
-                torch_s = [bench.median_seconds(torch.fn, rounds)]
                 row = {
                     "layer": case.label,
                     "case": case.id,
                     "pass": pass_,
                     "threads": threads_count,
                     "ceiling_sharing": chosen,
-                    "torch_ms": statistics.median(torch_s) * 1e3,
+                    "torch_ms": bench.median_seconds(torch.fn, rounds) * 1e3,
                     "loop_ms": statistics.median(loop_s) * 1e3,
                     "ceiling_ms": statistics.median(ceiling_s) * 1e3,
                 }
                 rows.append(row)
                 _print_row(row)
     return rows
-
-
-def geometric_mean(values) -> float:
-    values = list(values)
-    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def _print_row(row: dict) -> None:
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'loop':>9}{'ceiling':>9}")  # fmt: skip
     rows = probe(count, args.rounds)
     means = {
-        name: geometric_mean(row["torch_ms"] / row[f"{name}_ms"] for row in rows)
+        name: geomean(row["torch_ms"] / row[f"{name}_ms"] for row in rows)
         for name in ("loop", "ceiling")
     }
     print(f"geometric mean over {len(rows)} passes, speed vs torch: "
