@@ -155,11 +155,44 @@ def shared_border_grid(h: int, w: int, ph: int, pw: int, kh: int, kw: int) -> tu
     return max(rows + max(0, ph), oh), max(columns + max(0, pw), ow)
 
 
-def pad_shared_borders(
-    x: np.ndarray, ph: int, pw: int, grid: tuple[int, int], key: str
+def shared_border_span(n: int, grid: tuple[int, int], oh: int, ow: int) -> int:
+    """Flat positions of an (n, Gh, Gw) shared-border grid up to the last image's last output
+    (row oh - 1, column ow - 1): the columns each offset's GEMM runs over."""
+    gh, gw = grid
+    return (n - 1) * gh * gw + (oh - 1) * gw + ow
+
+
+def shared_border_buffer(
+    x: np.ndarray, ph: int, pw: int, grid: tuple[int, int], key: str, copies: int = 1
 ) -> np.ndarray:
-    """x (n, d, h, w) zero-padded by (ph, pw) into a scratch buffer laid out (d, n + 1, Gh, Gw),
-    with (Gh, Gw) = ``grid`` from ``shared_border_grid``.
+    """The scratch buffer of ``pad_shared_borders`` for x (n, d, h, w), laid out
+    (copies, d, n + 1, Gh, Gw), its zero border in place and its interior not yet written
+    (``fill_shared_borders``, then ``shift_copies``)."""
+    n, d = x.shape[:2]
+    _, rows, cols = _interior(x, ph, pw)
+    return bordered(key, (copies, d, n + 1, *grid), x.dtype, rows, cols, h_axis=3)
+
+
+def fill_shared_borders(buffer: np.ndarray, x: np.ndarray, ph: int, pw: int, images: slice):
+    """Write ``images`` of x (n, d, h, w) into the first copy of a ``shared_border_buffer``."""
+    src, rows, cols = _interior(x, ph, pw)
+    buffer[0, :, images, rows, cols] = src[images].transpose(1, 0, 2, 3)
+
+
+def shift_copies(buffer: np.ndarray, positions: slice) -> None:
+    """Copy v of a ``shared_border_buffer`` over flat ``positions`` (per channel): the first
+    copy shifted left by v, i.e. copy[v][j, i] = copy[0][j, i + v]."""
+    flat = buffer.reshape(buffer.shape[0], buffer.shape[1], -1)
+    for v in range(1, buffer.shape[0]):
+        flat[v, :, positions] = flat[0, :, positions.start + v : positions.stop + v]
+
+
+def pad_shared_borders(
+    x: np.ndarray, ph: int, pw: int, grid: tuple[int, int], key: str, copies: int = 1,
+    reach: int = 0,
+) -> np.ndarray:  # fmt: skip
+    """x (n, d, h, w) zero-padded by (ph, pw) into a scratch buffer laid out
+    (copies, d, n + 1, Gh, Gw), with (Gh, Gw) = ``grid`` from ``shared_border_grid``.
 
     As ``pad_channels_first``, but neighbours share their zero border: each image row is
     followed by pw zero columns, which are the left border of the next row too, and each image
@@ -170,11 +203,16 @@ def pad_shared_borders(
     of (h+2ph)*(w+2pw): 19% fewer at 8x8 with 3x3, 11% at 16x16. The last of the n + 1
     images is left unwritten but for its zero border: reads from the last image's outputs
     end in that border's top rows, as they would in a next image's.
+
+    ``copies`` > 1: copy v is the padded image shifted left by v flat positions, written over
+    its first ``reach`` positions (``shift_copies``). Flattened to (copies*d, ...), row v*d + j
+    is channel j shifted by v: a column slice of it is the image under kernel offsets
+    (u, 0) ... (u, copies - 1) at once, one operand for a GEMM that reduces over all of them.
     """
-    n = x.shape[0]
-    src, rows, cols = _interior(x, ph, pw)
-    buffer = bordered(key, (x.shape[1], n + 1, *grid), x.dtype, rows, cols, h_axis=2)
-    buffer[:, :n, rows, cols] = src.transpose(1, 0, 2, 3)
+    buffer = shared_border_buffer(x, ph, pw, grid, key, copies)
+    fill_shared_borders(buffer, x, ph, pw, slice(None, x.shape[0]))
+    if copies > 1:
+        shift_copies(buffer, slice(0, reach))
     return buffer
 
 

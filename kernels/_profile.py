@@ -16,10 +16,11 @@ GEMMs alone, the backend's own bound.
 when its output has more than 500 elements (numpy's threshold for releasing it in a loop); with
 a smaller output it holds the GIL for the whole BLAS call, however long the reduction, and the
 other threads' slices wait at their next numpy call. The weight gradient of a small layer is
-such a GEMM: im2col's (K, M) @ (M, c) is 27 x 16 on the CIFAR-10 recipe's first layer, the
-loop's GEMVs have c outputs. ``np.dot`` of 2-D operands (or 2-D by 1-D) always releases it,
-but zero-fills its output before the BLAS call, an extra pass that costs 5% on a wide output;
-so ``matmul`` takes ``np.dot`` for outputs of at most ``DOT_OUTPUT_ELEMENTS`` elements.
+such a GEMM: im2col's (K, M) @ (M, c) is 27 x 16 on the CIFAR-10 recipe's first layer (the
+loop backend's are ``gemm_into`` calls, which release it whatever their size). ``np.dot`` of
+2-D operands (or 2-D by 1-D) always releases it, but zero-fills its output before the BLAS
+call, an extra pass that costs 5% on a wide output; so ``matmul`` takes ``np.dot`` for
+outputs of at most ``DOT_OUTPUT_ELEMENTS`` elements.
 """
 
 from __future__ import annotations
@@ -234,9 +235,10 @@ def _operands(gemms: list[Gemm], rng: np.random.Generator) -> list[tuple]:
     bytes overlapped in the call (a buffer reused chunk after chunk, the same operand of many
     GEMMs, shifted views of one image) are views of one fresh buffer at the same offsets, at
     the same alignment to 64 bytes, so that the replay finds them in the caches as the call
-    did. Operands made one by one would read each from memory: the loop backend's 27 GEMVs
-    per chunk on one gradient took the replay 1.5 to 2x the whole call's time. A region read
-    as two dtypes, or an operand recorded without its address, gets an array of its own."""
+    did. Operands made one by one would read each from memory: when the loop backend ran 27
+    GEMVs per chunk on one gradient, their replay took 1.5 to 2x the whole call's time. A
+    region read as two dtypes, or an operand recorded without its address, gets an array of
+    its own."""
     specs = [spec for gemm in gemms for spec in (gemm.a, gemm.b, gemm.out)]
     addresses = [address for gemm in gemms for address in (gemm.addresses or (None, None, None))]
     arrays: list[np.ndarray | None] = [None] * len(specs)

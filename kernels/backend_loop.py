@@ -9,17 +9,24 @@ that no step copies data. Every pass is a correlation (``kernels._layout``):
 
 Loop over kernel offsets (kh*kw steps). The image is padded once into a channels-first
 buffer in which neighbouring rows and images share their zero border
-(``_layout.pad_shared_borders``: Gw = w + pw columns per row, Gh = h + ph rows per image, and
-one more image after the last, of which only the border is read). Flattened to (d, N), a shift of the image by (u, v) is a shift of the
-flat index by u*Gw + v, so the shifted image of the whole batch is the column slice
-``flat[:, u*Gw+v : u*Gw+v+Q]``: a BLAS operand as it stands, no copy. Each offset is one GEMM
-taps[u, v] (c, d) @ slice (d, Q) that adds into the output grid in the same pass (the C BLAS's
-beta = 1, ``kernels._cblas``; np.matmul would write each product to a buffer for a second
-pass to add). The flat positions of the borders are computed and dropped (Gh*Gw/(oh*ow) - 1
-extra work with 'same' 3x3: 6% at 32x32, 13% at 16x16, 27% at 8x8; a border on each side, as
-in a plainly padded image, would be twice that). For grad_kernels the output gradient is
-placed on the same grid (zeros elsewhere) and each offset is one GEMM gy (c, Q) @ slice^T
-(Q, d).
+(``_layout.pad_shared_borders``: Gw = w + pw columns per row, Gh = h + ph rows per image,
+and one more image after the last, of which only the border is read). Flattened to (d, N),
+a shift of the image by (u, v) is a shift of the flat index by u*Gw + v, so the shifted
+image of the whole batch is the column slice ``flat[:, u*Gw+v : u*Gw+v+Q]``: a BLAS operand
+as it stands, no copy. Each offset is one GEMM taps[u, v] (c, d) @ slice (d, Q) that adds
+into the output grid in the same pass (the C BLAS's beta = 1, ``kernels._cblas``; np.matmul
+would write each product to a buffer for a second pass to add). The flat positions of the
+borders are computed and dropped (Gh*Gw/(oh*ow) - 1 extra work with 'same' 3x3: 6% at
+32x32, 13% at 16x16, 27% at 8x8; a border on each side, as in a plainly padded image, would
+be twice that). For grad_kernels the output gradient is placed on the same grid (zeros
+elsewhere) and each offset is one GEMM gy (c, Q) @ slice^T (Q, d).
+
+Few channels (kw * d at most ``STACK_DEPTH``, as in a first layer): the buffer holds kw
+copies of the padded image, copy v shifted by v positions, so that the column slice at u*Gw
+of the stacked (kw*d, N) rows is the image under all kw offsets of kernel row u at once.
+Each kernel row is then one GEMM that reduces over kw*d values (kh steps, ``_copies``): a
+GEMM over 3 channels runs far below the BLAS's peak, and each one reads and writes the whole
+output grid it adds into.
 
 Loop over output positions (oh*ow steps), for kernels larger than their output, as in the
 weight-gradient call of section 5.7. The image is padded channels-last (n, Hp, Wp, d); the
@@ -39,18 +46,16 @@ and outputs on the padded grid, so they stay in a core's caches), the chunks sha
 the thread budget (``kernels.threads``, a single-threaded BLAS per thread, and no more threads
 than the work is worth); the weight gradient adds the chunks' parts. Between its GEMMs a chunk
 holds the GIL briefly, and with many threads those moments are what the threads wait on: the
-correlation's GEMMs go through ctypes, which releases the GIL for each; in the weight gradient
-the kw offsets of one kernel row are one numpy call (their shifted images are one strided
-view), a few numpy calls per kernel row, not per offset.
+correlation's GEMMs, and the stacked weight gradient's, go through ctypes, which releases
+the GIL for each; in the per-offset weight gradient the kw offsets of one kernel row are one
+numpy call (their shifted images are one strided view), a few numpy calls per kernel row.
 
 What bounds it: the GEMMs of the offset loop reduce over only d channels (c in the input
 gradient), which BLAS runs far below its peak, and each reads and writes the whole (c, chunk)
 grid it adds into. ``scripts/probe_loop_ceiling.py`` times the least GEMM work any loop over
-offsets hands the BLAS, against torch. Up to
-``GEMV_CHANNELS`` input channels the weight gradient runs one GEMV per channel and offset
-instead of a (c, q) x (q, d) GEMM that thin. The benchmark suite records the time of the loop's
-own GEMMs alone (``gemm_bound_s``) and where the rest goes (``breakdown_s``: layout, gemm,
-reduction); the report shows both.
+offsets (or kernel rows) hands the BLAS, against torch. The benchmark suite records the time
+of the loop's own GEMMs alone (``gemm_bound_s``) and where the rest goes (``breakdown_s``:
+layout, gemm, reduction); the report shows both.
 """
 
 from __future__ import annotations
@@ -61,15 +66,17 @@ import numpy as np
 
 from kernels import _profile, threads
 from kernels._layout import (
-    _interior,
-    bordered,
     embed_channels_first,
+    fill_shared_borders,
     grad_inputs_padding,
     grad_kernel_shape,
     pad_channels_last,
     pad_shared_borders,
     scratch,
+    shared_border_buffer,
     shared_border_grid,
+    shared_border_span,
+    shift_copies,
     taps_forward,
     taps_grad_inputs,
 )
@@ -79,8 +86,8 @@ EXACT = True
 
 #: Bytes on the padded grid (image, outputs) per chunk of images in the offset loops.
 CHUNK_BYTES = 4 * 2**20
-#: Up to this many input channels, the weight gradient runs one GEMV per channel and offset.
-GEMV_CHANNELS = 4
+#: While kw * d is at most this, the kw offsets of a kernel row are one GEMM (``_copies``).
+STACK_DEPTH = 32
 
 
 def convolve(inputs: np.ndarray, kernels: np.ndarray, padding: int) -> np.ndarray:
@@ -98,14 +105,15 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     kh, kw = grad_kernel_shape(inputs, grad_outputs, padding)
     wp = w + 2 * padding
     gh, gw = shared_border_grid(h, w, padding, padding, kh, kw)
-    over_offsets = _cost(kh * kw, c * d * n * gh * gw)
+    copies = _copies(d, kw)
+    over_offsets = _cost(kh * kw // copies, c * d * copies * n * gh * gw)
     over_positions = _cost(oh * ow, c * d * n * ((kh - 1) * wp + kw))
     if over_offsets <= over_positions:
 
         def part(s: slice) -> np.ndarray:
             return _grad_kernels_over_offsets(inputs[s], grad_outputs[s], padding, kh, kw)
 
-        grid = (d + c) * gh * gw  # image and gradient on the padded grid
+        grid = (copies * d + c) * gh * gw  # image (and its shifted copies), gradient
         chunk = threads.rows_per_chunk(grid, inputs.dtype, CHUNK_BYTES)
         return threads.sum_over_batch(part, n, n * grid * kh * kw, chunk)
     with threads.single_threaded_blas():
@@ -120,6 +128,17 @@ _STEP_OVERHEAD = 250_000
 def _cost(steps: int, multiply_adds_per_step: int) -> int:
     """Estimated work of a loop of ``steps`` GEMMs, padding waste included."""
     return steps * (multiply_adds_per_step + _STEP_OVERHEAD)
+
+
+def _copies(d: int, kw: int) -> int:
+    """Shifted copies of a d-channel image the offset loop stacks: kw (one GEMM per kernel
+    row, reducing over kw * d) while kw * d <= ``STACK_DEPTH``, else 1 (one GEMM per offset).
+
+    A GEMM that reduces over a few channels runs far below the BLAS's peak, and every GEMM
+    reads and writes the whole output grid it adds into; kw - 1 shifted copies of the image
+    cost less than that where d is small (the first layer's 3 channels: forward 1.1-1.3x,
+    weight gradient 1.1-1.2x faster), and about what they save at 16 channels and more."""
+    return kw if kw * d <= STACK_DEPTH else 1
 
 
 def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
@@ -138,10 +157,15 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     gh, gw = shared_border_grid(h, w, ph, pw, kh, kw)
     ws = 2 * w + 2 * pw - kw  # the swapped image's padded width
     swapped_grid = math.prod(shared_border_grid(kh, kw, h + ph - kh, w + pw - kw, h, w))
+    copies, swapped_copies = _copies(d, kw), _copies(d, w)
     plans = [
-        (_cost(kh * kw, c * d * n * gh * gw), False, _correlate_over_offsets),
+        (_cost(kh * kw // copies, c * d * copies * n * gh * gw), False, _correlate_over_offsets),
         (_cost(oh * ow, n * c * d * ((kh - 1) * wp + kw)), False, _correlate_over_positions),
-        (_cost(h * w, n * d * c * swapped_grid), True, _correlate_over_offsets),
+        (
+            _cost(h * w // swapped_copies, n * d * swapped_copies * c * swapped_grid),
+            True,
+            _correlate_over_offsets,
+        ),
         (_cost(oh * ow, c * n * d * ((h - 1) * ws + w)), True, _correlate_over_positions),
     ]
     _, swap, method = min(plans, key=lambda plan: plan[0])
@@ -159,7 +183,7 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
             method(x, taps, ph, pw, result)
         return result
     weights = _offset_weights(taps)
-    grid = (d + c) * gh * gw  # image and outputs on the padded grid
+    grid = (copies * d + c) * gh * gw  # image (and its shifted copies), outputs
     batch = threads.whole_batch(n, n * grid, grid, x.dtype)
     if batch is not None:  # more cores than slices worth cutting: GEMMs on the BLAS's threads
         for lo in range(0, n, batch):
@@ -176,52 +200,66 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
 
 
 def _offset_weights(taps: np.ndarray) -> np.ndarray:
-    """taps (c, d, kh, kw) as (kh, kw, c, d), contiguous: one (c, d) matrix per offset."""
-    return np.ascontiguousarray(taps.transpose(2, 3, 0, 1))
+    """taps (c, d, kh, kw) as (kh, kw / s, c, s * d), contiguous, with s = ``_copies``: one
+    (c, d) matrix per offset, or one (c, kw * d) matrix per kernel row, column v * d + j for
+    channel j at offset (u, v) (the row order of ``pad_shared_borders``' copies)."""
+    c, d, kh, kw = taps.shape
+    copies = _copies(d, kw)
+    by_row = taps.transpose(2, 3, 0, 1) if copies == 1 else taps.transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(by_row).reshape(kh, kw // copies, c, copies * d)
 
 
 def _shifted_rows(padded: np.ndarray, u: int, kw: int, q: int) -> np.ndarray:
-    """The kw shifted images of kernel row u, as a (kw, d, q) view of ``padded`` (d, n, Hp, Wp).
+    """The kw shifted images of kernel row u, as a (kw, d, q) view of ``padded``
+    (1, d, n + 1, Gh, Gw), ``pad_shared_borders``' single copy.
 
-    Shift (u, v) of the flattened (d, n*Hp*Wp) buffer is the column slice starting at
-    u*Wp + v; the kw slices of one row are one element apart, so all of them are one strided
+    Shift (u, v) of the flattened (d, (n+1)*Gh*Gw) buffer is the column slice starting at
+    u*Gw + v; the kw slices of one row are one element apart, so all of them are one strided
     view and numpy runs their kw GEMMs in one call.
     """
-    d, wp = padded.shape[0], padded.shape[3]
+    d, gw = padded.shape[1], padded.shape[4]
     item = padded.itemsize
     return np.ndarray(
         (kw, d, q),
         padded.dtype,
         buffer=padded,
-        offset=u * wp * item,
-        strides=(item, padded[0].size * item, item),
+        offset=u * gw * item,
+        strides=(item, padded[0, 0].size * item, item),
     )
 
 
 def _add_offsets(weights: np.ndarray, padded: np.ndarray, grid: np.ndarray, oh: int, ow: int):
-    """grid (c, n, Gh, Gw) = the sum over offsets (u, v) of weights[u, v] (c, d) @ the image
-    shifted by (u, v), from ``padded`` (d, n + 1, Gh, Gw, ``pad_shared_borders``): one GEMM
-    per offset, each adding into the grid (``_cblas``), over the flat positions up to the last
-    output (t < oh, s < ow of the last image); the rest of the grid is not written."""
-    kh, kw, c, d = weights.shape
+    """grid (c, n, Gh, Gw) = the sum over offsets (u, v) of the taps at (u, v) (c, d) @ the
+    image shifted by (u, v), from ``padded`` (s, d, n + 1, Gh, Gw, ``pad_shared_borders``) and
+    ``weights`` (kh, kw / s, c, s * d, ``_offset_weights``): one GEMM per offset (s = 1) or per
+    kernel row (s = kw), each adding into the grid (``_cblas``), over the flat positions up to
+    the last output (t < oh, s < ow of the last image); the rest of the grid is not written."""
+    kh, steps, c, depth = weights.shape
     _, n, gh, gw = grid.shape
-    q = (n - 1) * gh * gw + (oh - 1) * gw + ow
-    flat = padded.reshape(d, -1)
+    q = shared_border_span(n, (gh, gw), oh, ow)
+    flat = padded.reshape(depth, -1)
     live = grid.reshape(c, -1)[:, :q]
     with _profile.stage("gemm"):
         for u in range(kh):
-            for v in range(kw):
+            for v in range(steps):
                 shift = u * gw + v
                 _profile.gemm_into(weights[u, v], flat[:, shift : shift + q], live, shift > 0)
 
 
+def _reach(kh: int, grid: tuple[int, int], q: int) -> int:
+    """Flat positions of a shifted copy that the offsets of kernel rows 0 .. kh - 1 read."""
+    return (kh - 1) * grid[1] + q
+
+
 def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
-    kh, kw, c, _ = weights.shape
-    n, _, h, w = x.shape
+    kh, steps, c, depth = weights.shape
+    n, d, h, w = x.shape
+    copies = depth // d
     oh, ow = result.shape[2:]
-    grid_shape = shared_border_grid(h, w, ph, pw, kh, kw)
+    grid_shape = shared_border_grid(h, w, ph, pw, kh, steps * copies)
+    reach = _reach(kh, grid_shape, shared_border_span(n, grid_shape, oh, ow))
     with _profile.stage("layout"):
-        padded = pad_shared_borders(x, ph, pw, grid_shape, "loop.padded")  # (d, n+1, Gh, Gw)
+        padded = pad_shared_borders(x, ph, pw, grid_shape, "loop.padded", copies, reach)
     grid = scratch("loop.grid", (c, n, *grid_shape), x.dtype)  # outputs on the padded grid
     _add_offsets(weights, padded, grid, oh, ow)
     with _profile.stage("layout"):
@@ -231,19 +269,27 @@ def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int
 def _correlate_over_offsets_blas(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
     """``_correlate_over_offsets`` for a whole batch at once: the GEMMs on the BLAS's own
     threads, the copies around them as slices of the batch over the pool."""
-    kh, kw, c, d = weights.shape
-    n, _, h, w = x.shape
+    kh, steps, c, depth = weights.shape
+    n, d, h, w = x.shape
+    copies = depth // d
     oh, ow = result.shape[2:]
-    grid_shape = shared_border_grid(h, w, ph, pw, kh, kw)
-    interior, rows, cols = _interior(x, ph, pw)
-    shape = (d, n + 1, *grid_shape)  # as pad_shared_borders lays it out
-    padded = bordered("loop.batch_padded", shape, x.dtype, rows, cols, h_axis=2)
+    grid_shape = shared_border_grid(h, w, ph, pw, kh, steps * copies)
+    reach = _reach(kh, grid_shape, shared_border_span(n, grid_shape, oh, ow))
+    padded = shared_border_buffer(x, ph, pw, grid_shape, "loop.batch_padded", copies)
 
     def pad(s: slice) -> None:
         with _profile.stage("layout"):
-            padded[:, s, rows, cols] = interior[s].transpose(1, 0, 2, 3)
+            fill_shared_borders(padded, x, ph, pw, s)
 
     threads.over_batch(pad, n, padded.size)
+    if copies > 1:  # after every image is in place: a copy reads past its slice's end
+        image = math.prod(grid_shape)
+
+        def shift(s: slice) -> None:
+            with _profile.stage("layout"):
+                shift_copies(padded, slice(s.start * image, min(s.stop * image, reach)))
+
+        threads.over_batch(shift, n + 1, padded.size)
     grid = scratch("loop.grid", (c, n, *grid_shape), x.dtype)
     with threads.blas_within_cores():
         _add_offsets(weights, padded, grid, oh, ow)
@@ -278,36 +324,34 @@ def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndar
     d = inputs.shape[1]
     c = grad_outputs.shape[1]
     n, _, oh, ow = grad_outputs.shape
-    gh, gw = shared_border_grid(*inputs.shape[2:], padding, padding, kh, kw)
+    copies = _copies(d, kw)
+    grid_shape = shared_border_grid(*inputs.shape[2:], padding, padding, kh, kw)
+    gh, gw = grid_shape
+    q = shared_border_span(n, grid_shape, oh, ow)
     with _profile.stage("layout"):
-        padded = pad_shared_borders(inputs, padding, padding, (gh, gw), "loop.padded")
-        q = (n - 1) * gh * gw + (oh - 1) * gw + ow  # up to the last output
+        padded = pad_shared_borders(
+            inputs, padding, padding, grid_shape, "loop.padded", copies, _reach(kh, grid_shape, q)
+        )
         # The output gradient on the same padded grid, zero where no output exists, so that
         # flat position i of it pairs with flat position i + u*Gw + v of the image.
-        grid = embed_channels_first(grad_outputs, gh, gw, "loop.gy_grid")
-        gy = grid.reshape(c, -1)[:, :q]
-        gemv = d <= GEMV_CHANNELS  # a (c, q) x (q, d) GEMM this thin runs slower than GEMVs
-        if gemv:  # contiguous, for the GEMVs to take it as it is (see below)
-            contiguous = scratch("loop.gy", (c, q), inputs.dtype)
-            np.copyto(contiguous, gy)
-            gy = contiguous
+        gy = embed_channels_first(grad_outputs, gh, gw, "loop.gy_grid").reshape(c, -1)[:, :q]
     result = np.empty((c, d, kh, kw), inputs.dtype)
-    # Each GEMV has only c outputs: np.matmul would hold the GIL through it, np.dot (which
-    # _profile.matmul takes for it) releases it but wants contiguous operands and output.
-    shape = (kw, d, c) if gemv else (kw, c, d)
-    products = scratch("loop.kernel_row", shape, inputs.dtype)
+    if copies > 1:  # one GEMM per kernel row: gy (c, q) @ its kw shifted images (q, kw * d)
+        flat = padded.reshape(copies * d, -1)
+        products = scratch("loop.kernel_row", (c, copies * d), inputs.dtype)
+        for u in range(kh):
+            with _profile.stage("gemm"):
+                _profile.gemm_into(gy, flat[:, u * gw : u * gw + q].T, products, False)
+            # the kernel is the flipped taps: offset (u, v) is kernel entry (kh-1-u, kw-1-v)
+            by_tap = products.reshape(c, kw, d).transpose(0, 2, 1)
+            result[:, :, kh - 1 - u, ::-1] = by_tap
+        return result
+    products = scratch("loop.kernel_row", (kw, c, d), inputs.dtype)
     for u in range(kh):
         rows = _shifted_rows(padded, u, kw, q)  # (kw, d, q)
         with _profile.stage("gemm"):
-            if gemv:
-                for v in range(kw):
-                    for j in range(d):
-                        _profile.matmul(gy, rows[v, j], out=products[v, j])
-            else:
-                _profile.matmul(gy, rows.transpose(0, 2, 1), out=products)
-        by_tap = products.transpose(2, 1, 0) if gemv else products.transpose(1, 2, 0)
-        # the kernel is the flipped taps: offset (u, v) is kernel entry (kh-1-u, kw-1-v)
-        result[:, :, kh - 1 - u, ::-1] = by_tap  # (c, d, kw)
+            _profile.matmul(gy, rows.transpose(0, 2, 1), out=products)
+        result[:, :, kh - 1 - u, ::-1] = products.transpose(1, 2, 0)  # (c, d, kw)
     return result
 
 

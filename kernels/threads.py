@@ -7,8 +7,9 @@ its loops and BLAS calls, so the slices really run side by side. Not always: ``n
 holds it through a BLAS call whose output has 500 elements or fewer, so the backends' 2-D GEMMs
 go through ``_profile.matmul``, which takes ``np.dot`` for those. A stacked product that small
 holds it too: the engine's per-channel sums and im2col's per-image GEMMs cut their slices no
-smaller (``gil_free_rows``); the loop backend's weight gradient still holds it where
-its stacked (kw, c, d) output has 500 elements or fewer and d is above its GEMV threshold.
+smaller (``gil_free_rows``); the loop backend's weight gradient still holds it where it runs
+one GEMM per offset (kw * d above its ``STACK_DEPTH``) and their stacked (kw, c, d) output has
+500 elements or fewer.
 
 How many threads: the BLAS thread limit in force, at most the cores (``CORES``: those the
 process may run on, and no more than a cgroup CPU quota leaves it). That is the limit that

@@ -4,20 +4,23 @@
 
 The loop backend (``kernels.backend_loop``) computes each pass as kh*kw GEMMs, one per kernel
 offset: in the forward each reduces over the d input channels, in the input gradient over the c
-output channels, and in the weight gradient each yields one (c, d) matrix. This probe times the
-least of that work a BLAS can be handed, for the CIFAR-10 fast recipe's layers:
+output channels, and in the weight gradient each yields one (c, d) matrix. Where the channels
+are few it stacks the kw offsets of a kernel row into one GEMM (kh GEMMs, each reducing over
+or yielding kw times the channels). This probe times the least of that work a BLAS can be
+handed, for the CIFAR-10 fast recipe's layers:
 
-- per offset one GEMM over the output positions only (n*oh*ow; n*h*w for the input gradient),
-  not over the padded grid the backend computes on;
-- every operand contiguous and warm: one image operand per chunk of images, used by all kh*kw
-  GEMMs; no padding, no accumulation of the offsets' products, no copy into the output layout;
+- per offset (or kernel row) one GEMM over the output positions only (n*oh*ow; n*h*w for the
+  input gradient), not over the padded grid the backend computes on;
+- every operand contiguous and warm: one image operand per chunk of images, used by all its
+  GEMMs; no padding, no shifted copies, no accumulation of the products, no copy into the
+  output layout;
 - at the fastest of several ways to share the work out: the whole batch on the BLAS's own
   threads, or chunks of 1, 2, 4, ... images over ``kernels.threads``' pool, a single-threaded
-  BLAS each; in the weight gradient also as d GEMVs per offset, the backend's form for few input
-  channels (chosen on medians of a few calls, then timed).
+  BLAS each; each per offset and per kernel row (chosen on medians of a few calls, then timed).
 
-So the ceiling leaves out work the algorithm cannot skip: its time is a floor under any loop over
-kernel offsets that runs its products in this BLAS. The ceiling and the loop backend are timed in
+The GEMMs run through ``kernels._cblas.gemm_into``, as the backend's do. So the ceiling leaves
+out work the algorithm cannot skip: its time is a floor under any loop over kernel offsets (or
+rows) that runs its products in this BLAS. The ceiling and the loop backend are timed in
 the same rounds, in a random order per round (``bench.interleaved``); torch as the suite times
 it, in back-to-back calls (median of ``--rounds``): interleaved with numpy work, its OpenMP
 threads fall asleep between calls and its next call pays for waking them, which would flatter
@@ -44,7 +47,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels
-from kernels import _profile, threads
+from kernels import threads
+from kernels._cblas import gemm_into
 from nnbench import bench, machine, runtime
 from nnbench._io import atomic_write_json, unwritable_reason
 from nnbench.bench.cases import recipe_cases
@@ -55,60 +59,55 @@ PASSES = ("forward", "grad_inputs", "grad_kernels")
 CHOOSE_CALLS = 5
 
 
-def gemm_operands(case, pass_: str, images: int, rng: np.random.Generator, gemv: bool = False):
-    """The operands of one chunk of ``images``: (lefts, right, out), the kh*kw left operands of
-    the offsets' GEMMs (one per offset in the forward and input gradient; the output gradient
-    for each in the weight gradient), the image operand they share, and one output. With
-    ``gemv`` (weight gradient only) the right operand is (d, P) and each offset runs d GEMVs,
-    as the backend does for a few input channels."""
+def gemm_operands(case, pass_: str, images: int, rng: np.random.Generator, rows: bool = False):
+    """The operands of one chunk of ``images``: (lefts, right, out), the left operands of the
+    GEMMs (one per kernel offset in the forward and input gradient; the output gradient for
+    each in the weight gradient), the image operand they share, and one output. With ``rows``
+    the kw offsets of a kernel row are one GEMM (kh in all), reducing over (or, in the weight
+    gradient, yielding) kw times the channels: the backend's form for few channels."""
     _, d, h, w = case.input_shape
     c, _, kh, kw = case.kernel_shape
     p = case.padding
+    steps, depth = (kh, kw) if rows else (kh * kw, 1)
     positions = images * (h - kh + 1 + 2 * p) * (w - kw + 1 + 2 * p)
     if pass_ == "grad_kernels":  # (c, P) @ (P, d): the output gradient by the image, transposed
         a = rng.standard_normal((c, positions), dtype=np.float32)
-        b = rng.standard_normal((d, positions), dtype=np.float32)
-        out = np.empty((d, c) if gemv else (c, d), np.float32)
-        return [a] * (kh * kw), b if gemv else b.T, out
-    rows, inner = (c, d) if pass_ == "forward" else (d, c)
+        b = rng.standard_normal((depth * d, positions), dtype=np.float32)
+        return [a] * steps, b.T, np.empty((c, depth * d), np.float32)
+    out_rows, inner = (c, d) if pass_ == "forward" else (d, c)
     if pass_ == "grad_inputs":
         positions = images * h * w
-    taps = [rng.standard_normal((rows, inner), dtype=np.float32) for _ in range(kh * kw)]
-    b = rng.standard_normal((inner, positions), dtype=np.float32)
-    return taps, b, np.empty((rows, positions), np.float32)
+    taps = [rng.standard_normal((out_rows, depth * inner), dtype=np.float32) for _ in range(steps)]
+    b = rng.standard_normal((depth * inner, positions), dtype=np.float32)
+    return taps, b, np.empty((out_rows, positions), np.float32)
 
 
 def _offsets(operands) -> None:
     lefts, b, out = operands
     for a in lefts:
-        _profile.matmul(a, b, out=out)
-
-
-def _offsets_gemv(operands) -> None:
-    lefts, b, out = operands
-    for a in lefts:
-        for j in range(b.shape[0]):
-            _profile.matmul(a, b[j], out=out[j])
+        gemm_into(a, b, out, False)
 
 
 def ceiling_calls(case, pass_: str) -> dict[str, object]:
     """Ways to run the ceiling's GEMMs: 'blas' (the whole batch, the BLAS's threads) and
-    'pool/m' (chunks of m images over the pool, one BLAS thread each), each a function; for the
-    weight gradient also each as GEMVs ('.../gemv'), the backend's form for few input channels."""
+    'pool/m' (chunks of m images over the pool, one BLAS thread each), each a function; each
+    also with one GEMM per kernel row ('.../rows') instead of one per offset."""
     rng = np.random.default_rng(0)
     n = case.input_shape[0]
     calls = {}
-    for gemv in (False, True) if pass_ == "grad_kernels" else (False,):
-        run, suffix = (_offsets_gemv, "/gemv") if gemv else (_offsets, "")
-        calls["blas" + suffix] = functools.partial(run, gemm_operands(case, pass_, n, rng, gemv))
+    for rows in (False, True):
+        suffix = "/rows" if rows else ""
+        calls["blas" + suffix] = functools.partial(
+            _offsets, gemm_operands(case, pass_, n, rng, rows)
+        )
         size = 1
         while size < n:
             chunks = [
-                gemm_operands(case, pass_, min(size, n - lo), rng, gemv) for lo in range(0, n, size)
+                gemm_operands(case, pass_, min(size, n - lo), rng, rows) for lo in range(0, n, size)
             ]
             parts = min(threads.budget(), len(chunks))
             groups = [chunks[i::parts] for i in range(parts)]
-            calls[f"pool/{size}{suffix}"] = functools.partial(_pooled, run, groups)
+            calls[f"pool/{size}{suffix}"] = functools.partial(_pooled, _offsets, groups)
             size *= 2
     return calls
 

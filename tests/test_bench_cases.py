@@ -295,8 +295,8 @@ def test_the_replay_runs_the_gemms_that_ran_as_they_ran(backend, pass_):
     assert ran.gemms and signature(replayed) == signature(ran)
 
 
-#: A case whose first-layer channels take the loop backend's GEMV branch (one gradient for
-#: many GEMVs) and whose forward reads shifted views of one padded image.
+#: A case whose first-layer channels take the loop backend's stacked branch (shifted copies of
+#: one padded image, each kernel row one GEMM over a column slice of all of them).
 THREE_CHANNELS = bench.BenchCase("recipe", "small-d3", (4, 3, 10, 10), (6, 3, 3, 3), 1)
 
 
@@ -334,17 +334,21 @@ def test_the_replay_shares_memory_where_the_call_did(backend, pass_, case):
         assert layout(operands(ran))[0]
 
 
+#: A case whose correlations reduce over too many channels to stack a kernel row's offsets.
+WIDE = bench.BenchCase("recipe", "wide", (2, 24, 6, 6), (24, 24, 3, 3), 1)
+
+
 @pytest.mark.parametrize("pass_", ["forward", "grad_inputs"])
-def test_the_replay_adds_into_its_output_where_the_call_did(pass_):
-    """The loop's correlation adds each offset's product into one grid (``gemm_into``): the
-    first offset of a chunk writes, the others add, and its replay runs the same kinds of GEMM
-    in the same order, so that the bound times the same work."""
+@pytest.mark.parametrize(("case", "steps"), [(SMALL, 3), (WIDE, 9)], ids=["kernel-rows", "offsets"])
+def test_the_replay_adds_into_its_output_where_the_call_did(pass_, case, steps):
+    """The loop's correlation adds each offset's (or kernel row's) product into one grid
+    (``gemm_into``): the first of a chunk writes, the others add, and its replay runs the same
+    kinds of GEMM in the same order, so that the bound times the same work."""
     with pinned_threads(1):
-        ran, replayed = _ran_and_replayed("loop", SMALL, pass_)
+        ran, replayed = _ran_and_replayed("loop", case, pass_)
     kinds = [(gemm.into, gemm.accumulate) for gemm in ran.gemms]
     assert kinds and kinds == [(gemm.into, gemm.accumulate) for gemm in replayed.gemms]
-    taps = SMALL.kernel_shape[2] * SMALL.kernel_shape[3]
-    assert kinds == [(True, False)] + [(True, True)] * (taps - 1)  # one chunk here
+    assert kinds == [(True, False)] + [(True, True)] * (steps - 1)  # one chunk here
 
 
 #: A batch that splits into many slices of several chunks each (see the test below).

@@ -30,6 +30,9 @@ LAYOUTS = {
     "one row": lambda r, t: (_ints(r, (1, 3), t), _strided(r, (3, 9), t), _strided(r, (1, 9), t)),
     "one column": lambda r, t: (_ints(r, (4, 6), t), _ints(r, (6, 1), t), _ints(r, (4, 1), t)),
     "transposed operand": lambda r, t: (_ints(r, (3, 5), t).T, _ints(r, (3, 8), t), _ints(r, (5, 8), t)),
+    "transposed shifted view": lambda r, t: (_ints(r, (5, 40), t), _strided(r, (3, 40), t).T, _ints(r, (5, 3), t)),
+    "both transposed": lambda r, t: (_strided(r, (40, 5), t).T, _strided(r, (3, 40), t).T, _ints(r, (5, 3), t)),
+    "output transposed": lambda r, t: (_ints(r, (5, 6), t), _ints(r, (6, 4), t), _ints(r, (4, 5), t).T),
 }  # fmt: skip
 
 
@@ -51,6 +54,21 @@ def test_gemm_into_writes_or_adds_the_product(route, layout, dtype, accumulate, 
     _cblas.gemm_into(a, b, out, accumulate)
     product = a.astype(np.float64) @ b
     np.testing.assert_array_equal(out, before + product if accumulate else product)
+
+
+def test_transposed_operands_go_to_the_c_blas_and_a_transposed_output_does_not(rng):
+    """A ``.T`` view (the loop's stacked weight gradient: gy @ shifted images^T) is passed as
+    the BLAS's transpose flag, not copied or handed to numpy; an output must have unit-stride
+    rows, else ``_call`` refuses it and ``gemm_into`` falls back."""
+    if not _cblas.available(np.float32):
+        pytest.skip("no C BLAS GEMM here")
+    function = _cblas._function("s")
+    a = _strided(rng, (40, 5), np.float32).T  # (5, 40), columns of unit stride
+    b = _strided(rng, (3, 40), np.float32).T  # (40, 3)
+    out = np.zeros((5, 3), np.float32)
+    assert _cblas._call(function, a, b, out, 0.0)
+    np.testing.assert_array_equal(out, a.astype(np.float64) @ b)
+    assert not _cblas._call(function, a, b, np.zeros((3, 5), np.float32).T, 0.0)
 
 
 def test_gemm_into_leaves_what_is_around_a_view_as_it_was(route, rng):

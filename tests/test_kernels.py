@@ -343,6 +343,27 @@ def test_shared_borders_shift_as_the_padded_image_does(h, w, ph, pw, kh, kw):
             )
 
 
+def test_shifted_copies_hold_the_image_shifted_by_their_index():
+    """``pad_shared_borders(copies=3)``: copy v is the first shifted left by v flat positions
+    over the ``reach`` asked for, so that row v*d + j of the stacked buffer is channel j under
+    offset (u, v) at column u*Gw + i; the first copy is the plain padded image."""
+    from kernels._layout import pad_shared_borders, shared_border_grid
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(1, 9, (3, 2, 7, 6)).astype(np.float32)
+    grid = shared_border_grid(7, 6, 1, 1, 3, 3)
+    plain = pad_shared_borders(x, 1, 1, grid, "test.plain").reshape(2, -1).copy()
+    reach = plain.shape[1] - 2 * grid[0] * grid[1]  # well inside the buffer
+    stacked = pad_shared_borders(x, 1, 1, grid, "test.stacked", copies=3, reach=reach)
+    assert stacked.shape == (3, 2, 4, *grid)
+    flat = stacked.reshape(3, 2, -1)
+    np.testing.assert_array_equal(
+        flat[0, :, : 3 * grid[0] * grid[1]], plain[:, : 3 * grid[0] * grid[1]]
+    )
+    for v in (1, 2):
+        np.testing.assert_array_equal(flat[v, :, :reach], flat[0, :, v : v + reach])
+
+
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
 def test_scratch_shared_by_the_two_layouts_never_keeps_a_stale_border(backend):
     """Channels-first (d, n, Hp, Wp) and channels-last (n, Hp, Wp, d) padded buffers share a

@@ -190,29 +190,24 @@ def _load_ceiling():
 
 
 def _multiply_adds(operands) -> int:
-    lefts, right, out = operands
-    if right.ndim == 2 and out.shape[0] == right.shape[0]:  # GEMV form: one row of out each
-        return len(lefts) * right.shape[0] * lefts[0].size
+    lefts, right, _ = operands
     return sum(a.shape[0] * a.shape[1] * right.shape[1] for a in lefts)
 
 
-@pytest.mark.parametrize(
-    ("pass_", "gemv"),
-    [("forward", False), ("grad_inputs", False), ("grad_kernels", False), ("grad_kernels", True)],
-    ids=["forward", "grad_inputs", "grad_kernels", "grad_kernels-gemv"],
-)
-def test_loop_ceiling_runs_exactly_the_loops_multiply_adds(pass_, gemv):
+@pytest.mark.parametrize("rows", [False, True], ids=["per-offset", "per-kernel-row"])
+@pytest.mark.parametrize("pass_", ["forward", "grad_inputs", "grad_kernels"])
+def test_loop_ceiling_runs_exactly_the_loops_multiply_adds(pass_, rows):
     """The ceiling leaves out copies and sums, never multiply-adds: over a split of the batch
     into chunks, its GEMMs do the pass's n*oh*ow*c*d*kh*kw, into an output of their shape."""
     ceiling = _load_ceiling()
     rng = np.random.default_rng(0)
     for case in ceiling.recipe_cases("fast"):
         n = case.input_shape[0]
-        chunks = [ceiling.gemm_operands(case, pass_, m, rng, gemv) for m in (5, n - 5)]
+        chunks = [ceiling.gemm_operands(case, pass_, m, rng, rows) for m in (5, n - 5)]
         assert sum(_multiply_adds(ops) for ops in chunks) == case.flops // 2, case.label
         for lefts, right, out in chunks:
-            product = lefts[0] @ right.T if gemv else lefts[0] @ right
-            assert out.shape == (product.T if gemv else product).shape
+            assert len(lefts) == (3 if rows else 9)
+            assert out.shape == (lefts[0] @ right).shape
 
 
 @pytest.mark.skipif("torch" not in kernels.available(), reason="the ceiling needs torch")
@@ -233,7 +228,7 @@ def test_probe_loop_ceiling_times_every_recipe_pass(tmp_path):
     ]
     assert all(row["threads"] == 1 for row in rows)
     assert all(row[f"{name}_ms"] > 0 for row in rows for name in ("torch", "loop", "ceiling"))
-    assert all(re.fullmatch(r"(blas|pool/\d+)(/gemv)?", row["ceiling_sharing"]) for row in rows)
+    assert all(re.fullmatch(r"(blas|pool/\d+)(/rows)?", row["ceiling_sharing"]) for row in rows)
     for name, mean in record["geometric_mean_vs_torch"].items():
         ratios = [row["torch_ms"] / row[f"{name}_ms"] for row in rows]
         assert min(ratios) <= mean <= max(ratios)
