@@ -26,7 +26,9 @@ copies of the padded image, copy v shifted by v positions, so that the column sl
 of the stacked (kw*d, N) rows is the image under all kw offsets of kernel row u at once.
 Each kernel row is then one GEMM that reduces over kw*d values (kh steps, ``_copies``): a
 GEMM over 3 channels runs far below the BLAS's peak, and each one reads and writes the whole
-output grid it adds into.
+output grid it adds into. In the weight gradient a kernel row is gy (c, Q) @ slice^T
+(Q, kw*d); with one or two output channels that product has so few entries that
+``_cblas.gemm_into`` runs it as GEMVs.
 
 Loop over output positions (oh*ow steps), for kernels larger than their output, as in the
 weight-gradient call of section 5.7. The image is padded channels-last (n, Hp, Wp, d); the
@@ -246,18 +248,28 @@ def _add_offsets(weights: np.ndarray, padded: np.ndarray, grid: np.ndarray, oh: 
                 _profile.gemm_into(weights[u, v], flat[:, shift : shift + q], live, shift > 0)
 
 
-def _reach(kh: int, grid: tuple[int, int], q: int) -> int:
-    """Flat positions of a shifted copy that the offsets of kernel rows 0 .. kh - 1 read."""
-    return (kh - 1) * grid[1] + q
+def _reach(copies: int, kh: int, grid: tuple[int, int], q: int) -> int:
+    """Flat positions of each shifted copy that the offsets of kernel rows 0 .. kh - 1 read,
+    q columns each (none where the image has no shifted copies)."""
+    return (kh - 1) * grid[1] + q if copies > 1 else 0
+
+
+def _offsets_plan(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result: np.ndarray):
+    """(copies, grid, reach) of an offset loop over x with ``weights`` (``_offset_weights``)
+    into ``result``: the image's shifted copies, the shared-border grid and ``_reach``."""
+    kh, steps, _, depth = weights.shape
+    n, d, h, w = x.shape
+    copies = depth // d
+    grid = shared_border_grid(h, w, ph, pw, kh, steps * copies)
+    span = shared_border_span(n, grid, *result.shape[2:])
+    return copies, grid, _reach(copies, kh, grid, span)
 
 
 def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
-    kh, steps, c, depth = weights.shape
-    n, d, h, w = x.shape
-    copies = depth // d
+    c = weights.shape[2]
+    n = x.shape[0]
     oh, ow = result.shape[2:]
-    grid_shape = shared_border_grid(h, w, ph, pw, kh, steps * copies)
-    reach = _reach(kh, grid_shape, shared_border_span(n, grid_shape, oh, ow))
+    copies, grid_shape, reach = _offsets_plan(x, weights, ph, pw, result)
     with _profile.stage("layout"):
         padded = pad_shared_borders(x, ph, pw, grid_shape, "loop.padded", copies, reach)
     grid = scratch("loop.grid", (c, n, *grid_shape), x.dtype)  # outputs on the padded grid
@@ -269,12 +281,10 @@ def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int
 def _correlate_over_offsets_blas(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
     """``_correlate_over_offsets`` for a whole batch at once: the GEMMs on the BLAS's own
     threads, the copies around them as slices of the batch over the pool."""
-    kh, steps, c, depth = weights.shape
-    n, d, h, w = x.shape
-    copies = depth // d
+    c = weights.shape[2]
+    n = x.shape[0]
     oh, ow = result.shape[2:]
-    grid_shape = shared_border_grid(h, w, ph, pw, kh, steps * copies)
-    reach = _reach(kh, grid_shape, shared_border_span(n, grid_shape, oh, ow))
+    copies, grid_shape, reach = _offsets_plan(x, weights, ph, pw, result)
     padded = shared_border_buffer(x, ph, pw, grid_shape, "loop.batch_padded", copies)
 
     def pad(s: slice) -> None:
@@ -329,8 +339,9 @@ def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndar
     gh, gw = grid_shape
     q = shared_border_span(n, grid_shape, oh, ow)
     with _profile.stage("layout"):
+        reach = _reach(copies, kh, grid_shape, q)
         padded = pad_shared_borders(
-            inputs, padding, padding, grid_shape, "loop.padded", copies, _reach(kh, grid_shape, q)
+            inputs, padding, padding, grid_shape, "loop.padded", copies, reach
         )
         # The output gradient on the same padded grid, zero where no output exists, so that
         # flat position i of it pairs with flat position i + u*Gw + v of the image.

@@ -36,12 +36,16 @@ LAYOUTS = {
 }  # fmt: skip
 
 
-@pytest.fixture(params=["c-blas", "numpy"])
+@pytest.fixture(params=["c-blas-gemm", "c-blas-gemv", "numpy"])
 def route(request, monkeypatch) -> str:
+    """How ``gemm_into`` computes: one C BLAS GEMM, GEMVs per output row or column (every
+    product, not only the small ones), or numpy."""
     if request.param == "numpy":
-        monkeypatch.setattr(_cblas, "_function", lambda prefix: None)
+        monkeypatch.setattr(_cblas, "_functions", lambda prefix: None)
     elif not _cblas.available(np.float32):
-        pytest.skip("no C BLAS GEMM here")
+        pytest.skip("no C BLAS here")
+    else:
+        monkeypatch.setattr(_cblas, "GEMV_OUTPUTS", 10**9 if request.param.endswith("gemv") else 0)
     return request.param
 
 
@@ -62,7 +66,7 @@ def test_transposed_operands_go_to_the_c_blas_and_a_transposed_output_does_not(r
     rows, else ``_call`` refuses it and ``gemm_into`` falls back."""
     if not _cblas.available(np.float32):
         pytest.skip("no C BLAS GEMM here")
-    function = _cblas._function("s")
+    function = _cblas._functions("s")[0]
     a = _strided(rng, (40, 5), np.float32).T  # (5, 40), columns of unit stride
     b = _strided(rng, (3, 40), np.float32).T  # (40, 3)
     out = np.zeros((5, 3), np.float32)
@@ -97,31 +101,59 @@ def test_numpys_blas_gives_its_c_gemm_here():
     assert not _cblas.available(np.int64)
 
 
+def _fails(*args):
+    raise AssertionError("called")
+
+
+@pytest.mark.parametrize("which", ["gemm", "gemv"])
+@pytest.mark.parametrize("wrong", [lambda *args: None, _fails], ids=["computes-nothing", "raises"])
+def test_self_test_refuses_a_blas_that_gets_it_wrong(which, wrong):
+    if not _cblas.available(np.float32):
+        pytest.skip("no C BLAS here")
+    gemm, gemv = _cblas._functions("s")
+    assert _cblas._self_test(gemm, gemv, "s")
+    assert not _cblas._self_test(*((wrong, gemv) if which == "gemm" else (gemm, wrong)), "s")
+
+
 @pytest.mark.parametrize(
-    "wrong",
-    [lambda *args: None, lambda *args: 1 / 0],
-    ids=["computes-nothing", "raises"],
+    ("shape", "route"),
+    [((2, 30_000, 9), "gemv"), ((9, 30_000, 2), "gemv"), ((8, 30_000, 9), "gemm")],
+    ids=["two-rows", "two-columns", "72-outputs"],
 )
-def test_self_test_refuses_a_gemm_that_gets_it_wrong(wrong):
-    assert not _cblas._self_test(wrong, "s")
+def test_small_products_run_as_gemvs_and_larger_ones_as_one_gemm(shape, route, rng, monkeypatch):
+    """At most ``GEMV_OUTPUTS`` outputs (the loop's weight gradient with one or two output
+    channels): GEMVs, the other routine never called; more: one GEMM."""
+    if not _cblas.available(np.float32):
+        pytest.skip("no C BLAS here")
+    gemm, gemv = _cblas._functions("s")
+    monkeypatch.setattr(
+        _cblas, "_functions", lambda prefix: (_fails, gemv) if route == "gemv" else (gemm, _fails)
+    )
+    m, k, n = shape
+    a, b = _ints(rng, (m, k), np.float32), _strided(rng, (n, k), np.float32).T
+    out = np.empty((m, n), np.float32)
+    _cblas.gemm_into(a, b, out, False)
+    np.testing.assert_array_equal(out, a.astype(np.float64) @ b)
 
 
 @pytest.mark.parametrize("whole_batch", [False, True], ids=["chunks", "whole-batch"])
-@pytest.mark.parametrize("pass_", ["forward", "grad_inputs"])
+@pytest.mark.parametrize("pass_", ["forward", "grad_inputs", "grad_kernels"])
 def test_loop_gives_the_same_numbers_with_either_route(pass_, whole_batch, rng, monkeypatch):
-    """The loop backend's offsets add into one grid through ``gemm_into``: bit for bit the
+    """The loop backend's offsets add into one grid through ``gemm_into``, and its weight
+    gradient's kernel rows (4 x 15 products here: GEMVs) come from it too: bit for bit the
     same result through the C BLAS as through numpy (integers: exact in any order)."""
     if whole_batch:  # the GEMMs on the BLAS's threads, as on many cores
         monkeypatch.setattr(threads, "whole_batch", lambda n, elements, per_row, dtype: n)
     x = _ints(rng, (3, 5, 9, 8), np.float32)
     k = _ints(rng, (4, 5, 3, 3), np.float32)
-    function = getattr(kernels, {"forward": "convolve", "grad_inputs": "grad_inputs"}[pass_])
-    operand = x if pass_ == "forward" else _ints(rng, (3, 4, 9, 8), np.float32)
-    through_blas = function(operand, k, 1, backend="loop")
-    monkeypatch.setattr(_cblas, "_function", lambda prefix: None)
-    np.testing.assert_array_equal(function(operand, k, 1, backend="loop"), through_blas)
-    reference = function(operand.astype(np.float64), k.astype(np.float64), 1, backend="im2col")
-    np.testing.assert_array_equal(through_blas, reference)
+    y = _ints(rng, (3, 4, 9, 8), np.float32)
+    operands = {"forward": (x, k), "grad_inputs": (y, k), "grad_kernels": (x, y)}[pass_]
+    function = getattr(kernels, "convolve" if pass_ == "forward" else pass_)
+    through_blas = function(*operands, 1, backend="loop")
+    monkeypatch.setattr(_cblas, "_functions", lambda prefix: None)
+    np.testing.assert_array_equal(function(*operands, 1, backend="loop"), through_blas)
+    wide = [operand.astype(np.float64) for operand in operands]
+    np.testing.assert_array_equal(through_blas, function(*wide, 1, backend="im2col"))
 
 
 def test_gemm_into_lets_other_threads_run_during_the_blas_call(rng):
@@ -131,6 +163,6 @@ def test_gemm_into_lets_other_threads_run_during_the_blas_call(rng):
 
     if not _cblas.available(np.float32):
         pytest.skip("no C BLAS GEMM here")
-    a, b = _ints(rng, (27, 20_000), np.float32), _ints(rng, (20_000, 16), np.float32)
+    a, b = _ints(rng, (27, 200_000), np.float32), _ints(rng, (200_000, 16), np.float32)
     out = np.zeros((27, 16), np.float32)
     assert _another_thread_ran_during(lambda: _cblas.gemm_into(a, b, out, True))

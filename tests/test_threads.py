@@ -643,12 +643,14 @@ def test_profile_matmul_lets_other_threads_run_during_the_blas_call(shape, rng):
     """Another Python thread runs while the GEMM runs (np.matmul with an output of at most 500
     elements holds the GIL through the whole BLAS call; the (64, 32) output, released by numpy
     itself, checks the test). Decided without a clock (``_another_thread_ran_during``), over
-    up to 200 GEMMs, so that a waiting thread that is slow to be scheduled still finds one."""
+    up to 200 GEMMs, so that a waiting thread that is slow to be scheduled still finds one.
+    Each GEMM reduces over 200k values, a millisecond or so: the waiting thread must wake up
+    within one call, and a 20k-long GEMV (tens of microseconds) was sometimes over first."""
     from kernels import _profile
 
     m, n = shape
-    a = _f32(rng, m, 20_000)
-    b = _f32(rng, 20_000, n)[:, 0] if n == 1 else _f32(rng, 20_000, n)
+    a = _f32(rng, m, 200_000)
+    b = _f32(rng, 200_000, n)[:, 0] if n == 1 else _f32(rng, 200_000, n)
     assert _another_thread_ran_during(lambda: _profile.matmul(a, b))
 
 
