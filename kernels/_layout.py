@@ -13,7 +13,8 @@ What lives here is the part that is pure data movement:
 * padding into a reusable zero-bordered buffer in the layout a backend wants, in one copy
   (channels-first ``(d, n, Hp, Wp)``, whose flattened rows let a kernel offset become a
   contiguous column slice, or channels-last ``(n, Hp, Wp, d)``, where a patch row ``(kw, d)`` is
-  one contiguous run);
+  one contiguous run), or into kw column copies, one per horizontal kernel offset
+  (``fill_column_copies``), whose flattened rows let a kernel row become one column slice;
 * a per-thread scratch pool (``kernels.threads`` runs slices on several threads), so the large
   temporaries (padded images, column matrices, GEMM outputs) are not page-faulted in afresh on
   every call (writing into fresh memory costs a page fault per 4 KiB). Scratch
@@ -163,36 +164,28 @@ def shared_border_span(n: int, grid: tuple[int, int], oh: int, ow: int) -> int:
 
 
 def shared_border_buffer(
-    x: np.ndarray, ph: int, pw: int, grid: tuple[int, int], key: str, copies: int = 1
+    x: np.ndarray, ph: int, pw: int, grid: tuple[int, int], key: str
 ) -> np.ndarray:
     """The scratch buffer of ``pad_shared_borders`` for x (n, d, h, w), laid out
-    (copies, d, n + 1, Gh, Gw), its zero border in place and its interior not yet written
-    (``fill_shared_borders``, then ``shift_copies``)."""
+    (1, d, n + 1, Gh, Gw), its zero border in place and its interior not yet written
+    (``fill_shared_borders``)."""
     n, d = x.shape[:2]
     _, rows, cols = _interior(x, ph, pw)
-    return bordered(key, (copies, d, n + 1, *grid), x.dtype, rows, cols, h_axis=3)
+    return bordered(key, (1, d, n + 1, *grid), x.dtype, rows, cols, h_axis=3)
 
 
 def fill_shared_borders(buffer: np.ndarray, x: np.ndarray, ph: int, pw: int, images: slice):
-    """Write ``images`` of x (n, d, h, w) into the first copy of a ``shared_border_buffer``."""
+    """Write ``images`` of x (n, d, h, w) into a ``shared_border_buffer``."""
     src, rows, cols = _interior(x, ph, pw)
+    images = slice(*images.indices(x.shape[0]))  # of x's images, not of the buffer's n + 1
     buffer[0, :, images, rows, cols] = src[images].transpose(1, 0, 2, 3)
 
 
-def shift_copies(buffer: np.ndarray, positions: slice) -> None:
-    """Copy v of a ``shared_border_buffer`` over flat ``positions`` (per channel): the first
-    copy shifted left by v, i.e. copy[v][j, i] = copy[0][j, i + v]."""
-    flat = buffer.reshape(buffer.shape[0], buffer.shape[1], -1)
-    for v in range(1, buffer.shape[0]):
-        flat[v, :, positions] = flat[0, :, positions.start + v : positions.stop + v]
-
-
 def pad_shared_borders(
-    x: np.ndarray, ph: int, pw: int, grid: tuple[int, int], key: str, copies: int = 1,
-    reach: int = 0,
-) -> np.ndarray:  # fmt: skip
+    x: np.ndarray, ph: int, pw: int, grid: tuple[int, int], key: str
+) -> np.ndarray:
     """x (n, d, h, w) zero-padded by (ph, pw) into a scratch buffer laid out
-    (copies, d, n + 1, Gh, Gw), with (Gh, Gw) = ``grid`` from ``shared_border_grid``.
+    (1, d, n + 1, Gh, Gw), with (Gh, Gw) = ``grid`` from ``shared_border_grid``.
 
     As ``pad_channels_first``, but neighbours share their zero border: each image row is
     followed by pw zero columns, which are the left border of the next row too, and each image
@@ -203,17 +196,86 @@ def pad_shared_borders(
     of (h+2ph)*(w+2pw): 19% fewer at 8x8 with 3x3, 11% at 16x16. The last of the n + 1
     images is left unwritten but for its zero border: reads from the last image's outputs
     end in that border's top rows, as they would in a next image's.
-
-    ``copies`` > 1: copy v is the padded image shifted left by v flat positions, written over
-    its first ``reach`` positions (``shift_copies``). Flattened to (copies*d, ...), row v*d + j
-    is channel j shifted by v: a column slice of it is the image under kernel offsets
-    (u, 0) ... (u, copies - 1) at once, one operand for a GEMM that reduces over all of them.
     """
-    buffer = shared_border_buffer(x, ph, pw, grid, key, copies)
+    buffer = shared_border_buffer(x, ph, pw, grid, key)
     fill_shared_borders(buffer, x, ph, pw, slice(None, x.shape[0]))
-    if copies > 1:
-        shift_copies(buffer, slice(0, reach))
     return buffer
+
+
+def column_copies_buffer(
+    x: np.ndarray, ph: int, pw: int, rows: int, copies: int, width: int, key: str
+) -> np.ndarray:
+    """The scratch buffer of ``fill_column_copies`` for x (n, d, h, w), laid out
+    (copies, d, n + 1, rows, width), its border rows zero and the rest not yet written."""
+    n, d = x.shape[:2]
+    _, image_rows, _ = _interior(x, ph, pw)
+    shape = (copies, d, n + 1, rows, width)
+    return bordered(key, shape, x.dtype, image_rows, slice(0, width), h_axis=3)
+
+
+def fill_column_copies(buffer: np.ndarray, x: np.ndarray, ph: int, pw: int, images: slice):
+    """Write ``images`` of x (n, d, h, w), zero-padded by (ph, pw), into every copy of a
+    ``column_copies_buffer``: copy v holds columns v .. v + width - 1 of the padded image,
+    zeros where those run past it.
+
+    Rows as in ``pad_shared_borders`` (each image followed by its ph zero rows, the top border
+    of the next image too), but no border columns: each copy's rows are exactly ``width``
+    (the output's width) long. Flattened to (copies * d, ...), row v*d + j is channel j under
+    the horizontal offset v, and a shift by u*width is the vertical offset u: the column slice
+    at u*width is the image under every offset of kernel row u, with no zero columns between
+    its rows for a GEMM to compute and throw away.
+
+    One copy, r, is written from x (a transposing copy, rows of w values); each other one,
+    where the padding allows (``_reference_copy``), is copy r shifted by v - r positions along
+    its image's rows taken as one run (one long copy per channel and image), then the columns
+    that shift wrapped into the neighbouring row set to zero, which the padding puts there.
+    """
+    src, rows, cols = _interior(x, ph, pw)
+    images = slice(*images.indices(x.shape[0]))  # of x's images, not of the buffer's n + 1
+    copies, width = buffer.shape[0], buffer.shape[4]
+    reference = _reference_copy(copies, width, src.shape[3], cols.start)
+    for v in range(copies) if reference is None else (reference,):
+        low, high = cols.start - v, cols.stop - v  # where the image's columns land in copy v
+        first, last = max(low, 0), min(high, width)
+        target = buffer[v, :, images, rows]
+        if first > 0:
+            target[..., :first] = 0
+        if last < width:
+            target[..., max(last, 0) :] = 0
+        if first < last:
+            target[..., first:last] = src[images, :, :, first - low : last - low].transpose(
+                1, 0, 2, 3
+            )
+    if reference is None:
+        return
+    run = (rows.stop - rows.start) * width
+    shape = (buffer.shape[1], images.stop - images.start, run)
+    origin = buffer[reference, :, images, rows].reshape(shape)
+    for v in range(copies):
+        shift = v - reference
+        if shift == 0:
+            continue
+        target = buffer[v, :, images, rows]
+        flat = target.reshape(shape)
+        if shift > 0:
+            flat[..., : run - shift] = origin[..., shift:]
+            target[..., width - shift :] = 0
+        else:
+            flat[..., -shift:] = origin[..., : run + shift]
+            target[..., :-shift] = 0
+
+
+def _reference_copy(copies: int, width: int, columns: int, first: int) -> int | None:
+    """The copy r of ``fill_column_copies`` from which every other one is a shift, or None.
+
+    Copy v = copy r shifted by v - r along a run of rows is right but in the v - r columns
+    that wrap into a neighbouring row, which must then hold padding: the image's ``columns``
+    start at padded column ``first`` (the left pad) and end before first + columns, so r
+    must be at most the left pad and at least copies - 1 minus the right pad,
+    width + copies - 1 - (first + columns) (as with 'same' or full padding, not 'valid')."""
+    right_pad = width + copies - 1 - first - columns
+    low, high = max(0, copies - 1 - right_pad), min(first, copies - 1)
+    return low if low <= high else None
 
 
 def pad_images(x: np.ndarray, ph: int, pw: int, key: str) -> np.ndarray:

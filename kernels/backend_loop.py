@@ -21,14 +21,19 @@ borders are computed and dropped (Gh*Gw/(oh*ow) - 1 extra work with 'same' 3x3: 
 be twice that). For grad_kernels the output gradient is placed on the same grid (zeros
 elsewhere) and each offset is one GEMM gy (c, Q) @ slice^T (Q, d).
 
-Few channels (kw * d at most ``STACK_DEPTH``, as in a first layer): the buffer holds kw
-copies of the padded image, copy v shifted by v positions, so that the column slice at u*Gw
-of the stacked (kw*d, N) rows is the image under all kw offsets of kernel row u at once.
-Each kernel row is then one GEMM that reduces over kw*d values (kh steps, ``_copies``): a
-GEMM over 3 channels runs far below the BLAS's peak, and each one reads and writes the whole
-output grid it adds into. In the weight gradient a kernel row is gy (c, Q) @ slice^T
-(Q, kw*d); with one or two output channels that product has so few entries that
-``_cblas.gemm_into`` runs it as GEMVs.
+Loop over kernel rows (kh steps), where the channels are few (kw * d at most
+``STACK_DEPTH``, as in a first layer) or the outputs at least as many as the channels (a
+forward that widens the layer; ``_copies``): the buffer holds kw column copies of the padded
+image (``_layout.fill_column_copies``), copy v the padded image's columns v .. v + ow - 1,
+rows of exactly ow values, with no border columns, neighbouring images still sharing their
+zero rows. Flattened to (kw*d, N) with Gw = ow, the column slice at u*Gw is the image under
+all kw offsets of kernel row u at once, and each kernel row is one GEMM taps (c, kw*d) @
+slice (kw*d, Q) that reduces over kw*d values. A GEMM over 3 channels runs far below the
+BLAS's peak; each GEMM reads and writes the whole output grid it adds into (kh passes over
+it instead of kh*kw); and the grid loses its border columns (one row per image is left:
+12% extra work at 8x8, 6% at 16x16). The copies cost kw*d values per position, once. In
+the weight gradient a kernel row is gy (c, Q) @ slice^T (Q, kw*d); with one or two output
+channels that product has so few entries that ``_cblas.gemm_into`` runs it as GEMVs.
 
 Loop over output positions (oh*ow steps), for kernels larger than their output, as in the
 weight-gradient call of section 5.7. The image is padded channels-last (n, Hp, Wp, d); the
@@ -48,9 +53,9 @@ and outputs on the padded grid, so they stay in a core's caches), the chunks sha
 the thread budget (``kernels.threads``, a single-threaded BLAS per thread, and no more threads
 than the work is worth); the weight gradient adds the chunks' parts. Between its GEMMs a chunk
 holds the GIL briefly, and with many threads those moments are what the threads wait on: the
-correlation's GEMMs, and the stacked weight gradient's, go through ctypes, which releases
-the GIL for each; in the per-offset weight gradient the kw offsets of one kernel row are one
-numpy call (their shifted images are one strided view), a few numpy calls per kernel row.
+correlation's GEMMs, and the weight gradient's per kernel row, go through ctypes, which
+releases the GIL for each; in the per-offset weight gradient the kw offsets of one kernel row
+are one numpy call (their shifted images are one strided view), a few numpy calls per row.
 
 What bounds it: the GEMMs of the offset loop reduce over only d channels (c in the input
 gradient), which BLAS runs far below its peak, and each reads and writes the whole (c, chunk)
@@ -68,7 +73,9 @@ import numpy as np
 
 from kernels import _profile, threads
 from kernels._layout import (
+    column_copies_buffer,
     embed_channels_first,
+    fill_column_copies,
     fill_shared_borders,
     grad_inputs_padding,
     grad_kernel_shape,
@@ -78,7 +85,6 @@ from kernels._layout import (
     shared_border_buffer,
     shared_border_grid,
     shared_border_span,
-    shift_copies,
     taps_forward,
     taps_grad_inputs,
 )
@@ -106,8 +112,8 @@ def grad_kernels(inputs: np.ndarray, grad_outputs: np.ndarray, padding: int) -> 
     _, c, oh, ow = grad_outputs.shape
     kh, kw = grad_kernel_shape(inputs, grad_outputs, padding)
     wp = w + 2 * padding
-    gh, gw = shared_border_grid(h, w, padding, padding, kh, kw)
-    copies = _copies(d, kw)
+    copies = _copies(d, c, kw, wider=2)
+    gh, gw = _offsets_grid(h, w, padding, padding, kh, kw, ow, copies)
     over_offsets = _cost(kh * kw // copies, c * d * copies * n * gh * gw)
     over_positions = _cost(oh * ow, c * d * n * ((kh - 1) * wp + kw))
     if over_offsets <= over_positions:
@@ -132,15 +138,24 @@ def _cost(steps: int, multiply_adds_per_step: int) -> int:
     return steps * (multiply_adds_per_step + _STEP_OVERHEAD)
 
 
-def _copies(d: int, kw: int) -> int:
-    """Shifted copies of a d-channel image the offset loop stacks: kw (one GEMM per kernel
-    row, reducing over kw * d) while kw * d <= ``STACK_DEPTH``, else 1 (one GEMM per offset).
+def _copies(d: int, c: int, kw: int, wider: int = 1) -> int:
+    """Column copies of a d-channel image the offset loop stacks (``fill_column_copies``) for
+    c outputs: kw (one GEMM per kernel row, reducing over kw * d) where kw * d is at most
+    ``STACK_DEPTH`` or c >= ``wider`` * d, else 1 (one GEMM per offset, ``pad_shared_borders``).
 
-    A GEMM that reduces over a few channels runs far below the BLAS's peak, and every GEMM
-    reads and writes the whole output grid it adds into; kw - 1 shifted copies of the image
-    cost less than that where d is small (the first layer's 3 channels: forward 1.1-1.3x,
-    weight gradient 1.1-1.2x faster), and about what they save at 16 channels and more."""
-    return kw if kw * d <= STACK_DEPTH else 1
+    A GEMM that reduces over a few channels runs far below the BLAS's peak, and every GEMM of a
+    correlation reads and writes the whole (c, positions) output grid it adds into: kh*kw
+    passes over it per offset, kh per kernel row. The kw copies of the image cost kw*d values
+    per position, once, and take the border columns out of the grid (12% of it at 8x8, 6% at
+    16x16). So they pay where the reduction is short or the outputs are at least as many as
+    the image's channels; with fewer outputs than inputs (an input gradient) they cost more
+    than they save (CIFAR-10 recipe, 2 threads, against one GEMM per offset: conv2 and conv3
+    forward 1.02-1.2x faster, conv1's input gradient, 16 channels to 3, 0.72x, conv2's, 32 to
+    16, 0.87x; c = d: 0.96-1.5x, most near 1.05x). The weight gradient writes each product
+    once, so its copies save only the rereading of the output gradient per offset: it asks
+    for twice the image's channels (``wider`` = 2; the recipe's conv2 and conv3, c = 2d:
+    1.0-1.4x faster; c = d: 0.8-1.0x at 16x16, 1.0-1.2x with kernels of 7x7 and more)."""
+    return kw if kw * d <= STACK_DEPTH or c >= wider * d else 1
 
 
 def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
@@ -156,10 +171,11 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
     c, _, kh, kw = taps.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     oh, ow = hp - kh + 1, wp - kw + 1
-    gh, gw = shared_border_grid(h, w, ph, pw, kh, kw)
+    copies, swapped_copies = _copies(d, c, kw), _copies(d, n, w)
+    gh, gw = _offsets_grid(h, w, ph, pw, kh, kw, ow, copies)
     ws = 2 * w + 2 * pw - kw  # the swapped image's padded width
-    swapped_grid = math.prod(shared_border_grid(kh, kw, h + ph - kh, w + pw - kw, h, w))
-    copies, swapped_copies = _copies(d, kw), _copies(d, w)
+    swapped = (kh, kw, h + ph - kh, w + pw - kw, h, w, ow, swapped_copies)
+    swapped_grid = math.prod(_offsets_grid(*swapped))
     plans = [
         (_cost(kh * kw // copies, c * d * copies * n * gh * gw), False, _correlate_over_offsets),
         (_cost(oh * ow, n * c * d * ((kh - 1) * wp + kw)), False, _correlate_over_positions),
@@ -204,9 +220,9 @@ def _correlate(x: np.ndarray, taps: np.ndarray, ph: int, pw: int) -> np.ndarray:
 def _offset_weights(taps: np.ndarray) -> np.ndarray:
     """taps (c, d, kh, kw) as (kh, kw / s, c, s * d), contiguous, with s = ``_copies``: one
     (c, d) matrix per offset, or one (c, kw * d) matrix per kernel row, column v * d + j for
-    channel j at offset (u, v) (the row order of ``pad_shared_borders``' copies)."""
+    channel j at offset (u, v) (the row order of ``fill_column_copies``' copies)."""
     c, d, kh, kw = taps.shape
-    copies = _copies(d, kw)
+    copies = _copies(d, c, kw)
     by_row = taps.transpose(2, 3, 0, 1) if copies == 1 else taps.transpose(2, 0, 3, 1)
     return np.ascontiguousarray(by_row).reshape(kh, kw // copies, c, copies * d)
 
@@ -232,10 +248,11 @@ def _shifted_rows(padded: np.ndarray, u: int, kw: int, q: int) -> np.ndarray:
 
 def _add_offsets(weights: np.ndarray, padded: np.ndarray, grid: np.ndarray, oh: int, ow: int):
     """grid (c, n, Gh, Gw) = the sum over offsets (u, v) of the taps at (u, v) (c, d) @ the
-    image shifted by (u, v), from ``padded`` (s, d, n + 1, Gh, Gw, ``pad_shared_borders``) and
-    ``weights`` (kh, kw / s, c, s * d, ``_offset_weights``): one GEMM per offset (s = 1) or per
-    kernel row (s = kw), each adding into the grid (``_cblas``), over the flat positions up to
-    the last output (t < oh, s < ow of the last image); the rest of the grid is not written."""
+    image shifted by (u, v), from ``padded`` (s, d, n + 1, Gh, Gw: ``pad_shared_borders``,
+    s = 1, or ``fill_column_copies``, s = kw and Gw = ow) and ``weights`` (kh, kw / s, c, s * d,
+    ``_offset_weights``): one GEMM per offset (s = 1) or per kernel row (s = kw), each adding
+    into the grid (``_cblas``), over the flat positions up to the last output (t < oh, s < ow
+    of the last image); the rest of the grid is not written."""
     kh, steps, c, depth = weights.shape
     _, n, gh, gw = grid.shape
     q = shared_border_span(n, (gh, gw), oh, ow)
@@ -248,30 +265,41 @@ def _add_offsets(weights: np.ndarray, padded: np.ndarray, grid: np.ndarray, oh: 
                 _profile.gemm_into(weights[u, v], flat[:, shift : shift + q], live, shift > 0)
 
 
-def _reach(copies: int, kh: int, grid: tuple[int, int], q: int) -> int:
-    """Flat positions of each shifted copy that the offsets of kernel rows 0 .. kh - 1 read,
-    q columns each (none where the image has no shifted copies)."""
-    return (kh - 1) * grid[1] + q if copies > 1 else 0
+def _offsets_grid(h, w, ph, pw, kh, kw, ow, copies) -> tuple[int, int]:
+    """Rows and columns per image of the offset loop's grid: ``shared_border_grid``'s, or,
+    with column copies (``copies`` > 1, ``fill_column_copies``), its rows by the output's
+    ``ow`` columns (no border columns)."""
+    rows, columns = shared_border_grid(h, w, ph, pw, kh, kw)
+    return (rows, ow) if copies > 1 else (rows, columns)
 
 
 def _offsets_plan(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result: np.ndarray):
-    """(copies, grid, reach) of an offset loop over x with ``weights`` (``_offset_weights``)
-    into ``result``: the image's shifted copies, the shared-border grid and ``_reach``."""
+    """(copies, grid) of an offset loop over x with ``weights`` (``_offset_weights``) into
+    ``result``: the image's column copies (1: none) and ``_offsets_grid``."""
     kh, steps, _, depth = weights.shape
-    n, d, h, w = x.shape
+    _, d, h, w = x.shape
     copies = depth // d
-    grid = shared_border_grid(h, w, ph, pw, kh, steps * copies)
-    span = shared_border_span(n, grid, *result.shape[2:])
-    return copies, grid, _reach(copies, kh, grid, span)
+    ow = result.shape[3]
+    return copies, _offsets_grid(h, w, ph, pw, kh, steps * copies, ow, copies)
+
+
+def _padded_for_offsets(x, ph, pw, grid, copies, key) -> np.ndarray:
+    """x padded for the offset loop on ``grid``: ``pad_shared_borders`` (one copy), or its
+    column copies (``fill_column_copies``), as a (copies, d, n + 1, Gh, Gw) scratch buffer."""
+    if copies == 1:
+        return pad_shared_borders(x, ph, pw, grid, key)
+    buffer = column_copies_buffer(x, ph, pw, grid[0], copies, grid[1], key)
+    fill_column_copies(buffer, x, ph, pw, slice(None, x.shape[0]))
+    return buffer
 
 
 def _correlate_over_offsets(x: np.ndarray, weights: np.ndarray, ph: int, pw: int, result):
     c = weights.shape[2]
     n = x.shape[0]
     oh, ow = result.shape[2:]
-    copies, grid_shape, reach = _offsets_plan(x, weights, ph, pw, result)
+    copies, grid_shape = _offsets_plan(x, weights, ph, pw, result)
     with _profile.stage("layout"):
-        padded = pad_shared_borders(x, ph, pw, grid_shape, "loop.padded", copies, reach)
+        padded = _padded_for_offsets(x, ph, pw, grid_shape, copies, "loop.padded")
     grid = scratch("loop.grid", (c, n, *grid_shape), x.dtype)  # outputs on the padded grid
     _add_offsets(weights, padded, grid, oh, ow)
     with _profile.stage("layout"):
@@ -284,22 +312,20 @@ def _correlate_over_offsets_blas(x: np.ndarray, weights: np.ndarray, ph: int, pw
     c = weights.shape[2]
     n = x.shape[0]
     oh, ow = result.shape[2:]
-    copies, grid_shape, reach = _offsets_plan(x, weights, ph, pw, result)
-    padded = shared_border_buffer(x, ph, pw, grid_shape, "loop.batch_padded", copies)
+    copies, grid_shape = _offsets_plan(x, weights, ph, pw, result)
+    if copies > 1:
+        key = "loop.batch_padded"
+        padded = column_copies_buffer(x, ph, pw, grid_shape[0], copies, grid_shape[1], key)
+        fill = fill_column_copies
+    else:
+        padded = shared_border_buffer(x, ph, pw, grid_shape, "loop.batch_padded")
+        fill = fill_shared_borders
 
     def pad(s: slice) -> None:
         with _profile.stage("layout"):
-            fill_shared_borders(padded, x, ph, pw, s)
+            fill(padded, x, ph, pw, s)
 
     threads.over_batch(pad, n, padded.size)
-    if copies > 1:  # after every image is in place: a copy reads past its slice's end
-        image = math.prod(grid_shape)
-
-        def shift(s: slice) -> None:
-            with _profile.stage("layout"):
-                shift_copies(padded, slice(s.start * image, min(s.stop * image, reach)))
-
-        threads.over_batch(shift, n + 1, padded.size)
     grid = scratch("loop.grid", (c, n, *grid_shape), x.dtype)
     with threads.blas_within_cores():
         _add_offsets(weights, padded, grid, oh, ow)
@@ -334,15 +360,12 @@ def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndar
     d = inputs.shape[1]
     c = grad_outputs.shape[1]
     n, _, oh, ow = grad_outputs.shape
-    copies = _copies(d, kw)
-    grid_shape = shared_border_grid(*inputs.shape[2:], padding, padding, kh, kw)
+    copies = _copies(d, c, kw, wider=2)
+    grid_shape = _offsets_grid(*inputs.shape[2:], padding, padding, kh, kw, ow, copies)
     gh, gw = grid_shape
     q = shared_border_span(n, grid_shape, oh, ow)
     with _profile.stage("layout"):
-        reach = _reach(copies, kh, grid_shape, q)
-        padded = pad_shared_borders(
-            inputs, padding, padding, grid_shape, "loop.padded", copies, reach
-        )
+        padded = _padded_for_offsets(inputs, padding, padding, grid_shape, copies, "loop.padded")
         # The output gradient on the same padded grid, zero where no output exists, so that
         # flat position i of it pairs with flat position i + u*Gw + v of the image.
         gy = embed_channels_first(grad_outputs, gh, gw, "loop.gy_grid").reshape(c, -1)[:, :q]

@@ -5,8 +5,8 @@
 The loop backend (``kernels.backend_loop``) computes each pass as kh*kw GEMMs, one per kernel
 offset: in the forward each reduces over the d input channels, in the input gradient over the c
 output channels, and in the weight gradient each yields one (c, d) matrix. Where the channels
-are few it stacks the kw offsets of a kernel row into one GEMM (kh GEMMs, each reducing over
-or yielding kw times the channels). This probe times the least of that work a BLAS can be
+are few, or the outputs at least as many, it stacks the kw offsets of a kernel row into one
+GEMM (kh GEMMs, each reducing over or yielding kw times the channels). This probe times the least of that work a BLAS can be
 handed, for the CIFAR-10 fast recipe's layers:
 
 - per offset (or kernel row) one GEMM over the output positions only (n*oh*ow; n*h*w for the
@@ -64,7 +64,8 @@ def gemm_operands(case, pass_: str, images: int, rng: np.random.Generator, rows:
     GEMMs (one per kernel offset in the forward and input gradient; the output gradient for
     each in the weight gradient), the image operand they share, and one output. With ``rows``
     the kw offsets of a kernel row are one GEMM (kh in all), reducing over (or, in the weight
-    gradient, yielding) kw times the channels: the backend's form for few channels."""
+    gradient, yielding) kw times the channels: the backend's form for few channels or many
+    outputs."""
     _, d, h, w = case.input_shape
     c, _, kh, kw = case.kernel_shape
     p = case.padding

@@ -343,25 +343,68 @@ def test_shared_borders_shift_as_the_padded_image_does(h, w, ph, pw, kh, kw):
             )
 
 
-def test_shifted_copies_hold_the_image_shifted_by_their_index():
-    """``pad_shared_borders(copies=3)``: copy v is the first shifted left by v flat positions
-    over the ``reach`` asked for, so that row v*d + j of the stacked buffer is channel j under
-    offset (u, v) at column u*Gw + i; the first copy is the plain padded image."""
-    from kernels._layout import pad_shared_borders, shared_border_grid
+@pytest.mark.parametrize(
+    ("h", "w", "ph", "pw", "kh", "kw"),
+    [(8, 8, 1, 1, 3, 3), (5, 6, 2, 2, 7, 4), (6, 7, 4, 4, 3, 3), (8, 9, -1, -2, 3, 3),
+     (9, 10, 0, 0, 4, 5), (3, 5, 1, 0, 2, 2), (2, 3, 0, 2, 2, 5), (4, 3, 1, 3, 3, 2)],
+    ids=["3x3-same", "kernel-taller", "p-above-k-1", "crop", "valid", "ph-not-pw",
+         "pw-not-ph", "pw-above-kw-1"],
+)  # fmt: skip
+def test_column_copies_shift_as_the_padded_image_does(h, w, ph, pw, kh, kw):
+    """``fill_column_copies``: for every output position (t, s) of every image and every
+    offset (u, v), flat position (i*Gh + t)*ow + s of copy v, shifted by u*ow, holds the
+    padded image's [i, t + u, s + v], zero included: no border columns, rows of exactly the
+    output's width, neighbours sharing their zero rows. Written twice over NaN-filled memory
+    (a second geometry between them), so no stale value is read as a zero."""
+    from kernels._layout import column_copies_buffer, fill_column_copies, shared_border_grid
 
-    rng = np.random.default_rng(1)
-    x = rng.integers(1, 9, (3, 2, 7, 6)).astype(np.float32)
-    grid = shared_border_grid(7, 6, 1, 1, 3, 3)
-    plain = pad_shared_borders(x, 1, 1, grid, "test.plain").reshape(2, -1).copy()
-    reach = plain.shape[1] - 2 * grid[0] * grid[1]  # well inside the buffer
-    stacked = pad_shared_borders(x, 1, 1, grid, "test.stacked", copies=3, reach=reach)
-    assert stacked.shape == (3, 2, 4, *grid)
-    flat = stacked.reshape(3, 2, -1)
-    np.testing.assert_array_equal(
-        flat[0, :, : 3 * grid[0] * grid[1]], plain[:, : 3 * grid[0] * grid[1]]
-    )
-    for v in (1, 2):
-        np.testing.assert_array_equal(flat[v, :, :reach], flat[0, :, v : v + reach])
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 9, (3, 2, h, w)).astype(np.float64)  # no zero among the pixels
+    crop = (slice(max(0, -ph), h - max(0, -ph)), slice(max(0, -pw), w - max(0, -pw)))
+    pads = ((0, 0), (0, 0), (max(0, ph),) * 2, (max(0, pw),) * 2)
+    padded = np.pad(x[:, :, crop[0], crop[1]], pads)
+    oh, ow = padded.shape[2] - kh + 1, padded.shape[3] - kw + 1
+    rows = shared_border_grid(h, w, ph, pw, kh, kw)[0]
+    for other in (False, True):
+        buffer = column_copies_buffer(x, ph, pw, rows, kw, ow + other, "test.columns")
+        buffer[...] = np.nan  # whatever a previous user left, the border rows included
+        buffer = column_copies_buffer(x, ph, pw, rows, kw, ow, "test.columns")
+        fill_column_copies(buffer, x, ph, pw, slice(None))
+    flat = buffer.reshape(kw, 2, -1)
+    images, out_rows, cols = np.meshgrid(range(3), range(oh), range(ow), indexing="ij")
+    starts = (images * rows + out_rows) * ow + cols
+    for u in range(kh):
+        for v in range(kw):
+            np.testing.assert_array_equal(
+                flat[v][:, starts + u * ow],
+                padded[:, :, u : u + oh, v : v + ow].transpose(1, 0, 2, 3),
+            )
+
+
+@pytest.mark.parametrize(
+    ("d", "c", "kw", "wider", "copies"),
+    [(3, 16, 3, 1, 3), (10, 1, 3, 1, 3), (11, 1, 3, 1, 1), (16, 32, 3, 1, 3), (32, 32, 3, 1, 3),
+     (32, 16, 3, 1, 1), (16, 3, 3, 1, 1), (16, 32, 3, 2, 3), (32, 32, 3, 2, 1), (3, 1, 3, 2, 3),
+     (64, 64, 1, 1, 1), (8, 8, 5, 1, 5)],
+    ids=["first-layer", "few-channels-one-output", "11-channels-one-output", "widening",
+         "as-many", "narrowing", "input-gradient-16-to-3", "weight-gradient-widening",
+         "weight-gradient-as-many", "weight-gradient-few-channels", "1x1", "5x5"],
+)  # fmt: skip
+def test_loop_stacks_a_kernel_row_for_few_channels_or_many_outputs(d, c, kw, wider, copies):
+    """``_copies``: kw column copies (one GEMM per kernel row) while kw*d is at most
+    ``STACK_DEPTH`` (32) or the c outputs are at least ``wider`` times the d channels, else
+    one GEMM per offset; ``_offset_weights`` lays the taps out to match."""
+    from kernels import backend_loop
+
+    assert backend_loop.STACK_DEPTH == 32
+    assert backend_loop._copies(d, c, kw, wider) == copies
+    if wider == 1:
+        taps = np.arange(c * d * 3 * kw, dtype=np.float32).reshape(c, d, 3, kw)
+        weights = backend_loop._offset_weights(taps)
+        assert weights.shape == (3, kw // copies, c, copies * d)
+        u, v, j = 2, kw - 1, d - 1
+        column = (v % copies) * d + j
+        np.testing.assert_array_equal(weights[u, v // copies, :, column], taps[:, j, u, v])
 
 
 @pytest.mark.parametrize("backend", ["im2col", "loop"])
