@@ -22,8 +22,8 @@ be twice that). For grad_kernels the output gradient is placed on the same grid 
 elsewhere) and each offset is one GEMM gy (c, Q) @ slice^T (Q, d).
 
 Loop over kernel rows (kh steps), where the channels are few (kw * d at most
-``STACK_DEPTH``, as in a first layer) or the outputs at least as many as the channels (a
-forward that widens the layer; ``_copies``): the buffer holds kw column copies of the padded
+``STACK_DEPTH``, as in a first layer) or the outputs at least half as many as the channels
+(twice as many in the weight gradient; ``_copies``): the buffer holds kw column copies of the padded
 image (``_layout.fill_column_copies``), copy v the padded image's columns v .. v + ow - 1,
 rows of exactly ow values, with no border columns, neighbouring images still sharing their
 zero rows. Flattened to (kw*d, N) with Gw = ow, the column slice at u*Gw is the image under
@@ -138,7 +138,7 @@ def _cost(steps: int, multiply_adds_per_step: int) -> int:
     return steps * (multiply_adds_per_step + _STEP_OVERHEAD)
 
 
-def _copies(d: int, c: int, kw: int, wider: int = 1) -> int:
+def _copies(d: int, c: int, kw: int, wider: float = 0.5) -> int:
     """Column copies of a d-channel image the offset loop stacks (``fill_column_copies``) for
     c outputs: kw (one GEMM per kernel row, reducing over kw * d) where kw * d is at most
     ``STACK_DEPTH`` or c >= ``wider`` * d, else 1 (one GEMM per offset, ``pad_shared_borders``).
@@ -147,14 +147,14 @@ def _copies(d: int, c: int, kw: int, wider: int = 1) -> int:
     correlation reads and writes the whole (c, positions) output grid it adds into: kh*kw
     passes over it per offset, kh per kernel row. The kw copies of the image cost kw*d values
     per position, once, and take the border columns out of the grid (12% of it at 8x8, 6% at
-    16x16). So they pay where the reduction is short or the outputs are at least as many as
-    the image's channels; with fewer outputs than inputs (an input gradient) they cost more
-    than they save (CIFAR-10 recipe, 2 threads, against one GEMM per offset: conv2 and conv3
-    forward 1.02-1.2x faster, conv1's input gradient, 16 channels to 3, 0.72x, conv2's, 32 to
-    16, 0.87x; c = d: 0.96-1.5x, most near 1.05x). The weight gradient writes each product
-    once, so its copies save only the rereading of the output gradient per offset: it asks
-    for twice the image's channels (``wider`` = 2; the recipe's conv2 and conv3, c = 2d:
-    1.0-1.4x faster; c = d: 0.8-1.0x at 16x16, 1.0-1.2x with kernels of 7x7 and more)."""
+    16x16). So they pay where the reduction is short or the outputs are not far fewer than the
+    image's channels: CIFAR-10 recipe, 2 threads, against one GEMM per offset, forward
+    (c = 2d) 1.02-1.2x faster, input gradient (c = d/2) 1.04x (conv2) and 1.12-1.25x (conv3),
+    but the first layer's input gradient (16 channels to 3) 0.83x. The weight gradient writes
+    each product once, so its copies save only the rereading of the output gradient per
+    offset: it asks for twice the image's channels (``wider`` = 2; the recipe's conv2 and
+    conv3, c = 2d: 1.0-1.4x faster; c = d: 0.8-1.0x at 16x16, 1.0-1.2x with kernels of 7x7
+    and more)."""
     return kw if kw * d <= STACK_DEPTH or c >= wider * d else 1
 
 

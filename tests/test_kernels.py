@@ -383,22 +383,23 @@ def test_column_copies_shift_as_the_padded_image_does(h, w, ph, pw, kh, kw):
 
 @pytest.mark.parametrize(
     ("d", "c", "kw", "wider", "copies"),
-    [(3, 16, 3, 1, 3), (10, 1, 3, 1, 3), (11, 1, 3, 1, 1), (16, 32, 3, 1, 3), (32, 32, 3, 1, 3),
-     (32, 16, 3, 1, 1), (16, 3, 3, 1, 1), (16, 32, 3, 2, 3), (32, 32, 3, 2, 1), (3, 1, 3, 2, 3),
-     (64, 64, 1, 1, 1), (8, 8, 5, 1, 5)],
+    [(3, 16, 3, 0.5, 3), (10, 1, 3, 0.5, 3), (11, 1, 3, 0.5, 1), (16, 32, 3, 0.5, 3),
+     (64, 32, 3, 0.5, 3), (64, 31, 3, 0.5, 1), (16, 3, 3, 0.5, 1), (16, 32, 3, 2, 3),
+     (32, 32, 3, 2, 1), (3, 1, 3, 2, 3), (64, 64, 1, 0.5, 1), (8, 8, 5, 0.5, 5)],
     ids=["first-layer", "few-channels-one-output", "11-channels-one-output", "widening",
-         "as-many", "narrowing", "input-gradient-16-to-3", "weight-gradient-widening",
+         "half-as-many", "under-half", "input-gradient-16-to-3", "weight-gradient-widening",
          "weight-gradient-as-many", "weight-gradient-few-channels", "1x1", "5x5"],
 )  # fmt: skip
 def test_loop_stacks_a_kernel_row_for_few_channels_or_many_outputs(d, c, kw, wider, copies):
     """``_copies``: kw column copies (one GEMM per kernel row) while kw*d is at most
-    ``STACK_DEPTH`` (32) or the c outputs are at least ``wider`` times the d channels, else
-    one GEMM per offset; ``_offset_weights`` lays the taps out to match."""
+    ``STACK_DEPTH`` (32) or the c outputs are at least ``wider`` times the d channels (half,
+    in a correlation; twice, in the weight gradient), else one GEMM per offset;
+    ``_offset_weights`` lays the taps out to match."""
     from kernels import backend_loop
 
     assert backend_loop.STACK_DEPTH == 32
     assert backend_loop._copies(d, c, kw, wider) == copies
-    if wider == 1:
+    if wider == 0.5:
         taps = np.arange(c * d * 3 * kw, dtype=np.float32).reshape(c, d, 3, kw)
         weights = backend_loop._offset_weights(taps)
         assert weights.shape == (3, kw // copies, c, copies * d)
