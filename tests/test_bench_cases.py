@@ -334,17 +334,19 @@ def test_the_replay_shares_memory_where_the_call_did(backend, pass_, case):
         assert layout(operands(ran))[0]
 
 
-#: A case whose forward reduces over too many channels (24, for 8 outputs) to stack a kernel
-#: row's offsets; its input gradient (24 outputs from 8) stacks them.
-WIDE = bench.BenchCase("recipe", "wide", (2, 24, 6, 6), (8, 24, 3, 3), 1)
+#: A case whose forward reduces over too many channels (24, for 10 outputs) to stack a kernel
+#: row's offsets, with too many outputs for one GEMM to all of them; its input gradient (24
+#: outputs from 10) stacks them. With 4 outputs, the forward is that one GEMM.
+WIDE = bench.BenchCase("recipe", "wide", (2, 24, 6, 6), (10, 24, 3, 3), 1)
+NARROW = bench.BenchCase("recipe", "narrow", (2, 24, 6, 6), (4, 24, 3, 3), 1)
 
 
 @pytest.mark.parametrize(
     ("case", "pass_", "steps"),
     [(SMALL, "forward", 3), (SMALL, "grad_inputs", 3), (WIDE, "forward", 9),
-     (WIDE, "grad_inputs", 3)],
+     (WIDE, "grad_inputs", 3), (NARROW, "forward", 1)],
     ids=["kernel-rows-forward", "kernel-rows-grad_inputs", "offsets-forward",
-         "kernel-rows-wide-grad_inputs"],
+         "kernel-rows-wide-grad_inputs", "scatter-forward"],
 )  # fmt: skip
 def test_the_replay_adds_into_its_output_where_the_call_did(case, pass_, steps):
     """The loop's correlation adds each offset's (or kernel row's) product into one grid
