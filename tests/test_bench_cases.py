@@ -330,7 +330,8 @@ def test_the_replay_shares_memory_where_the_call_did(backend, pass_, case):
         return overlaps, [low % 64 for low, _ in spans]  # and each at the call's alignment
 
     assert ran.gemms and layout(operands(replayed)) == layout(operands(ran))
-    if backend == "loop" and case is THREE_CHANNELS:  # the case this test is for
+    # the case this test is for (its weight gradient is one GEMM over the whole kernel)
+    if backend == "loop" and case is THREE_CHANNELS and pass_ != "grad_kernels":
         assert layout(operands(ran))[0]
 
 
