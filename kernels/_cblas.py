@@ -85,8 +85,9 @@ def _functions(prefix: str) -> tuple | None:
 
 def _self_test(gemm, gemv, prefix: str) -> bool:
     """A (3, 5) @ (5, 4) product added into an output, every operand a strided view, through
-    the GEMM and through the GEMVs, as it stands and transposed (both operands ``.T``): exact
-    in either precision (small integers), so anything but the right numbers fails it."""
+    the GEMM and through the GEMVs: as it stands, transposed (both operands ``.T``), and with
+    b a ``.T`` view (the GEMVs' other branch, as in the loop's weight gradient); exact in
+    either precision (small integers), so anything but the right numbers fails it."""
     dtype = np.float32 if prefix == "s" else np.float64
     values = np.arange(-7, 8, dtype=dtype)
     a = np.resize(values, (3, 7))[:, 1:6]
@@ -96,11 +97,16 @@ def _self_test(gemm, gemv, prefix: str) -> bool:
     transposed = np.ascontiguousarray(out.T)
     try:
         for call, function in ((_call, gemm), (_call_gemv, gemv)):
-            result, result_t = out.copy(), transposed.copy()
-            called = call(function, a, b, result, 1.0) and call(function, b.T, a.T, result_t, 1.0)
+            result, result_t, result_b = out.copy(), transposed.copy(), out.copy()
+            b_view = np.ascontiguousarray(b.T).T
+            called = (
+                call(function, a, b, result, 1.0)
+                and call(function, b.T, a.T, result_t, 1.0)
+                and call(function, a, b_view, result_b, 1.0)
+            )
             if not (called and np.array_equal(result, expected)):
                 return False
-            if not np.array_equal(result_t, expected.T):
+            if not (np.array_equal(result_t, expected.T) and np.array_equal(result_b, expected)):
                 return False
     except Exception:  # noqa: BLE001 - any failure means: do not use it
         return False

@@ -256,6 +256,9 @@ def fill_column_copies(buffer: np.ndarray, x: np.ndarray, ph: int, pw: int, imag
         if shift == 0:
             continue
         target = buffer[v, :, images, rows]
+        if abs(shift) >= width:  # every column wraps: all of it is padding
+            target[...] = 0
+            continue
         flat = target.reshape(shape)
         if shift > 0:
             flat[..., : run - shift] = origin[..., shift:]

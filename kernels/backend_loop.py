@@ -464,11 +464,16 @@ def _grad_kernels_over_offsets(inputs, grad_outputs, padding, kh, kw) -> np.ndar
 
 def _whole_kernel_copies(inputs, padding, grid, kh, kw, q) -> np.ndarray:
     """kh*kw copies of the padded image, (kh*kw, d, n + 1, Gh, ow): copy u*kw + v is column
-    copy v (``fill_column_copies``) shifted by u rows, over the q positions a GEMM reads."""
+    copy v (``fill_column_copies``) shifted by u rows, over the q positions a GEMM reads.
+
+    A buffer of its own key per kw: the shifted copies overwrite their border rows, so only
+    the first kw copies, the ones ``fill_column_copies`` writes and relies on, keep the zero
+    border ``bordered`` promises for the buffer's shape. Under another key (a column-copy
+    buffer of the same shape) or another kw (4x2 and 2x4 kernels), a copy with rows where its
+    border should be would pass for a zero-bordered one."""
     d = inputs.shape[1]
-    buffer = column_copies_buffer(
-        inputs, padding, padding, grid[0], kh * kw, grid[1], "loop.padded"
-    )
+    key = f"loop.kernel_copies.{kw}"
+    buffer = column_copies_buffer(inputs, padding, padding, grid[0], kh * kw, grid[1], key)
     fill_column_copies(buffer[:kw], inputs, padding, padding, slice(None, inputs.shape[0]))
     flat = buffer.reshape(kh, kw, d, -1)
     for u in range(1, kh):

@@ -346,9 +346,10 @@ def test_shared_borders_shift_as_the_padded_image_does(h, w, ph, pw, kh, kw):
 @pytest.mark.parametrize(
     ("h", "w", "ph", "pw", "kh", "kw"),
     [(8, 8, 1, 1, 3, 3), (5, 6, 2, 2, 7, 4), (6, 7, 4, 4, 3, 3), (8, 9, -1, -2, 3, 3),
-     (9, 10, 0, 0, 4, 5), (3, 5, 1, 0, 2, 2), (2, 3, 0, 2, 2, 5), (4, 3, 1, 3, 3, 2)],
+     (9, 10, 0, 0, 4, 5), (3, 5, 1, 0, 2, 2), (2, 3, 0, 2, 2, 5), (4, 3, 1, 3, 3, 2),
+     (16, 2, 3, 3, 7, 7), (4, 1, 3, 3, 3, 6)],
     ids=["3x3-same", "kernel-taller", "p-above-k-1", "crop", "valid", "ph-not-pw",
-         "pw-not-ph", "pw-above-kw-1"],
+         "pw-not-ph", "pw-above-kw-1", "shift-past-the-width", "one-column"],
 )  # fmt: skip
 def test_column_copies_shift_as_the_padded_image_does(h, w, ph, pw, kh, kw):
     """``fill_column_copies``: for every output position (t, s) of every image and every
@@ -379,6 +380,30 @@ def test_column_copies_shift_as_the_padded_image_does(h, w, ph, pw, kh, kw):
                 flat[v][:, starts + u * ow],
                 padded[:, :, u : u + oh, v : v + ow].transpose(1, 0, 2, 3),
             )
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [(((2, 3, 8, 8), (8, 3, 3, 3)), ((2, 3, 8, 14), (8, 3, 3, 9))),
+     (((2, 4, 8, 8), (16, 4, 4, 2)), ((2, 4, 8, 10), (16, 4, 2, 4)))],
+    ids=["whole-kernel-then-nine-column-copies", "4x2-then-2x4"],
+)  # fmt: skip
+def test_loop_copies_of_one_shape_never_lend_each_other_a_border(first, then):
+    """The whole-kernel weight gradient's buffer holds copies whose border rows are image rows;
+    a later loop call whose column copies have the same buffer shape (nine copies of a 3x9
+    kernel; a 2x4 kernel after a 4x2 one) still finds zeros where its padding is."""
+    rng = np.random.default_rng(5)
+    for x_shape, k_shape in (first, then):
+        x = rng.integers(-3, 4, x_shape).astype(np.float32)
+        k = rng.integers(-3, 4, k_shape).astype(np.float32)
+        y = rng.integers(-3, 4, kernels.convolve(x, k, 1, backend="loop").shape)
+        y = y.astype(np.float32)
+        wide = (x.astype(np.float64), k.astype(np.float64), y.astype(np.float64))
+        for name, args in (("convolve", (x, k)), ("grad_kernels", (x, y))):
+            reference = getattr(kernels, name)(*(wide[:2] if name == "convolve" else wide[::2]),
+                                               1, backend="im2col")  # fmt: skip
+            got = getattr(kernels, name)(*args, 1, backend="loop")
+            np.testing.assert_array_equal(got, reference)
 
 
 @pytest.mark.parametrize(

@@ -234,9 +234,9 @@ CHECK_CASES: tuple[ConvCase, ...] = (
     _case(2, 1, 12, 12, 8, 3, 3, 1, "col2im (1 -> 8)"),
     _case(3, 2, 9, 11, 12, 3, 5, 0, "col2im (2 -> 12, 3x5)"),
     # More channels than the loop backend stacks (kw * channels > its STACK_DEPTH, 32, and
-    # under half as many outputs): one GEMM per kernel offset in the forward (9 outputs) or one
-    # GEMM to every offset's products (4: at most its SCATTER_PRODUCTS, 72) and in the weight
-    # gradient, one per kernel row in the input gradient.
+    # under half as many outputs): in the forward one GEMM per kernel offset (9 outputs) or one
+    # GEMM to every offset's products (4: at most its SCATTER_PRODUCTS, 72); one GEMM per
+    # offset in the weight gradient, one per kernel row in the input gradient.
     _case(2, 20, 10, 10, 9, 3, 3, 1, "20 channels to 9"),
     _case(2, 12, 10, 10, 4, 3, 3, 1, "12 channels to 4"),
 )
